@@ -1,0 +1,159 @@
+//! The backend HTTP API (PROTOCOLS.md §7): `POST /publish`, `GET /metrics`,
+//! `GET /health`. hyper on the integration-side tokio thread.
+
+use std::convert::Infallible;
+use std::sync::Arc;
+
+use base64::Engine;
+use bytes::Bytes;
+use http_body_util::{BodyExt, Full, Limited};
+use hyper::body::Incoming;
+use hyper::header::{HeaderValue, CONTENT_TYPE};
+use hyper::{Method, Request, Response, StatusCode};
+use hyper_util::rt::TokioIo;
+use prost::Message as _;
+use serde::Deserialize;
+use tokio::net::TcpListener;
+use tracing::{debug, warn};
+
+use crate::broker::Broker;
+use crate::metrics::{self, GlobalMetrics, ShardMetrics};
+use crate::publish::{self, Message};
+use crate::rpc::proto;
+
+pub struct ApiContext {
+    pub broker: Arc<dyn Broker>,
+    pub shard_metrics: Vec<Arc<ShardMetrics>>,
+    pub metrics: Arc<GlobalMetrics>,
+    pub max_body: usize,
+}
+
+pub async fn serve(listener: TcpListener, ctx: Arc<ApiContext>) {
+    loop {
+        let (stream, peer) = match listener.accept().await {
+            Ok(a) => a,
+            Err(e) => {
+                warn!(error = %e, "api accept failed");
+                tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+                continue;
+            }
+        };
+        let ctx = ctx.clone();
+        tokio::spawn(async move {
+            let service = hyper::service::service_fn(move |req| {
+                let ctx = ctx.clone();
+                async move { Ok::<_, Infallible>(route(req, &ctx).await) }
+            });
+            if let Err(e) = hyper::server::conn::http1::Builder::new()
+                .serve_connection(TokioIo::new(stream), service)
+                .await
+            {
+                debug!(%peer, error = %e, "api connection ended");
+            }
+        });
+    }
+}
+
+type Reply = Response<Full<Bytes>>;
+
+fn json(status: StatusCode, body: String) -> Reply {
+    let mut r = Response::new(Full::new(Bytes::from(body)));
+    *r.status_mut() = status;
+    r.headers_mut().insert(CONTENT_TYPE, HeaderValue::from_static("application/json"));
+    r
+}
+
+fn error(status: StatusCode, message: &str) -> Reply {
+    json(status, serde_json::json!({ "error": message }).to_string())
+}
+
+async fn route(req: Request<Incoming>, ctx: &ApiContext) -> Reply {
+    match (req.method(), req.uri().path()) {
+        (&Method::GET, "/health") => json(StatusCode::OK, r#"{"status":"ok"}"#.into()),
+        (&Method::GET, "/metrics") => {
+            let mut r = Response::new(Full::new(Bytes::from(metrics::render(&ctx.shard_metrics, &ctx.metrics))));
+            r.headers_mut()
+                .insert(CONTENT_TYPE, HeaderValue::from_static("text/plain; version=0.0.4"));
+            r
+        }
+        (&Method::POST, "/publish") => {
+            metrics::inc(&ctx.metrics.http_publish_requests);
+            let reply = publish_route(req, ctx).await;
+            if !reply.status().is_success() {
+                metrics::inc(&ctx.metrics.http_publish_errors);
+            }
+            reply
+        }
+        (_, "/health" | "/metrics" | "/publish") => error(StatusCode::METHOD_NOT_ALLOWED, "method not allowed"),
+        (_, path) => error(StatusCode::NOT_FOUND, &format!("no route {path}")),
+    }
+}
+
+/// `{"topics": [...], "payload": "text"}` or with `"payload_base64"`.
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct PublishBody {
+    topics: Vec<String>,
+    #[serde(default)]
+    payload: Option<String>,
+    #[serde(default)]
+    payload_base64: Option<String>,
+}
+
+async fn publish_route(req: Request<Incoming>, ctx: &ApiContext) -> Reply {
+    let is_proto = req
+        .headers()
+        .get(CONTENT_TYPE)
+        .and_then(|v| v.to_str().ok())
+        .is_some_and(|v| v.starts_with("application/x-protobuf"));
+    let body = match Limited::new(req.into_body(), ctx.max_body).collect().await {
+        Ok(b) => b.to_bytes(),
+        Err(e) if e.is::<http_body_util::LengthLimitError>() => {
+            return error(
+                StatusCode::PAYLOAD_TOO_LARGE,
+                &format!("body exceeds {} bytes (rpc.max_frame_size)", ctx.max_body),
+            )
+        }
+        Err(e) => return error(StatusCode::BAD_REQUEST, &format!("cannot read body: {e}")),
+    };
+    let messages = match if is_proto { decode_proto(&body) } else { decode_json(&body) } {
+        Ok(m) => m,
+        Err(e) => return error(StatusCode::BAD_REQUEST, &e),
+    };
+    if let Err(e) = publish::validate(&messages) {
+        return error(StatusCode::BAD_REQUEST, &e.to_string());
+    }
+    let count = messages.len() as u64;
+    match ctx.broker.publish(messages).await {
+        Ok(()) => {
+            metrics::add(&ctx.metrics.published_messages, count);
+            json(StatusCode::OK, r#"{"ok":true}"#.into())
+        }
+        Err(e) => error(StatusCode::SERVICE_UNAVAILABLE, &e.to_string()),
+    }
+}
+
+fn decode_proto(body: &[u8]) -> Result<Vec<Message>, String> {
+    let req = proto::broadcast::Request::decode(body)
+        .map_err(|e| format!("cannot decode broadcast.v1.Request: {e}"))?;
+    Ok(req
+        .messages
+        .into_iter()
+        .map(|m| Message { topics: m.topics, payload: Bytes::from(m.payload) })
+        .collect())
+}
+
+fn decode_json(body: &[u8]) -> Result<Vec<Message>, String> {
+    let b: PublishBody = serde_json::from_slice(body).map_err(|e| format!("invalid JSON body: {e}"))?;
+    let payload = match (b.payload, b.payload_base64) {
+        (Some(text), None) => Bytes::from(text),
+        (None, Some(b64)) => Bytes::from(
+            base64::engine::general_purpose::STANDARD
+                .decode(b64)
+                .map_err(|e| format!("payload_base64 is not base64: {e}"))?,
+        ),
+        (Some(_), Some(_)) => return Err("give either \"payload\" or \"payload_base64\", not both".into()),
+        (None, None) => return Err("missing \"payload\" (text) or \"payload_base64\"".into()),
+    };
+    Ok(vec![Message { topics: b.topics, payload }])
+}

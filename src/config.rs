@@ -1,0 +1,287 @@
+//! Configuration: TOML with embedded defaults, overridden by CLI flags.
+//! Unknown keys and invalid values fail at start with a message naming them.
+
+use std::net::SocketAddr;
+use std::path::Path;
+
+use serde::Deserialize;
+
+use crate::dialect::Dialect;
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct Config {
+    pub server: ServerConfig,
+    pub limits: Limits,
+    pub rpc: RpcConfig,
+    pub log: LogConfig,
+    /// Broker for publications; only `memory` exists in this build.
+    pub broker: String,
+    #[serde(rename = "vhost")]
+    pub vhosts: Vec<VhostConfig>,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct ServerConfig {
+    /// Public WebSocket listener.
+    pub listen: SocketAddr,
+    /// Backend HTTP API: publish, metrics, health.
+    pub api_listen: SocketAddr,
+    /// goridge RPC (RoadRunner's PHP clients).
+    pub rpc_listen: SocketAddr,
+    /// Executors pinned to cores; 0 = one per available core.
+    pub shards: usize,
+    /// Connections accepted at once across all shards; more get HTTP 503.
+    pub max_connections: usize,
+    /// Listen backlog of each shard's socket.
+    pub backlog: u32,
+    /// On SIGINT/SIGTERM: how long clients get to close before the exit.
+    pub shutdown_timeout_ms: u64,
+    /// io_uring buffer memory per shard (locked memory; see docs/tuning).
+    pub io_memory_kib: usize,
+    /// Capacity of each shard's inbox of publication batches.
+    pub shard_inbox: usize,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct Limits {
+    /// Largest client message (after reassembly); larger: close 1009.
+    pub max_message_size: usize,
+    /// Bytes queued to one client before it is closed as a slow consumer.
+    pub max_backpressure: usize,
+    pub max_topics_per_connection: usize,
+    /// Time from accept to a complete upgrade request.
+    pub handshake_timeout_ms: u64,
+    /// A connection silent this long gets a ping.
+    pub ping_interval_ms: u64,
+    /// A connection silent this long (pongs count) is closed.
+    pub idle_timeout_ms: u64,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct RpcConfig {
+    /// Largest goridge frame payload; a header claiming more closes the connection.
+    pub max_frame_size: usize,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct LogConfig {
+    /// tracing filter, e.g. `info` or `ringcast=debug`; `RUST_LOG` overrides it.
+    pub level: String,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct VhostConfig {
+    pub path: String,
+    pub dialect: Dialect,
+    /// `*`, `*suffix`, `prefix*` or an exact origin; others get HTTP 403.
+    #[serde(default = "any_origin")]
+    pub allowed_origin: String,
+}
+
+fn any_origin() -> String {
+    "*".into()
+}
+
+impl Default for Config {
+    fn default() -> Self {
+        Config {
+            server: ServerConfig::default(),
+            limits: Limits::default(),
+            rpc: RpcConfig::default(),
+            log: LogConfig::default(),
+            broker: "memory".into(),
+            vhosts: vec![VhostConfig {
+                path: "/ws".into(),
+                dialect: Dialect::RoadRunner,
+                allowed_origin: any_origin(),
+            }],
+        }
+    }
+}
+
+impl Default for ServerConfig {
+    fn default() -> Self {
+        ServerConfig {
+            listen: "127.0.0.1:8080".parse().expect("literal"),
+            api_listen: "127.0.0.1:8081".parse().expect("literal"),
+            rpc_listen: "127.0.0.1:6001".parse().expect("literal"),
+            shards: 0,
+            max_connections: 1_000_000,
+            backlog: 4096,
+            shutdown_timeout_ms: 5_000,
+            io_memory_kib: 512,
+            shard_inbox: 4096,
+        }
+    }
+}
+
+impl Default for Limits {
+    fn default() -> Self {
+        Limits {
+            max_message_size: 64 * 1024,
+            max_backpressure: 1024 * 1024,
+            max_topics_per_connection: 256,
+            handshake_timeout_ms: 10_000,
+            ping_interval_ms: 25_000,
+            idle_timeout_ms: 60_000,
+        }
+    }
+}
+
+impl Default for RpcConfig {
+    fn default() -> Self {
+        RpcConfig {
+            max_frame_size: 16 * 1024 * 1024,
+        }
+    }
+}
+
+impl Default for LogConfig {
+    fn default() -> Self {
+        LogConfig { level: "info".into() }
+    }
+}
+
+/// A configuration that cannot be used, with what to change.
+#[derive(Debug)]
+pub struct ConfigError(pub String);
+
+impl std::fmt::Display for ConfigError {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(&self.0)
+    }
+}
+
+impl std::error::Error for ConfigError {}
+
+/// Known brokers in this build.
+pub const BROKERS: &[&str] = &["memory"];
+
+impl Config {
+    pub fn from_toml(text: &str, origin: &str) -> Result<Config, ConfigError> {
+        toml::from_str(text).map_err(|e| ConfigError(format!("{origin}: {e}")))
+    }
+
+    pub fn load(path: &Path) -> Result<Config, ConfigError> {
+        let text = std::fs::read_to_string(path)
+            .map_err(|e| ConfigError(format!("cannot read config {}: {e}", path.display())))?;
+        Self::from_toml(&text, &path.display().to_string())
+    }
+
+    /// The number of shards to run: `server.shards`, or one per available core.
+    pub fn shard_count(&self) -> usize {
+        match self.server.shards {
+            0 => core_affinity::get_core_ids().map_or(1, |c| c.len().max(1)),
+            n => n,
+        }
+    }
+
+    /// Checks values serde cannot: ranges and cross-field rules.
+    pub fn validate(&self) -> Result<(), ConfigError> {
+        let fail = |key: &str, why: &str| Err(ConfigError(format!("invalid `{key}`: {why}")));
+        if self.server.shards > 1024 {
+            return fail("server.shards", "at most 1024");
+        }
+        if self.server.max_connections == 0 {
+            return fail("server.max_connections", "must be at least 1");
+        }
+        if self.server.shard_inbox == 0 {
+            return fail("server.shard_inbox", "must be at least 1");
+        }
+        if self.server.io_memory_kib < 64 {
+            return fail("server.io_memory_kib", "must be at least 64");
+        }
+        let l = &self.limits;
+        if l.max_message_size < 125 {
+            return fail("limits.max_message_size", "must be at least 125 bytes");
+        }
+        if l.max_backpressure < 1024 {
+            return fail("limits.max_backpressure", "must be at least 1024 bytes");
+        }
+        if l.handshake_timeout_ms == 0 {
+            return fail("limits.handshake_timeout_ms", "must be above 0");
+        }
+        if l.ping_interval_ms == 0 || l.idle_timeout_ms <= l.ping_interval_ms {
+            return fail(
+                "limits.idle_timeout_ms",
+                "must be above limits.ping_interval_ms, which must be above 0",
+            );
+        }
+        if self.rpc.max_frame_size < 64 {
+            return fail("rpc.max_frame_size", "must be at least 64 bytes");
+        }
+        if !BROKERS.contains(&self.broker.as_str()) {
+            return fail("broker", &format!("unknown broker {:?}; known: {BROKERS:?}", self.broker));
+        }
+        if self.vhosts.is_empty() {
+            return fail("vhost", "at least one [[vhost]] is needed");
+        }
+        for (i, v) in self.vhosts.iter().enumerate() {
+            if !v.path.starts_with('/') || v.path.contains('?') {
+                return fail(&format!("vhost[{i}].path"), "must start with `/` and have no query");
+            }
+            if self.vhosts[..i].iter().any(|o| o.path == v.path) {
+                return fail(&format!("vhost[{i}].path"), &format!("{:?} is used twice", v.path));
+            }
+            if v.allowed_origin.matches('*').count() > 1
+                || (v.allowed_origin.contains('*')
+                    && !v.allowed_origin.starts_with('*')
+                    && !v.allowed_origin.ends_with('*'))
+            {
+                return fail(
+                    &format!("vhost[{i}].allowed_origin"),
+                    "one `*` at most, at the start or the end",
+                );
+            }
+        }
+        Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn defaults_are_valid_and_match_the_docs() {
+        let c = Config::default();
+        c.validate().unwrap();
+        assert_eq!(c.server.listen.to_string(), "127.0.0.1:8080");
+        assert_eq!(c.vhosts[0].path, "/ws");
+        assert_eq!(c.limits.max_backpressure, 1 << 20);
+    }
+
+    #[test]
+    fn unknown_key_is_named() {
+        let e = Config::from_toml("[limits]\nmax_backpresure = 5\n", "x.toml").unwrap_err();
+        assert!(e.0.contains("max_backpresure"), "{e}");
+        let e = Config::from_toml("colour = 1\n", "x.toml").unwrap_err();
+        assert!(e.0.contains("colour"), "{e}");
+    }
+
+    #[test]
+    fn bad_values_are_named() {
+        let e = Config::from_toml("[[vhost]]\npath = \"/\"\ndialect = \"klingon\"\n", "x.toml").unwrap_err();
+        assert!(e.0.contains("klingon"), "{e}");
+        let c = Config::from_toml("[limits]\nidle_timeout_ms = 10\nping_interval_ms = 20\n", "x").unwrap();
+        assert!(c.validate().unwrap_err().0.contains("limits.idle_timeout_ms"));
+        let c = Config::from_toml("broker = \"kafka\"\n", "x").unwrap();
+        assert!(c.validate().unwrap_err().0.contains("kafka"));
+        let c = Config::from_toml("[[vhost]]\npath=\"/a\"\ndialect=\"echo\"\n[[vhost]]\npath=\"/a\"\ndialect=\"echo\"\n", "x").unwrap();
+        assert!(c.validate().unwrap_err().0.contains("used twice"));
+    }
+
+    #[test]
+    fn shipped_configs_load() {
+        for f in ["config/roadrunner.toml", "config/echo.toml"] {
+            let path = Path::new(env!("CARGO_MANIFEST_DIR")).join(f);
+            Config::load(&path).unwrap().validate().unwrap();
+        }
+    }
+}

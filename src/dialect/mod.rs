@@ -1,0 +1,25 @@
+//! Dialects: the wire protocol a vhost speaks to its clients. Each is a codec
+//! free of I/O: client message bytes in, commands out; events in, frames out.
+
+pub mod roadrunner;
+
+use serde::Deserialize;
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Dialect {
+    /// RoadRunner websockets plugin protocol (PROTOCOLS.md §2).
+    #[serde(rename = "roadrunner")]
+    RoadRunner,
+    /// Echoes every message back; for conformance testing.
+    Echo,
+}
+
+impl std::fmt::Display for Dialect {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(match self {
+            Dialect::RoadRunner => "roadrunner",
+            Dialect::Echo => "echo",
+        })
+    }
+}

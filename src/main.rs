@@ -1,0 +1,78 @@
+use std::path::PathBuf;
+use std::process::ExitCode;
+
+use clap::Parser;
+use ringcast::config::Config;
+
+/// Thread-per-core WebSocket pub/sub gateway on io_uring.
+///
+/// With no arguments: a `roadrunner` vhost at ws://127.0.0.1:8080/ws, the HTTP
+/// API on 127.0.0.1:8081 and goridge RPC on 127.0.0.1:6001, memory broker.
+#[derive(Parser, Debug)]
+#[command(name = "ringcast", version)]
+struct Cli {
+    /// TOML configuration file (see docs/configuration.md).
+    #[arg(long, value_name = "FILE")]
+    config: Option<PathBuf>,
+    /// WebSocket listen address (overrides server.listen).
+    #[arg(long, value_name = "ADDR")]
+    listen: Option<std::net::SocketAddr>,
+    /// HTTP API listen address (overrides server.api_listen).
+    #[arg(long, value_name = "ADDR")]
+    api_listen: Option<std::net::SocketAddr>,
+    /// goridge RPC listen address (overrides server.rpc_listen).
+    #[arg(long, value_name = "ADDR")]
+    rpc_listen: Option<std::net::SocketAddr>,
+    /// Number of shards (executors pinned to cores); 0 = one per core.
+    #[arg(long, value_name = "N")]
+    shards: Option<usize>,
+    /// Check the configuration, print it as understood, and exit.
+    #[arg(long)]
+    check_config: bool,
+}
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    let mut config = match &cli.config {
+        Some(path) => match Config::load(path) {
+            Ok(c) => c,
+            Err(e) => return fail(&e.to_string()),
+        },
+        None => Config::default(),
+    };
+    if let Some(a) = cli.listen {
+        config.server.listen = a;
+    }
+    if let Some(a) = cli.api_listen {
+        config.server.api_listen = a;
+    }
+    if let Some(a) = cli.rpc_listen {
+        config.server.rpc_listen = a;
+    }
+    if let Some(n) = cli.shards {
+        config.server.shards = n;
+    }
+    if let Err(e) = config.validate() {
+        return fail(&e.to_string());
+    }
+    if cli.check_config {
+        println!("{config:#?}");
+        return ExitCode::SUCCESS;
+    }
+    let filter = tracing_subscriber::EnvFilter::try_from_default_env()
+        .or_else(|_| tracing_subscriber::EnvFilter::try_new(&config.log.level));
+    let filter = match filter {
+        Ok(f) => f,
+        Err(e) => return fail(&format!("invalid `log.level` {:?}: {e}", config.log.level)),
+    };
+    tracing_subscriber::fmt().with_env_filter(filter).with_writer(std::io::stderr).init();
+    match ringcast::server::run(config) {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => fail(&e.to_string()),
+    }
+}
+
+fn fail(message: &str) -> ExitCode {
+    eprintln!("ringcast: {message}");
+    ExitCode::FAILURE
+}

@@ -1,0 +1,98 @@
+//! Counters for `GET /metrics` (Prometheus text format). Each shard writes
+//! only its own counters (relaxed atomics, no contention); the API thread reads.
+
+use std::fmt::Write;
+use std::sync::atomic::{AtomicU64, Ordering::Relaxed};
+use std::sync::Arc;
+
+#[derive(Debug, Default)]
+pub struct ShardMetrics {
+    pub connections: AtomicU64,
+    pub connections_accepted: AtomicU64,
+    pub connections_refused: AtomicU64,
+    pub handshake_failures: AtomicU64,
+    pub messages_in: AtomicU64,
+    pub messages_out: AtomicU64,
+    pub bytes_in: AtomicU64,
+    pub bytes_out: AtomicU64,
+    pub slow_consumer_closes: AtomicU64,
+    pub protocol_errors: AtomicU64,
+    pub idle_closes: AtomicU64,
+    pub subscriptions: AtomicU64,
+}
+
+#[derive(Debug, Default)]
+pub struct GlobalMetrics {
+    pub rpc_requests: AtomicU64,
+    pub rpc_errors: AtomicU64,
+    pub http_publish_requests: AtomicU64,
+    pub http_publish_errors: AtomicU64,
+    pub published_messages: AtomicU64,
+}
+
+pub fn inc(c: &AtomicU64) {
+    c.fetch_add(1, Relaxed);
+}
+
+pub fn add(c: &AtomicU64, n: u64) {
+    c.fetch_add(n, Relaxed);
+}
+
+pub fn dec(c: &AtomicU64) {
+    c.fetch_sub(1, Relaxed);
+}
+
+type Field = fn(&ShardMetrics) -> &AtomicU64;
+
+const SHARD_SERIES: &[(&str, &str, &str, Field)] = &[
+    ("ringcast_connections", "gauge", "Open WebSocket connections.", |m| &m.connections),
+    ("ringcast_connections_accepted_total", "counter", "WebSocket upgrades completed.", |m| &m.connections_accepted),
+    ("ringcast_connections_refused_total", "counter", "Connections refused at max_connections.", |m| &m.connections_refused),
+    ("ringcast_handshake_failures_total", "counter", "Upgrade requests answered with an HTTP error or timed out.", |m| &m.handshake_failures),
+    ("ringcast_messages_in_total", "counter", "Client messages received.", |m| &m.messages_in),
+    ("ringcast_messages_out_total", "counter", "Frames written to clients.", |m| &m.messages_out),
+    ("ringcast_bytes_in_total", "counter", "Bytes read from clients.", |m| &m.bytes_in),
+    ("ringcast_bytes_out_total", "counter", "Bytes written to clients.", |m| &m.bytes_out),
+    ("ringcast_slow_consumer_closes_total", "counter", "Connections closed for exceeding max_backpressure.", |m| &m.slow_consumer_closes),
+    ("ringcast_protocol_errors_total", "counter", "Connections closed for WebSocket protocol violations.", |m| &m.protocol_errors),
+    ("ringcast_idle_closes_total", "counter", "Connections closed after idle_timeout_ms without traffic.", |m| &m.idle_closes),
+    ("ringcast_subscriptions", "gauge", "Topic subscriptions held.", |m| &m.subscriptions),
+];
+
+/// Renders every series, per shard where the value is per shard.
+pub fn render(shards: &[Arc<ShardMetrics>], global: &GlobalMetrics) -> String {
+    let mut out = String::with_capacity(4096);
+    for (name, kind, help, field) in SHARD_SERIES {
+        let _ = writeln!(out, "# HELP {name} {help}\n# TYPE {name} {kind}");
+        for (i, m) in shards.iter().enumerate() {
+            let _ = writeln!(out, "{name}{{shard=\"{i}\"}} {}", field(m).load(Relaxed));
+        }
+    }
+    let globals: [(&str, &str, &AtomicU64); 5] = [
+        ("ringcast_rpc_requests_total", "goridge RPC calls received.", &global.rpc_requests),
+        ("ringcast_rpc_errors_total", "goridge RPC calls answered with an error.", &global.rpc_errors),
+        ("ringcast_http_publish_requests_total", "POST /publish requests.", &global.http_publish_requests),
+        ("ringcast_http_publish_errors_total", "POST /publish requests refused.", &global.http_publish_errors),
+        ("ringcast_published_messages_total", "Messages published (each to one or more topics).", &global.published_messages),
+    ];
+    for (name, help, v) in globals {
+        let _ = writeln!(out, "# HELP {name} {help}\n# TYPE {name} counter\n{name} {}", v.load(Relaxed));
+    }
+    out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn renders_per_shard_series() {
+        let shards = vec![Arc::new(ShardMetrics::default()), Arc::new(ShardMetrics::default())];
+        inc(&shards[1].connections);
+        let text = render(&shards, &GlobalMetrics::default());
+        assert!(text.contains("ringcast_connections{shard=\"0\"} 0\n"));
+        assert!(text.contains("ringcast_connections{shard=\"1\"} 1\n"));
+        assert!(text.contains("# TYPE ringcast_messages_out_total counter\n"));
+        assert!(text.contains("ringcast_rpc_requests_total 0\n"));
+    }
+}

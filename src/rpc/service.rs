@@ -1,0 +1,256 @@
+//! RPC methods: turns a decoded goridge frame into a call (or an error
+//! reply) and encodes replies. No I/O here; `server` does the sockets.
+
+use base64::Engine;
+use bytes::Bytes;
+use prost::Message as _;
+use serde::Deserialize;
+
+use super::frame::{self, Frame};
+use super::proto;
+use crate::publish::{self, Message, PublishError};
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Codec {
+    Proto,
+    Json,
+}
+
+/// What a frame asks for, with what is needed to answer it.
+#[derive(Debug)]
+pub struct Call {
+    seq: u32,
+    method: String,
+    /// The request's codec flag, used again in the reply.
+    codec_flag: u8,
+    pub action: Action,
+}
+
+#[derive(Debug, PartialEq)]
+pub enum Action {
+    /// Answer with this error; nothing else to do.
+    Fail(String),
+    /// Publish, replying when done (`wait`) or at once (`PublishAsync`).
+    Publish { messages: Vec<Message>, wait: bool },
+}
+
+enum Api {
+    Websockets,
+    Broadcast,
+}
+
+/// Interprets one frame. `broker` is the configured broker's name, which a
+/// `websockets.v1beta` message's `broker` field must match when set.
+pub fn interpret(f: &Frame<'_>, broker: &str) -> Call {
+    let codec_flag = f.flags & !(frame::ERROR | frame::CONTROL);
+    let seq = f.options.first().copied().unwrap_or(0);
+    let mut call = Call { seq, method: String::new(), codec_flag, action: Action::Fail(String::new()) };
+    if f.options.len() != 2 {
+        call.action = Action::Fail(format!(
+            "expected 2 options (SEQ_ID, METHOD_LEN), got {}",
+            f.options.len()
+        ));
+        return call;
+    }
+    let method_len = f.options[1] as usize;
+    if method_len > f.payload.len() {
+        call.action = Action::Fail(format!(
+            "METHOD_LEN {method_len} exceeds the payload of {} bytes",
+            f.payload.len()
+        ));
+        return call;
+    }
+    let (method, body) = f.payload.split_at(method_len);
+    let Ok(method) = std::str::from_utf8(method) else {
+        call.action = Action::Fail("method name is not UTF-8".into());
+        return call;
+    };
+    call.method = method.to_string();
+    call.action = match action(method, codec_flag, body, broker) {
+        Ok(a) => a,
+        Err(e) => Action::Fail(e),
+    };
+    call
+}
+
+fn action(method: &str, codec_flag: u8, body: &[u8], broker: &str) -> Result<Action, String> {
+    let (api, wait) = match method {
+        "websockets.Publish" => (Api::Websockets, true),
+        "websockets.PublishAsync" => (Api::Websockets, false),
+        "broadcast.Publish" => (Api::Broadcast, true),
+        "broadcast.PublishAsync" => (Api::Broadcast, false),
+        other => {
+            return Err(format!(
+                "unknown method {other:?}; known: websockets.Publish, websockets.PublishAsync, broadcast.Publish, broadcast.PublishAsync"
+            ))
+        }
+    };
+    let codec = match codec_flag {
+        frame::CODEC_PROTO => Codec::Proto,
+        frame::CODEC_JSON => Codec::Json,
+        other => return Err(format!("unsupported codec flags {other:#04x}; use proto (0x80) or JSON (0x08)")),
+    };
+    let messages = match codec {
+        Codec::Proto => decode_proto(&api, body, broker)?,
+        Codec::Json => decode_json(body, broker)?,
+    };
+    publish::validate(&messages).map_err(|e| e.to_string())?;
+    Ok(Action::Publish { messages, wait })
+}
+
+fn check_broker(requested: &str, configured: &str) -> Result<(), String> {
+    if requested.is_empty() || requested == configured {
+        Ok(())
+    } else {
+        Err(PublishError::UnknownBroker(requested.to_string()).to_string())
+    }
+}
+
+fn decode_proto(api: &Api, body: &[u8], broker: &str) -> Result<Vec<Message>, String> {
+    let bad = |e: prost::DecodeError| format!("cannot decode protobuf request: {e}");
+    match api {
+        Api::Websockets => proto::websockets::Request::decode(body)
+            .map_err(bad)?
+            .messages
+            .into_iter()
+            .map(|m| {
+                check_broker(&m.broker, broker)?;
+                Ok(Message { topics: m.topics, payload: Bytes::from(m.payload) })
+            })
+            .collect(),
+        Api::Broadcast => Ok(proto::broadcast::Request::decode(body)
+            .map_err(bad)?
+            .messages
+            .into_iter()
+            .map(|m| Message { topics: m.topics, payload: Bytes::from(m.payload) })
+            .collect()),
+    }
+}
+
+/// The Request as Go's encoding/json writes it: bytes are base64.
+#[derive(Deserialize)]
+struct JsonRequest {
+    #[serde(default)]
+    messages: Option<Vec<JsonMessage>>,
+}
+
+#[derive(Deserialize)]
+struct JsonMessage {
+    #[serde(default)]
+    broker: Option<String>,
+    #[serde(default)]
+    topics: Option<Vec<String>>,
+    #[serde(default)]
+    payload: Option<String>,
+}
+
+fn decode_json(body: &[u8], broker: &str) -> Result<Vec<Message>, String> {
+    let req: JsonRequest =
+        serde_json::from_slice(body).map_err(|e| format!("cannot decode JSON request: {e}"))?;
+    req.messages
+        .unwrap_or_default()
+        .into_iter()
+        .enumerate()
+        .map(|(i, m)| {
+            check_broker(m.broker.as_deref().unwrap_or(""), broker)?;
+            let payload = base64::engine::general_purpose::STANDARD
+                .decode(m.payload.unwrap_or_default())
+                .map_err(|e| format!("message {i}: payload is not base64: {e}"))?;
+            Ok(Message { topics: m.topics.unwrap_or_default(), payload: Bytes::from(payload) })
+        })
+        .collect()
+}
+
+impl Call {
+    /// The success reply: `Response{ok: true}` in the request's codec.
+    pub fn ok_reply(&self, out: &mut Vec<u8>) {
+        let body = if self.codec_flag == frame::CODEC_JSON {
+            br#"{"ok":true}"#.to_vec()
+        } else {
+            proto::broadcast::Response { ok: true }.encode_to_vec()
+        };
+        self.reply(out, self.codec_flag, &body);
+    }
+
+    /// An error reply: flags codec|ERROR, payload = method name + text.
+    pub fn error_reply(&self, out: &mut Vec<u8>, text: &str) {
+        self.reply(out, self.codec_flag | frame::ERROR, text.as_bytes());
+    }
+
+    fn reply(&self, out: &mut Vec<u8>, flags: u8, body: &[u8]) {
+        let method = self.method.as_bytes();
+        frame::encode(out, flags, &[self.seq, method.len() as u32], &[method, body]);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn call(flags: u8, options: &[u32], payload: &[u8]) -> Call {
+        interpret(&Frame { flags, options: options.to_vec(), payload }, "memory")
+    }
+
+    fn with_method(method: &str, body: &[u8]) -> Vec<u8> {
+        let mut p = method.as_bytes().to_vec();
+        p.extend_from_slice(body);
+        p
+    }
+
+    #[test]
+    fn proto_publish_both_packages() {
+        let bc = proto::broadcast::Request {
+            messages: vec![proto::broadcast::Message { command: String::new(), topics: vec!["t".into()], payload: b"hi".to_vec() }],
+        };
+        let c = call(frame::CODEC_PROTO, &[7, 17], &with_method("broadcast.Publish", &bc.encode_to_vec()));
+        assert_eq!(
+            c.action,
+            Action::Publish { messages: vec![Message { topics: vec!["t".into()], payload: Bytes::from_static(b"hi") }], wait: true }
+        );
+        let ws = proto::websockets::Request {
+            messages: vec![proto::websockets::Message { command: "publish".into(), broker: "memory".into(), topics: vec!["a".into(), "b".into()], payload: vec![1] }],
+        };
+        let c = call(frame::CODEC_PROTO, &[1, 23], &with_method("websockets.PublishAsync", &ws.encode_to_vec()));
+        assert!(matches!(c.action, Action::Publish { wait: false, .. }));
+    }
+
+    #[test]
+    fn json_publish_with_base64_payload() {
+        let body = br#"{"messages":[{"topics":["t"],"payload":"aGk="}]}"#;
+        let c = call(frame::CODEC_JSON, &[1, 17], &with_method("broadcast.Publish", body));
+        assert_eq!(
+            c.action,
+            Action::Publish { messages: vec![Message { topics: vec!["t".into()], payload: Bytes::from_static(b"hi") }], wait: true }
+        );
+        let mut out = Vec::new();
+        c.ok_reply(&mut out);
+        assert_eq!(&out[20..], br#"broadcast.Publish{"ok":true}"#);
+        assert_eq!(out[1], frame::CODEC_JSON);
+    }
+
+    #[test]
+    fn errors_are_replies_naming_the_problem() {
+        let fail = |c: Call| match c.action {
+            Action::Fail(e) => e,
+            other => panic!("expected failure, got {other:?}"),
+        };
+        assert!(fail(call(frame::CODEC_PROTO, &[1], b"x")).contains("expected 2 options"));
+        assert!(fail(call(frame::CODEC_PROTO, &[1, 99], b"x")).contains("METHOD_LEN"));
+        assert!(fail(call(frame::CODEC_PROTO, &[1, 9], b"nope.Call")).contains("unknown method"));
+        assert!(fail(call(frame::CODEC_MSGPACK, &[1, 17], b"broadcast.Publish")).contains("unsupported codec"));
+        assert!(fail(call(frame::CODEC_PROTO, &[1, 17], &with_method("broadcast.Publish", &[0xff, 0xff]))).contains("protobuf"));
+        assert!(fail(call(frame::CODEC_PROTO, &[1, 17], b"broadcast.Publish")).contains("no messages"));
+        let no_topic = br#"{"messages":[{"topics":[],"payload":""}]}"#;
+        assert!(fail(call(frame::CODEC_JSON, &[1, 17], &with_method("broadcast.Publish", no_topic))).contains("no topics"));
+        let bad_broker = br#"{"messages":[{"broker":"redis","topics":["t"]}]}"#;
+        assert!(fail(call(frame::CODEC_JSON, &[1, 18], &with_method("websockets.Publish", bad_broker))).contains("unknown broker"));
+
+        let c = call(frame::CODEC_PROTO, &[5, 9], b"nope.Call");
+        let mut out = Vec::new();
+        c.error_reply(&mut out, "boom");
+        let (f, _) = frame::decode(&out, 1 << 20).unwrap().unwrap();
+        assert_eq!(f.flags, frame::CODEC_PROTO | frame::ERROR);
+        assert_eq!(f.options, [5, 9]);
+        assert_eq!(f.payload, b"nope.Callboom");
+    }
+}

@@ -1,0 +1,184 @@
+//! Starts everything: listeners, shards pinned to cores, the integration
+//! thread (RPC and HTTP API on tokio), and the shutdown on SIGINT/SIGTERM.
+
+use std::net::SocketAddr;
+use std::sync::atomic::AtomicUsize;
+use std::sync::Arc;
+use std::time::Duration;
+
+use socket2::{Domain, Protocol, Socket, Type};
+use tracing::{error, info};
+
+use crate::api::{self, ApiContext};
+use crate::broker::{Broker, MemoryBroker};
+use crate::config::Config;
+use crate::metrics::{GlobalMetrics, ShardMetrics};
+use crate::rpc::server::{self as rpc_server, RpcContext};
+use crate::rt;
+use crate::shard::{self, ShardRouter, ShardSetup};
+
+/// Why the server could not start or run.
+#[derive(Debug)]
+pub struct StartError(pub String);
+
+impl std::fmt::Display for StartError {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(&self.0)
+    }
+}
+
+impl std::error::Error for StartError {}
+
+fn bind_error(what: &str, addr: SocketAddr, e: std::io::Error) -> StartError {
+    StartError(format!("cannot listen for {what} on {addr}: {e}"))
+}
+
+/// A listening socket with SO_REUSEPORT, so every shard can have its own.
+fn reuseport_listener(addr: SocketAddr, backlog: u32) -> std::io::Result<std::net::TcpListener> {
+    let socket = Socket::new(Domain::for_address(addr), Type::STREAM, Some(Protocol::TCP))?;
+    socket.set_reuse_address(true)?;
+    socket.set_reuse_port(true)?;
+    socket.bind(&addr.into())?;
+    socket.listen(backlog.min(i32::MAX as u32) as i32)?;
+    Ok(socket.into())
+}
+
+/// Runs until SIGINT or SIGTERM, then drains and returns.
+pub fn run(config: Config) -> Result<(), StartError> {
+    let config = Arc::new(config);
+    let shards = config.shard_count();
+    let server = &config.server;
+
+    // Shard 0's socket picks the port (it may be 0); the others join it.
+    let first = reuseport_listener(server.listen, server.backlog).map_err(|e| bind_error("websocket", server.listen, e))?;
+    let ws_addr = first.local_addr().map_err(|e| bind_error("websocket", server.listen, e))?;
+    let mut listeners = vec![first];
+    for _ in 1..shards {
+        listeners.push(reuseport_listener(ws_addr, server.backlog).map_err(|e| bind_error("websocket", ws_addr, e))?);
+    }
+    let api_listener = std::net::TcpListener::bind(server.api_listen).map_err(|e| bind_error("the HTTP API", server.api_listen, e))?;
+    let rpc_listener = std::net::TcpListener::bind(server.rpc_listen).map_err(|e| bind_error("goridge RPC", server.rpc_listen, e))?;
+    let api_addr = api_listener.local_addr().map_err(|e| bind_error("the HTTP API", server.api_listen, e))?;
+    let rpc_addr = rpc_listener.local_addr().map_err(|e| bind_error("goridge RPC", server.rpc_listen, e))?;
+
+    let (router, inboxes) = ShardRouter::new(shards, server.shard_inbox);
+    let shard_metrics: Vec<Arc<ShardMetrics>> = (0..shards).map(|_| Arc::default()).collect();
+    let global_metrics = Arc::new(GlobalMetrics::default());
+    let open_connections = Arc::new(AtomicUsize::new(0));
+    let cores = core_affinity::get_core_ids().unwrap_or_default();
+
+    let mut executors = Vec::with_capacity(shards);
+    let (ready_tx, ready_rx) = std::sync::mpsc::channel::<usize>();
+    for (id, (inbox, listener)) in inboxes.into_iter().zip(listeners).enumerate() {
+        let setup = ShardSetup {
+            id,
+            config: config.clone(),
+            metrics: shard_metrics[id].clone(),
+            open_connections: open_connections.clone(),
+            inbox,
+            listener,
+        };
+        let cpu = (!cores.is_empty()).then(|| cores[id % cores.len()].id);
+        let ready = ready_tx.clone();
+        let ex = rt::spawn_executor(&format!("shard{id}"), cpu, server.io_memory_kib * 1024, move || async move {
+            let _ = ready.send(id);
+            shard::run(setup).await;
+        })
+        .map_err(|e| StartError(format!("cannot start shard {id}: {e}")))?;
+        executors.push(ex);
+    }
+    drop(ready_tx);
+    for _ in 0..shards {
+        if ready_rx.recv_timeout(Duration::from_secs(10)).is_err() {
+            // A shard thread ended before running: its join error says why.
+            let why = executors
+                .into_iter()
+                .filter_map(|ex| ex.join().err())
+                .next()
+                .unwrap_or_else(|| "timed out".into());
+            return Err(StartError(format!(
+                "a shard could not start: {why}\nringcast needs io_uring (Linux 5.8+; Docker's default seccomp profile blocks it) \
+                 and RLIMIT_MEMLOCK above server.io_memory_kib per shard (`ulimit -l`); see docs/tuning.md"
+            )));
+        }
+    }
+
+    let broker: Arc<dyn Broker> = Arc::new(MemoryBroker::new(router.clone()));
+    let rpc_ctx = Arc::new(RpcContext {
+        broker: broker.clone(),
+        broker_name: config.broker.clone(),
+        max_frame_size: config.rpc.max_frame_size,
+        metrics: global_metrics.clone(),
+    });
+    let api_ctx = Arc::new(ApiContext {
+        broker,
+        shard_metrics,
+        metrics: global_metrics,
+        max_body: config.rpc.max_frame_size,
+    });
+    std::thread::Builder::new()
+        .name("integration".into())
+        .spawn(move || integration_thread(api_listener, rpc_listener, api_ctx, rpc_ctx))
+        .map_err(|e| StartError(format!("cannot start the integration thread: {e}")))?;
+
+    let vhosts: Vec<String> = config.vhosts.iter().map(|v| format!("{}({})", v.path, v.dialect)).collect();
+    info!(
+        "ringcast listening: websocket={ws_addr} api={api_addr} rpc={rpc_addr} shards={shards} broker={} vhosts={}",
+        config.broker,
+        vhosts.join(",")
+    );
+
+    wait_for_signal()?;
+    info!(timeout_ms = config.server.shutdown_timeout_ms, "shutting down: closing connections with 1001");
+    router.shutdown();
+    for (id, ex) in executors.into_iter().enumerate() {
+        if let Err(e) = ex.join() {
+            error!(shard = id, error = %e, "shard ended with an error");
+        }
+    }
+    info!("stopped");
+    Ok(())
+}
+
+fn integration_thread(
+    api_listener: std::net::TcpListener,
+    rpc_listener: std::net::TcpListener,
+    api_ctx: Arc<ApiContext>,
+    rpc_ctx: Arc<RpcContext>,
+) {
+    let runtime = match tokio::runtime::Builder::new_current_thread().enable_all().build() {
+        Ok(r) => r,
+        Err(e) => {
+            error!(error = %e, "cannot start the tokio runtime; exiting");
+            std::process::exit(1);
+        }
+    };
+    runtime.block_on(async move {
+        let to_tokio = |l: std::net::TcpListener| {
+            l.set_nonblocking(true).and_then(|()| tokio::net::TcpListener::from_std(l))
+        };
+        let (api, rpc) = match (to_tokio(api_listener), to_tokio(rpc_listener)) {
+            (Ok(a), Ok(r)) => (a, r),
+            (Err(e), _) | (_, Err(e)) => {
+                error!(error = %e, "cannot register listeners with tokio; exiting");
+                std::process::exit(1);
+            }
+        };
+        tokio::join!(api::serve(api, api_ctx), rpc_server::serve(rpc, rpc_ctx));
+    });
+}
+
+/// Blocks until SIGINT or SIGTERM. A second signal exits at once.
+fn wait_for_signal() -> Result<(), StartError> {
+    use signal_hook::consts::{SIGINT, SIGTERM};
+    let mut signals = signal_hook::iterator::Signals::new([SIGINT, SIGTERM])
+        .map_err(|e| StartError(format!("cannot install signal handlers: {e}")))?;
+    signals.forever().next();
+    std::thread::spawn(move || {
+        if signals.forever().next().is_some() {
+            eprintln!("second signal: exiting without waiting for connections to close");
+            std::process::exit(130);
+        }
+    });
+    Ok(())
+}

@@ -1,0 +1,289 @@
+//! A shard: one executor pinned to one core, owning a disjoint set of
+//! connections, its own topic index and its own scratch buffers. Nothing here
+//! is shared with other threads except the inbox and relaxed counters.
+
+pub mod conn;
+mod router;
+pub mod send_queue;
+pub mod topics;
+
+use std::cell::{Cell, RefCell};
+use std::future::poll_fn;
+use std::rc::Rc;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::Arc;
+use std::task::{Poll, Waker};
+use std::time::{Duration, Instant};
+
+use bytes::Bytes;
+use slab::Slab;
+use tracing::{debug, warn};
+
+pub use router::{Closed, Inbox, ShardMsg, ShardRouter};
+
+use crate::config::Config;
+use crate::metrics::{self, ShardMetrics};
+use crate::publish::Delivery;
+use crate::rt;
+use crate::ws::close_frame;
+use conn::{ConnRef, ConnState};
+use topics::{ConnKey, TopicIndex};
+
+/// Size of the per-shard read buffer every connection reads into.
+const READ_BUFFER: usize = 64 * 1024;
+/// Slow consumers and protocol violators get this long to take their Close.
+pub const CLOSE_LINGER: Duration = Duration::from_millis(1000);
+
+/// What a shard thread needs to start.
+pub struct ShardSetup {
+    pub id: usize,
+    pub config: Arc<Config>,
+    pub metrics: Arc<ShardMetrics>,
+    /// Connections open across all shards (for `max_connections`).
+    pub open_connections: Arc<AtomicUsize>,
+    pub inbox: Inbox,
+    pub listener: std::net::TcpListener,
+}
+
+pub struct Shard {
+    pub id: usize,
+    pub config: Arc<Config>,
+    pub metrics: Arc<ShardMetrics>,
+    open_connections: Arc<AtomicUsize>,
+    conns: RefCell<Slab<ConnRef>>,
+    topics: RefCell<TopicIndex>,
+    read_buf: RefCell<Box<[u8]>>,
+    json_buffers: RefCell<simd_json::Buffers>,
+    started: Instant,
+    draining: Cell<bool>,
+    drain_waker: RefCell<Option<Waker>>,
+}
+
+/// Runs a shard until it has drained after a shutdown message.
+pub async fn run(setup: ShardSetup) {
+    let listener = rt::adopt_listener(setup.listener);
+    let shard = Rc::new(Shard {
+        id: setup.id,
+        config: setup.config,
+        metrics: setup.metrics,
+        open_connections: setup.open_connections,
+        conns: RefCell::new(Slab::new()),
+        topics: RefCell::new(TopicIndex::default()),
+        read_buf: RefCell::new(vec![0; READ_BUFFER].into_boxed_slice()),
+        json_buffers: RefCell::new(simd_json::Buffers::new(1024)),
+        started: Instant::now(),
+        draining: Cell::new(false),
+        drain_waker: RefCell::new(None),
+    });
+    rt::spawn(accept_loop(shard.clone(), listener));
+    rt::spawn(keepalive_loop(shard.clone()));
+    let inbox = setup.inbox;
+    loop {
+        match poll_fn(|cx| inbox.poll_recv(cx)).await {
+            Some(ShardMsg::Deliver(batch)) => shard.deliver(&batch),
+            Some(ShardMsg::Shutdown) | None => break,
+        }
+    }
+    shard.drain().await;
+}
+
+impl Shard {
+    /// Milliseconds since the shard started (monotonic).
+    pub fn now_ms(&self) -> u64 {
+        self.started.elapsed().as_millis() as u64
+    }
+
+    /// Queues each delivery to this shard's subscribers of its topic: a
+    /// reference-counted clone of the frame, nothing copied or re-encoded.
+    fn deliver(&self, batch: &[Delivery]) {
+        let conns = self.conns.borrow();
+        let topics = self.topics.borrow();
+        let budget = self.config.limits.max_backpressure;
+        for d in batch {
+            for key in topics.subscribers(&d.topic) {
+                let conn = &conns[key];
+                let mut st = conn.borrow_mut();
+                if st.push(d.frame.clone(), budget).is_err() {
+                    self.close_slow_consumer(conn, &mut st);
+                }
+            }
+        }
+    }
+
+    pub(crate) fn close_slow_consumer(&self, conn: &ConnRef, st: &mut ConnState) {
+        metrics::inc(&self.metrics.slow_consumer_closes);
+        debug!(shard = self.id, queued = st.queue.queued_bytes(), "closing slow consumer");
+        st.queue.discard_unsent();
+        self.start_close(conn, st, close_frame(1013, "slow consumer"), CLOSE_LINGER);
+    }
+
+    /// Queues a Close after what is already queued; the connection is
+    /// dropped when the peer closes too, or after `linger` at the latest.
+    pub(crate) fn start_close(&self, conn: &ConnRef, st: &mut ConnState, frame: Bytes, linger: Duration) {
+        if st.begin_close(frame) {
+            let conn = conn.clone();
+            rt::spawn(async move {
+                rt::sleep(linger).await;
+                conn.borrow_mut().force_close();
+            });
+        }
+    }
+
+    fn register(&self, conn: ConnRef) -> ConnKey {
+        metrics::inc(&self.metrics.connections);
+        metrics::inc(&self.metrics.connections_accepted);
+        self.conns.borrow_mut().insert(conn)
+    }
+
+    fn unregister(&self, key: ConnKey) {
+        let conn = self.conns.borrow_mut().remove(key);
+        let mut topics = self.topics.borrow_mut();
+        let mut st = conn.borrow_mut();
+        for t in st.topics.drain(..) {
+            topics.unsubscribe(&t, key);
+            metrics::dec(&self.metrics.subscriptions);
+        }
+        metrics::dec(&self.metrics.connections);
+    }
+
+    /// Applies a join; false means refused (`#join`), with nothing changed.
+    fn join(&self, key: ConnKey, st: &mut ConnState, broker: Option<&str>, wanted: &[&str]) -> bool {
+        use crate::dialect::roadrunner::topic_is_valid;
+        if broker.is_some_and(|b| b != self.config.broker)
+            || wanted.is_empty()
+            || !wanted.iter().all(|t| topic_is_valid(t))
+        {
+            return false;
+        }
+        let mut new: Vec<&str> = wanted
+            .iter()
+            .copied()
+            .filter(|t| !st.topics.iter().any(|have| &**have == *t))
+            .collect();
+        new.sort_unstable();
+        new.dedup();
+        if st.topics.len() + new.len() > self.config.limits.max_topics_per_connection {
+            return false;
+        }
+        let mut index = self.topics.borrow_mut();
+        for t in new {
+            st.topics.push(index.subscribe(t, key));
+            metrics::inc(&self.metrics.subscriptions);
+        }
+        true
+    }
+
+    /// Applies a leave; false means refused (`#leave`), with nothing changed.
+    fn leave(&self, key: ConnKey, st: &mut ConnState, broker: Option<&str>, topics: &[&str]) -> bool {
+        use crate::dialect::roadrunner::topic_is_valid;
+        if broker.is_some_and(|b| b != self.config.broker)
+            || topics.is_empty()
+            || !topics.iter().all(|t| topic_is_valid(t))
+        {
+            return false;
+        }
+        let mut index = self.topics.borrow_mut();
+        for t in topics {
+            if let Some(pos) = st.topics.iter().position(|have| &**have == *t) {
+                st.topics.swap_remove(pos);
+                index.unsubscribe(t, key);
+                metrics::dec(&self.metrics.subscriptions);
+            }
+        }
+        true
+    }
+
+    /// Stops accepting, sends every client Close 1001 after what it already
+    /// has queued, and returns when all are gone or the timeout passed.
+    async fn drain(&self) {
+        self.draining.set(true);
+        if let Some(w) = self.drain_waker.borrow_mut().take() {
+            w.wake();
+        }
+        let timeout = Duration::from_millis(self.config.server.shutdown_timeout_ms);
+        for (_, conn) in self.conns.borrow().iter() {
+            let mut st = conn.borrow_mut();
+            self.start_close(conn, &mut st, close_frame(1001, "server shutting down"), timeout);
+        }
+        let deadline = Instant::now() + timeout;
+        while !self.conns.borrow().is_empty() && Instant::now() < deadline {
+            rt::sleep(Duration::from_millis(10)).await;
+        }
+        debug!(shard = self.id, left = self.conns.borrow().len(), "shard drained");
+    }
+
+    /// Resolves once a shutdown began.
+    async fn draining(&self) {
+        poll_fn(|cx| {
+            if self.draining.get() {
+                Poll::Ready(())
+            } else {
+                *self.drain_waker.borrow_mut() = Some(cx.waker().clone());
+                Poll::Pending
+            }
+        })
+        .await
+    }
+}
+
+async fn accept_loop(shard: Rc<Shard>, listener: rt::TcpListener) {
+    let max = shard.config.server.max_connections;
+    loop {
+        let accepted = futures_lite::future::or(async { Some(listener.accept().await) }, async {
+            shard.draining().await;
+            None
+        })
+        .await;
+        match accepted {
+            None => return,
+            Some(Ok(stream)) => {
+                if shard.open_connections.fetch_add(1, Ordering::Relaxed) >= max {
+                    shard.open_connections.fetch_sub(1, Ordering::Relaxed);
+                    metrics::inc(&shard.metrics.connections_refused);
+                    rt::spawn(conn::refuse(stream));
+                } else {
+                    rt::spawn(conn::serve(shard.clone(), stream));
+                }
+            }
+            Some(Err(e)) => {
+                // EMFILE and friends: back off instead of spinning.
+                warn!(shard = shard.id, error = %e, "accept failed; raise `ulimit -n` (see docs/tuning.md)");
+                rt::sleep(Duration::from_millis(50)).await;
+            }
+        }
+    }
+}
+
+/// Pings connections silent for `ping_interval_ms` and closes those silent
+/// for `idle_timeout_ms`. One pass per second over the shard's connections,
+/// instead of a timer per connection.
+async fn keepalive_loop(shard: Rc<Shard>) {
+    let ping_after = shard.config.limits.ping_interval_ms;
+    let close_after = shard.config.limits.idle_timeout_ms;
+    let tick = Duration::from_millis(ping_after.min(1000));
+    let ping = crate::ws::data_frame(
+        tungstenite::protocol::frame::coding::OpCode::Control(tungstenite::protocol::frame::coding::Control::Ping),
+        b"",
+    );
+    while !shard.draining.get() {
+        rt::sleep(tick).await;
+        let now = shard.now_ms();
+        let budget = shard.config.limits.max_backpressure;
+        for (_, conn) in shard.conns.borrow().iter() {
+            let mut st = conn.borrow_mut();
+            if st.is_closing() {
+                continue;
+            }
+            let silent = now.saturating_sub(st.last_rx_ms);
+            if silent >= close_after {
+                metrics::inc(&shard.metrics.idle_closes);
+                shard.start_close(conn, &mut st, close_frame(1001, "idle timeout"), CLOSE_LINGER);
+            } else if silent >= ping_after && !st.ping_outstanding {
+                st.ping_outstanding = true;
+                if st.push(ping.clone(), budget).is_err() {
+                    shard.close_slow_consumer(conn, &mut st);
+                }
+            }
+        }
+    }
+}

@@ -1,0 +1,69 @@
+//! A shard's topic index: topic → the shard's connections subscribed to it.
+//! Shard-local, so it needs no locks; fanout iterates a contiguous set.
+
+use std::collections::HashMap;
+use std::rc::Rc;
+
+use indexmap::IndexSet;
+
+pub type ConnKey = usize;
+
+#[derive(Debug, Default)]
+pub struct TopicIndex {
+    topics: HashMap<Rc<str>, IndexSet<ConnKey>>,
+}
+
+impl TopicIndex {
+    /// Subscribes `conn`; returns the shared topic name to keep on the connection.
+    pub fn subscribe(&mut self, topic: &str, conn: ConnKey) -> Rc<str> {
+        if let Some(set) = self.topics.get_mut(topic) {
+            set.insert(conn);
+            let (name, _) = self.topics.get_key_value(topic).expect("just found");
+            return name.clone();
+        }
+        let name: Rc<str> = Rc::from(topic);
+        let mut set = IndexSet::with_capacity(1);
+        set.insert(conn);
+        self.topics.insert(name.clone(), set);
+        name
+    }
+
+    pub fn unsubscribe(&mut self, topic: &str, conn: ConnKey) {
+        if let Some(set) = self.topics.get_mut(topic) {
+            set.swap_remove(&conn);
+            if set.is_empty() {
+                self.topics.remove(topic);
+            }
+        }
+    }
+
+    pub fn subscribers(&self, topic: &str) -> impl Iterator<Item = ConnKey> + '_ {
+        self.topics.get(topic).into_iter().flat_map(|s| s.iter().copied())
+    }
+
+    pub fn topic_count(&self) -> usize {
+        self.topics.len()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn subscribe_shares_names_and_unsubscribe_cleans_up() {
+        let mut idx = TopicIndex::default();
+        let a = idx.subscribe("t", 1);
+        let b = idx.subscribe("t", 2);
+        assert!(Rc::ptr_eq(&a, &b));
+        let mut subs: Vec<_> = idx.subscribers("t").collect();
+        subs.sort();
+        assert_eq!(subs, [1, 2]);
+        idx.unsubscribe("t", 1);
+        assert_eq!(idx.subscribers("t").collect::<Vec<_>>(), [2]);
+        idx.unsubscribe("t", 2);
+        assert_eq!(idx.topic_count(), 0);
+        assert_eq!(idx.subscribers("t").count(), 0);
+        idx.unsubscribe("never", 9);
+    }
+}

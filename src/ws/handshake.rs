@@ -1,0 +1,216 @@
+//! The HTTP/1.1 upgrade handshake (RFC 6455 §4.2), parsed with httparse.
+//! Anything that is not a valid upgrade gets a plain HTTP error, never a hang.
+
+use tungstenite::handshake::derive_accept_key;
+
+/// Requests whose headers are larger than this are refused (431).
+pub const MAX_REQUEST_HEAD: usize = 8192;
+const MAX_HEADERS: usize = 48;
+
+/// A valid upgrade request.
+#[derive(Debug, PartialEq, Eq)]
+pub struct Upgrade {
+    pub path: String,
+    pub origin: Option<String>,
+    accept: String,
+}
+
+/// A refusal, sent as a plain HTTP response before closing.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct HttpError {
+    pub status: u16,
+    pub message: String,
+    /// An extra response header, e.g. `Sec-WebSocket-Version: 13` on 426.
+    pub header: Option<(&'static str, &'static str)>,
+}
+
+impl HttpError {
+    pub fn new(status: u16, message: impl Into<String>) -> Self {
+        HttpError {
+            status,
+            message: message.into(),
+            header: None,
+        }
+    }
+
+    /// The full HTTP response.
+    pub fn response(&self) -> Vec<u8> {
+        let body = format!("{}\n", self.message);
+        let extra = self
+            .header
+            .map(|(k, v)| format!("{k}: {v}\r\n"))
+            .unwrap_or_default();
+        format!(
+            "HTTP/1.1 {} {}\r\nContent-Type: text/plain; charset=utf-8\r\nContent-Length: {}\r\nConnection: close\r\n{extra}\r\n{body}",
+            self.status,
+            reason_phrase(self.status),
+            body.len(),
+        )
+        .into_bytes()
+    }
+}
+
+fn reason_phrase(status: u16) -> &'static str {
+    match status {
+        400 => "Bad Request",
+        403 => "Forbidden",
+        404 => "Not Found",
+        405 => "Method Not Allowed",
+        408 => "Request Timeout",
+        426 => "Upgrade Required",
+        431 => "Request Header Fields Too Large",
+        503 => "Service Unavailable",
+        _ => "Error",
+    }
+}
+
+impl Upgrade {
+    /// The 101 response that completes the handshake.
+    pub fn response(&self) -> Vec<u8> {
+        format!(
+            "HTTP/1.1 101 Switching Protocols\r\nUpgrade: websocket\r\nConnection: Upgrade\r\nSec-WebSocket-Accept: {}\r\n\r\n",
+            self.accept
+        )
+        .into_bytes()
+    }
+}
+
+/// Parses a request head from `buf`. `Ok(None)`: incomplete, read more.
+/// On success also returns the head's length; bytes after it are frames.
+pub fn parse(buf: &[u8]) -> Result<Option<(Upgrade, usize)>, HttpError> {
+    let mut headers = [httparse::EMPTY_HEADER; MAX_HEADERS];
+    let mut req = httparse::Request::new(&mut headers);
+    let len = match req.parse(buf) {
+        Ok(httparse::Status::Complete(len)) => len,
+        Ok(httparse::Status::Partial) if buf.len() >= MAX_REQUEST_HEAD => {
+            return Err(HttpError::new(431, "request head too large"))
+        }
+        Ok(httparse::Status::Partial) => return Ok(None),
+        Err(httparse::Error::TooManyHeaders) => return Err(HttpError::new(431, "too many headers")),
+        Err(e) => return Err(HttpError::new(400, format!("malformed HTTP request: {e}"))),
+    };
+    if req.method != Some("GET") {
+        let mut e = HttpError::new(405, "WebSocket upgrades use GET");
+        e.header = Some(("Allow", "GET"));
+        return Err(e);
+    }
+    if req.version != Some(1) {
+        return Err(HttpError::new(400, "WebSocket upgrades need HTTP/1.1"));
+    }
+    let header = |name: &str| {
+        req.headers
+            .iter()
+            .find(|h| h.name.eq_ignore_ascii_case(name))
+            .and_then(|h| std::str::from_utf8(h.value).ok())
+    };
+    let has_token = |name: &str, token: &str| {
+        req.headers
+            .iter()
+            .filter(|h| h.name.eq_ignore_ascii_case(name))
+            .filter_map(|h| std::str::from_utf8(h.value).ok())
+            .flat_map(|v| v.split(','))
+            .any(|t| t.trim().eq_ignore_ascii_case(token))
+    };
+    if !has_token("Upgrade", "websocket") || !has_token("Connection", "upgrade") {
+        let mut e = HttpError::new(426, "this endpoint speaks WebSocket only");
+        e.header = Some(("Upgrade", "websocket"));
+        return Err(e);
+    }
+    if header("Sec-WebSocket-Version").map(str::trim) != Some("13") {
+        let mut e = HttpError::new(426, "unsupported Sec-WebSocket-Version (13 required)");
+        e.header = Some(("Sec-WebSocket-Version", "13"));
+        return Err(e);
+    }
+    let key = header("Sec-WebSocket-Key")
+        .map(str::trim)
+        .filter(|k| valid_key(k))
+        .ok_or_else(|| HttpError::new(400, "missing or invalid Sec-WebSocket-Key"))?;
+    let path = req.path.unwrap_or("/");
+    let path = path.split('?').next().unwrap_or(path).to_string();
+    Ok(Some((
+        Upgrade {
+            path,
+            origin: header("Origin").map(str::to_string),
+            accept: derive_accept_key(key.as_bytes()),
+        },
+        len,
+    )))
+}
+
+/// A key is the base64 encoding of 16 bytes: 22 characters and `==`.
+fn valid_key(key: &str) -> bool {
+    key.len() == 24
+        && key.ends_with("==")
+        && key[..22]
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || b == b'+' || b == b'/')
+}
+
+/// An `allowed_origin` pattern: `*` (any), `*suffix`, `prefix*`, or exact.
+pub fn origin_allowed(pattern: &str, origin: Option<&str>) -> bool {
+    let Some(origin) = origin else {
+        // Non-browser clients send no Origin; origin checks protect browsers.
+        return true;
+    };
+    if pattern == "*" {
+        return true;
+    }
+    if let Some(suffix) = pattern.strip_prefix('*') {
+        return origin.ends_with(suffix);
+    }
+    if let Some(prefix) = pattern.strip_suffix('*') {
+        return origin.starts_with(prefix);
+    }
+    origin == pattern
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const GOOD: &str = "GET /ws?x=1 HTTP/1.1\r\nHost: a\r\nUpgrade: websocket\r\nConnection: keep-alive, Upgrade\r\nSec-WebSocket-Version: 13\r\nSec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\nOrigin: https://app.example.com\r\n\r\n";
+
+    #[test]
+    fn accepts_rfc_example() {
+        let (up, len) = parse(GOOD.as_bytes()).unwrap().unwrap();
+        assert_eq!(len, GOOD.len());
+        assert_eq!(up.path, "/ws");
+        assert_eq!(up.origin.as_deref(), Some("https://app.example.com"));
+        let resp = String::from_utf8(up.response()).unwrap();
+        assert!(resp.contains("Sec-WebSocket-Accept: s3pPLMBiTxaQ9kYGzzhZRbK+xOo=\r\n"));
+    }
+
+    #[test]
+    fn incomplete_then_too_large() {
+        assert_eq!(parse(&GOOD.as_bytes()[..40]), Ok(None));
+        let huge = format!("GET / HTTP/1.1\r\nX: {}\r\n", "a".repeat(MAX_REQUEST_HEAD));
+        assert_eq!(parse(huge.as_bytes()).unwrap_err().status, 431);
+    }
+
+    #[test]
+    fn refusals() {
+        let plain = "GET /ws HTTP/1.1\r\nHost: a\r\n\r\n";
+        assert_eq!(parse(plain.as_bytes()).unwrap_err().status, 426);
+        let post = GOOD.replacen("GET", "POST", 1);
+        assert_eq!(parse(post.as_bytes()).unwrap_err().status, 405);
+        let v8 = GOOD.replace("Version: 13", "Version: 8");
+        assert_eq!(parse(v8.as_bytes()).unwrap_err().status, 426);
+        let badkey = GOOD.replace("dGhlIHNhbXBsZSBub25jZQ==", "short");
+        assert_eq!(parse(badkey.as_bytes()).unwrap_err().status, 400);
+        assert_eq!(parse(b"\x00\x01garbage\r\n\r\n").unwrap_err().status, 400);
+        let resp = String::from_utf8(parse(plain.as_bytes()).unwrap_err().response()).unwrap();
+        assert!(resp.starts_with("HTTP/1.1 426 Upgrade Required\r\n"));
+        assert!(resp.contains("Connection: close"));
+    }
+
+    #[test]
+    fn origins() {
+        assert!(origin_allowed("*", Some("x")));
+        assert!(origin_allowed("*.example.com", Some("https://a.example.com")));
+        assert!(!origin_allowed("*.example.com", Some("https://evil.com")));
+        assert!(origin_allowed("https://app*", Some("https://app.io")));
+        assert!(origin_allowed("https://a.io", Some("https://a.io")));
+        assert!(!origin_allowed("https://a.io", Some("https://b.io")));
+        assert!(origin_allowed("https://a.io", None));
+    }
+}
