@@ -1,0 +1,235 @@
+//! Test harness: runs the real `ringcast` binary on random loopback ports and
+//! talks to it with real clients (tungstenite, HTTP, raw goridge bytes).
+#![allow(dead_code)]
+
+use std::io::{BufRead, BufReader, Read, Write};
+use std::net::{SocketAddr, TcpStream};
+use std::process::{Child, Command, Stdio};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use tungstenite::client::IntoClientRequest;
+use tungstenite::stream::MaybeTlsStream;
+use tungstenite::{Message, WebSocket};
+
+pub type Ws = WebSocket<MaybeTlsStream<TcpStream>>;
+
+pub struct Server {
+    child: Child,
+    pub ws: SocketAddr,
+    pub api: SocketAddr,
+    pub rpc: SocketAddr,
+    pub log: Arc<Mutex<String>>,
+    _dir: tempfile::TempDir,
+}
+
+impl Server {
+    /// Starts ringcast with `config` (TOML) and `shards` shards.
+    pub fn start(config: &str, shards: usize) -> Server {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("ringcast.toml");
+        std::fs::write(&path, config).unwrap();
+        let mut child = Command::new(env!("CARGO_BIN_EXE_ringcast"))
+            .arg("--config")
+            .arg(&path)
+            .args(["--listen", "127.0.0.1:0", "--api-listen", "127.0.0.1:0", "--rpc-listen", "127.0.0.1:0"])
+            .args(["--shards", &shards.to_string()])
+            .env("RUST_LOG", "info")
+            .stdout(Stdio::null())
+            .stderr(Stdio::piped())
+            .spawn()
+            .expect("run ringcast");
+        let stderr = child.stderr.take().unwrap();
+        let log = Arc::new(Mutex::new(String::new()));
+        let (tx, rx) = std::sync::mpsc::channel();
+        let sink = log.clone();
+        std::thread::spawn(move || {
+            for line in BufReader::new(stderr).lines() {
+                let Ok(line) = line else { break };
+                if line.contains("ringcast listening:") {
+                    let _ = tx.send(line.clone());
+                }
+                let mut l = sink.lock().unwrap();
+                l.push_str(&line);
+                l.push('\n');
+            }
+        });
+        let line = match rx.recv_timeout(Duration::from_secs(20)) {
+            Ok(l) => l,
+            Err(_) => {
+                let _ = child.kill();
+                panic!("ringcast did not start; log:\n{}", log.lock().unwrap());
+            }
+        };
+        let field = |name: &str| -> SocketAddr {
+            let start = line.find(&format!("{name}=")).unwrap() + name.len() + 1;
+            line[start..].split_whitespace().next().unwrap().parse().unwrap()
+        };
+        Server { ws: field("websocket"), api: field("api"), rpc: field("rpc"), child, log, _dir: dir }
+    }
+
+    pub fn pid(&self) -> u32 {
+        self.child.id()
+    }
+
+    /// Sends a signal by name (TERM, INT) through kill(1).
+    pub fn signal(&self, sig: &str) {
+        let ok = Command::new("kill").arg(format!("-{sig}")).arg(self.pid().to_string()).status().unwrap();
+        assert!(ok.success());
+    }
+
+    /// Waits for the process to exit; None if it is still running at the deadline.
+    pub fn wait_exit(&mut self, within: Duration) -> Option<std::process::ExitStatus> {
+        let deadline = Instant::now() + within;
+        while Instant::now() < deadline {
+            if let Some(s) = self.child.try_wait().unwrap() {
+                return Some(s);
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        None
+    }
+
+    pub fn connect(&self, path: &str) -> Ws {
+        self.connect_with(path, &[])
+    }
+
+    pub fn connect_with(&self, path: &str, headers: &[(&'static str, &str)]) -> Ws {
+        try_connect(self.ws, path, headers).unwrap_or_else(|e| panic!("connect {path}: {e}"))
+    }
+
+    pub fn url(&self, path: &str) -> String {
+        format!("http://{}{}", self.api, path)
+    }
+
+    /// `POST /publish` with JSON; returns (status, body).
+    pub fn publish_json(&self, body: &str) -> (u16, String) {
+        http_post(&self.url("/publish"), "application/json", body.as_bytes())
+    }
+
+    pub fn metric(&self, name: &str) -> u64 {
+        let text = http_get(&self.url("/metrics")).1;
+        text.lines()
+            .filter(|l| l.starts_with(name) && l[name.len()..].starts_with(['{', ' ']))
+            .map(|l| l.rsplit(' ').next().unwrap().parse::<u64>().unwrap())
+            .sum()
+    }
+
+    pub fn log(&self) -> String {
+        self.log.lock().unwrap().clone()
+    }
+}
+
+impl Drop for Server {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+pub fn try_connect(addr: SocketAddr, path: &str, headers: &[(&'static str, &str)]) -> Result<Ws, tungstenite::Error> {
+    let mut req = format!("ws://{addr}{path}").into_client_request()?;
+    for (k, v) in headers {
+        req.headers_mut().insert(*k, v.parse().unwrap());
+    }
+    let stream = TcpStream::connect(addr)?;
+    stream.set_read_timeout(Some(Duration::from_secs(5)))?;
+    match tungstenite::client(req, MaybeTlsStream::Plain(stream)) {
+        Ok((ws, _)) => Ok(ws),
+        Err(tungstenite::HandshakeError::Failure(e)) => Err(e),
+        Err(tungstenite::HandshakeError::Interrupted(_)) => panic!("blocking handshake interrupted"),
+    }
+}
+
+/// The next text message (answering pings on the way); panics on timeout.
+pub fn recv_text(ws: &mut Ws) -> String {
+    loop {
+        match ws.read().expect("read a message") {
+            Message::Text(t) => return t.to_string(),
+            Message::Ping(_) | Message::Pong(_) => continue,
+            other => panic!("expected text, got {other:?}"),
+        }
+    }
+}
+
+/// Asserts nothing arrives within `wait`.
+pub fn assert_silent(ws: &mut Ws, wait: Duration) {
+    set_timeout(ws, wait);
+    match ws.read() {
+        Err(tungstenite::Error::Io(e)) if matches!(e.kind(), std::io::ErrorKind::WouldBlock | std::io::ErrorKind::TimedOut) => {}
+        other => panic!("expected silence, got {other:?}"),
+    }
+    set_timeout(ws, Duration::from_secs(5));
+}
+
+pub fn set_timeout(ws: &mut Ws, t: Duration) {
+    if let MaybeTlsStream::Plain(s) = ws.get_mut() {
+        s.set_read_timeout(Some(t)).unwrap();
+    }
+}
+
+pub fn send_text(ws: &mut Ws, text: &str) {
+    ws.send(Message::text(text)).unwrap();
+}
+
+/// Joins `topics` and asserts the `@join` reply.
+pub fn join(ws: &mut Ws, topics: &[&str]) {
+    let cmd = serde_json::json!({"command": "join", "topics": topics}).to_string();
+    send_text(ws, &cmd);
+    let reply = recv_text(ws);
+    let list = serde_json::to_string(topics).unwrap();
+    assert_eq!(reply, format!(r#"{{"topic":"@join","payload":{list}}}"#));
+}
+
+pub fn http_get(url: &str) -> (u16, String) {
+    match ureq::get(url).call() {
+        Ok(r) => (r.status(), r.into_string().unwrap()),
+        Err(ureq::Error::Status(code, r)) => (code, r.into_string().unwrap()),
+        Err(e) => panic!("GET {url}: {e}"),
+    }
+}
+
+pub fn http_post(url: &str, content_type: &str, body: &[u8]) -> (u16, String) {
+    match ureq::post(url).set("Content-Type", content_type).send_bytes(body) {
+        Ok(r) => (r.status(), r.into_string().unwrap()),
+        Err(ureq::Error::Status(code, r)) => (code, r.into_string().unwrap()),
+        Err(e) => panic!("POST {url}: {e}"),
+    }
+}
+
+/// Sends raw bytes and returns everything the server sends until it closes
+/// or `wait` passes.
+pub fn raw_exchange(addr: SocketAddr, request: &[u8], wait: Duration) -> Vec<u8> {
+    let mut s = TcpStream::connect(addr).unwrap();
+    s.set_read_timeout(Some(wait)).unwrap();
+    s.write_all(request).unwrap();
+    let mut out = Vec::new();
+    let _ = s.read_to_end(&mut out);
+    out
+}
+
+/// A minimal valid upgrade request for `path`.
+pub fn upgrade_request(path: &str) -> String {
+    format!(
+        "GET {path} HTTP/1.1\r\nHost: x\r\nUpgrade: websocket\r\nConnection: Upgrade\r\nSec-WebSocket-Version: 13\r\nSec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\n\r\n"
+    )
+}
+
+/// Polls `f` until it returns true or `within` passes.
+pub fn eventually(within: Duration, mut f: impl FnMut() -> bool) -> bool {
+    let deadline = Instant::now() + within;
+    loop {
+        if f() {
+            return true;
+        }
+        if Instant::now() > deadline {
+            return false;
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    }
+}
+
+/// Config with one roadrunner vhost at /ws plus `extra` TOML.
+pub fn roadrunner_config(extra: &str) -> String {
+    format!("{extra}\n[[vhost]]\npath = \"/ws\"\ndialect = \"roadrunner\"\n")
+}
