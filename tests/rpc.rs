@@ -1,0 +1,193 @@
+//! PROTOCOLS.md §3: goridge v3 RPC, byte for byte, against the real binary.
+
+mod common;
+
+use std::io::{Read, Write};
+use std::net::TcpStream;
+use std::time::Duration;
+
+use common::*;
+
+fn hex(s: &str) -> Vec<u8> {
+    s.split_whitespace().map(|b| u8::from_str_radix(b, 16).unwrap()).collect()
+}
+
+fn rpc_conn(s: &Server) -> TcpStream {
+    let c = TcpStream::connect(s.rpc).unwrap();
+    c.set_read_timeout(Some(Duration::from_secs(5))).unwrap();
+    c
+}
+
+/// A goridge frame, written out independently of the server's encoder.
+fn frame(flags: u8, options: &[u32], payload: &[u8]) -> Vec<u8> {
+    let mut h = vec![0x10 | (3 + options.len() as u8), flags];
+    h.extend_from_slice(&(payload.len() as u32).to_le_bytes());
+    let crc = crc32fast::hash(&h);
+    h.extend_from_slice(&crc.to_le_bytes());
+    h.extend_from_slice(&[0, 0]);
+    for o in options {
+        h.extend_from_slice(&o.to_le_bytes());
+    }
+    h.extend_from_slice(payload);
+    h
+}
+
+/// Reads one reply frame: (flags, options, payload).
+fn read_frame(c: &mut TcpStream) -> (u8, Vec<u32>, Vec<u8>) {
+    let mut head = [0u8; 12];
+    c.read_exact(&mut head).unwrap();
+    assert_eq!(head[0] >> 4, 1, "version");
+    assert_eq!(crc32fast::hash(&head[..6]).to_le_bytes(), head[6..10], "reply CRC");
+    let words = (head[0] & 0x0f) as usize;
+    let mut opts = vec![0u8; words * 4 - 12];
+    c.read_exact(&mut opts).unwrap();
+    let len = u32::from_le_bytes(head[2..6].try_into().unwrap()) as usize;
+    let mut payload = vec![0u8; len];
+    c.read_exact(&mut payload).unwrap();
+    let options = opts.chunks(4).map(|o| u32::from_le_bytes(o.try_into().unwrap())).collect();
+    (head[1], options, payload)
+}
+
+fn call(c: &mut TcpStream, flags: u8, seq: u32, method: &str, body: &[u8]) -> (u8, Vec<u32>, Vec<u8>) {
+    let mut payload = method.as_bytes().to_vec();
+    payload.extend_from_slice(body);
+    c.write_all(&frame(flags, &[seq, method.len() as u32], &payload)).unwrap();
+    read_frame(c)
+}
+
+fn subscriber(s: &Server, topics: &[&str]) -> Ws {
+    let mut ws = s.connect("/ws");
+    join(&mut ws, topics);
+    ws
+}
+
+#[test]
+fn worked_example_byte_for_byte() {
+    let s = Server::start("", 2);
+    let mut ws = subscriber(&s, &["t"]);
+    let mut c = rpc_conn(&s);
+    let mut req = hex("15 80 1a 00 00 00 e2 35 9b 6c 00 00 01 00 00 00 11 00 00 00");
+    req.extend_from_slice(b"broadcast.Publish");
+    req.extend(hex("0a 07 12 01 74 1a 02 68 69"));
+    c.write_all(&req).unwrap();
+    let mut want = hex("15 80 13 00 00 00 68 7a 93 11 00 00 01 00 00 00 11 00 00 00");
+    want.extend_from_slice(b"broadcast.Publish");
+    want.extend([0x08, 0x01]);
+    let mut got = vec![0u8; want.len()];
+    c.read_exact(&mut got).unwrap();
+    assert_eq!(got, want);
+    assert_eq!(recv_text(&mut ws), r#"{"topic":"t","payload":"hi"}"#);
+}
+
+#[test]
+fn all_four_methods_and_both_codecs() {
+    use prost::Message as _;
+    use ringcast::rpc::proto::{broadcast, websockets};
+    let s = Server::start("", 2);
+    let mut ws = subscriber(&s, &["a", "b"]);
+    let mut c = rpc_conn(&s);
+
+    let ws_req = websockets::Request {
+        messages: vec![websockets::Message { command: "publish".into(), broker: "memory".into(), topics: vec!["a".into()], payload: b"w1".to_vec() }],
+    }
+    .encode_to_vec();
+    let bc_req = broadcast::Request {
+        messages: vec![broadcast::Message { command: String::new(), topics: vec!["b".into()], payload: b"b1".to_vec() }],
+    }
+    .encode_to_vec();
+    for (seq, method, body, topic, text) in [
+        (10, "websockets.Publish", &ws_req, "a", "w1"),
+        (11, "websockets.PublishAsync", &ws_req, "a", "w1"),
+        (12, "broadcast.Publish", &bc_req, "b", "b1"),
+        (13, "broadcast.PublishAsync", &bc_req, "b", "b1"),
+    ] {
+        let (flags, options, payload) = call(&mut c, 0x80, seq, method, body);
+        assert_eq!(flags, 0x80, "{method}");
+        assert_eq!(options, [seq, method.len() as u32]);
+        assert_eq!(&payload[..method.len()], method.as_bytes());
+        assert!(broadcast::Response::decode(&payload[method.len()..]).unwrap().ok);
+        assert_eq!(recv_text(&mut ws), format!(r#"{{"topic":"{topic}","payload":"{text}"}}"#), "{method}");
+    }
+
+    // JSON codec (0x08): payload is base64, reply {"ok":true}.
+    let (flags, _, payload) = call(&mut c, 0x08, 14, "broadcast.Publish", br#"{"messages":[{"topics":["a"],"payload":"aGk="}]}"#);
+    assert_eq!(flags, 0x08);
+    assert_eq!(payload, br#"broadcast.Publish{"ok":true}"#);
+    assert_eq!(recv_text(&mut ws), r#"{"topic":"a","payload":"hi"}"#);
+}
+
+#[test]
+fn publish_has_reached_the_shards_when_it_replies() {
+    // After a Publish reply, a subscriber's next read finds the message
+    // without any delay on the publisher's side; repeated to catch races.
+    let s = Server::start("", 2);
+    let mut ws = subscriber(&s, &["t"]);
+    let mut c = rpc_conn(&s);
+    for i in 0..200u32 {
+        let body = format!(r#"{{"messages":[{{"topics":["t"],"payload":"{}"}}]}}"#, base64_of(&i.to_string()));
+        let (flags, _, _) = call(&mut c, 0x08, i, "broadcast.Publish", body.as_bytes());
+        assert_eq!(flags, 0x08);
+        assert_eq!(recv_text(&mut ws), format!(r#"{{"topic":"t","payload":"{i}"}}"#));
+    }
+}
+
+fn base64_of(s: &str) -> String {
+    use base64::Engine;
+    base64::engine::general_purpose::STANDARD.encode(s)
+}
+
+#[test]
+fn error_frames_keep_the_connection_usable() {
+    let s = Server::start("", 1);
+    let mut ws = subscriber(&s, &["t"]);
+    let mut c = rpc_conn(&s);
+    let expect_error = |c: &mut TcpStream, flags: u8, seq: u32, method: &str, body: &[u8], needle: &str| {
+        let (rflags, options, payload) = call(c, flags, seq, method, body);
+        assert_eq!(rflags, flags | 0x40, "{method}: error flag with the request's codec");
+        assert_eq!(options, [seq, method.len() as u32]);
+        assert_eq!(&payload[..method.len()], method.as_bytes());
+        let text = String::from_utf8_lossy(&payload[method.len()..]).to_string();
+        assert!(text.contains(needle), "{method}: {text:?} should mention {needle:?}");
+    };
+    expect_error(&mut c, 0x80, 1, "broadcast.Nope", b"", "unknown method");
+    expect_error(&mut c, 0x10, 2, "broadcast.Publish", b"", "unsupported codec");
+    expect_error(&mut c, 0x80, 3, "broadcast.Publish", &[0xff, 0xff, 0xff], "protobuf");
+    expect_error(&mut c, 0x08, 4, "broadcast.Publish", b"{", "JSON");
+    expect_error(&mut c, 0x08, 5, "broadcast.Publish", br#"{"messages":[]}"#, "no messages");
+    // Validation before any reply, also for PublishAsync; nothing published.
+    expect_error(&mut c, 0x08, 6, "broadcast.PublishAsync", br#"{"messages":[{"topics":["t"],"payload":"eA=="},{"topics":[]}]}"#, "no topics");
+    expect_error(&mut c, 0x08, 7, "websockets.Publish", br#"{"messages":[{"broker":"kafka","topics":["t"]}]}"#, "unknown broker");
+    // Wrong option count: error reply, connection stays.
+    c.write_all(&frame(0x80, &[9], b"x")).unwrap();
+    let (flags, options, payload) = read_frame(&mut c);
+    assert_eq!((flags, options[0]), (0xc0, 9));
+    assert!(String::from_utf8_lossy(&payload).contains("expected 2 options"));
+    assert_silent(&mut ws, Duration::from_millis(200));
+    let (flags, _, _) = call(&mut c, 0x08, 8, "broadcast.Publish", br#"{"messages":[{"topics":["t"],"payload":"b2s="}]}"#);
+    assert_eq!(flags, 0x08);
+    assert_eq!(recv_text(&mut ws), r#"{"topic":"t","payload":"ok"}"#);
+    assert_eq!(s.metric("ringcast_rpc_errors_total"), 8);
+}
+
+#[test]
+fn corrupt_or_oversized_headers_close_without_allocating() {
+    let s = Server::start("[rpc]\nmax_frame_size = 1024\n", 1);
+    let mut bad_crc = frame(0x80, &[1, 17], b"broadcast.Publish");
+    bad_crc[6] ^= 0xff;
+    let out = raw_exchange(s.rpc, &bad_crc, Duration::from_secs(3));
+    assert!(out.is_empty(), "no reply to a corrupt header, just a close");
+    // Claims 1 GiB: closed at once, no waiting for (or buffering) the payload.
+    let mut huge = vec![0x15, 0x80];
+    huge.extend_from_slice(&(1u32 << 30).to_le_bytes());
+    let crc = crc32fast::hash(&huge);
+    huge.extend_from_slice(&crc.to_le_bytes());
+    huge.extend_from_slice(&[0; 10]);
+    let started = std::time::Instant::now();
+    let out = raw_exchange(s.rpc, &huge, Duration::from_secs(3));
+    assert!(out.is_empty());
+    assert!(started.elapsed() < Duration::from_secs(2), "closed promptly");
+    // The server is fine.
+    let mut c = rpc_conn(&s);
+    let (flags, _, _) = call(&mut c, 0x08, 1, "broadcast.Publish", br#"{"messages":[{"topics":["t"]}]}"#);
+    assert_eq!(flags, 0x08);
+}
