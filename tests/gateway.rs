@@ -1,0 +1,228 @@
+//! Data-plane behaviour across shards and under abuse: fanout to every
+//! shard, slow consumers, limits, keepalive, graceful shutdown, config errors.
+
+mod common;
+
+use std::io::{Read, Write};
+use std::net::TcpStream;
+use std::time::{Duration, Instant};
+
+use common::*;
+use tungstenite::protocol::frame::coding::CloseCode;
+use tungstenite::Message;
+
+/// Opens raw TCP connections until `shards` distinct shards hold one.
+#[test]
+fn publication_reaches_subscribers_on_every_shard() {
+    for shards in [2, 4] {
+        let s = Server::start("", shards);
+        let mut clients: Vec<Ws> = (0..12 * shards).map(|_| s.connect("/ws")).collect();
+        for ws in clients.iter_mut() {
+            join(ws, &["news"]);
+        }
+        let text = http_get(&s.url("/metrics")).1;
+        let busy_shards = text
+            .lines()
+            .filter(|l| l.starts_with("ringcast_connections{") && !l.ends_with(" 0"))
+            .count();
+        assert!(busy_shards >= 2, "connections spread over shards:\n{text}");
+        assert_eq!(s.publish_json(r#"{"topics":["news"],"payload":"all"}"#).0, 200);
+        for ws in clients.iter_mut() {
+            assert_eq!(recv_text(ws), r#"{"topic":"news","payload":"all"}"#);
+        }
+        assert_eq!(s.metric("ringcast_subscriptions"), 12 * shards as u64);
+    }
+}
+
+/// Handshakes and joins on a raw socket, then never reads again.
+fn stalled_subscriber(s: &Server, topic: &str) -> TcpStream {
+    let mut c = TcpStream::connect(s.ws).unwrap();
+    // Keep the client's receive buffer small so the server feels it.
+    let sock = socket2::SockRef::from(&c);
+    sock.set_recv_buffer_size(4096).unwrap();
+    c.write_all(upgrade_request("/ws").as_bytes()).unwrap();
+    let mut head = [0u8; 129];
+    c.read_exact(&mut head).unwrap();
+    assert!(head.starts_with(b"HTTP/1.1 101"));
+    let cmd = format!(r#"{{"command":"join","topics":["{topic}"]}}"#);
+    c.write_all(&masked_text(cmd.as_bytes())).unwrap();
+    c
+}
+
+fn masked_text(payload: &[u8]) -> Vec<u8> {
+    assert!(payload.len() < 126);
+    let mask = [1u8, 2, 3, 4];
+    let mut f = vec![0x81, 0x80 | payload.len() as u8];
+    f.extend_from_slice(&mask);
+    f.extend(payload.iter().enumerate().map(|(i, b)| b ^ mask[i % 4]));
+    f
+}
+
+#[test]
+fn slow_consumer_is_closed_at_its_budget_while_others_keep_receiving() {
+    let s = Server::start(&roadrunner_config("[limits]\nmax_backpressure = 65536"), 2);
+    let mut good = s.connect("/ws");
+    join(&mut good, &["firehose"]);
+    let _stalled = stalled_subscriber(&s, "firehose");
+    assert!(eventually(Duration::from_secs(3), || s.metric("ringcast_subscriptions") == 2));
+    let payload = "p".repeat(16 * 1024);
+    let body = format!(r#"{{"topics":["firehose"],"payload":"{payload}"}}"#);
+    let total = 600;
+    let reader = std::thread::spawn(move || {
+        for i in 0..total {
+            let msg = recv_text(&mut good);
+            assert!(msg.ends_with(r#"ppp"}"#), "message {i}");
+        }
+        good
+    });
+    let started = Instant::now();
+    for _ in 0..total {
+        assert_eq!(s.publish_json(&body).0, 200);
+    }
+    let publish_time = started.elapsed();
+    let _good = reader.join().expect("the reading client got every message");
+    assert_eq!(s.metric("ringcast_slow_consumer_closes_total"), 1);
+    assert!(
+        eventually(Duration::from_secs(3), || s.metric("ringcast_connections") == 1),
+        "the stalled connection is gone within the linger time"
+    );
+    // 600 × 16 KiB = 9.4 MiB went out while one client read nothing.
+    assert!(publish_time < Duration::from_secs(20), "publishing was not held up: {publish_time:?}");
+}
+
+#[test]
+fn handshake_timeout_answers_408() {
+    let s = Server::start(&roadrunner_config("[limits]\nhandshake_timeout_ms = 300"), 1);
+    let started = Instant::now();
+    let out = raw_exchange(s.ws, b"GET /ws HTTP/1.1\r\n", Duration::from_secs(5));
+    assert!(String::from_utf8_lossy(&out).starts_with("HTTP/1.1 408 "), "{out:?}");
+    assert!(started.elapsed() < Duration::from_secs(3));
+}
+
+#[test]
+fn silent_clients_are_pinged_then_closed() {
+    let s = Server::start(&roadrunner_config("[limits]\nping_interval_ms = 200\nidle_timeout_ms = 700"), 1);
+    let mut c = TcpStream::connect(s.ws).unwrap();
+    c.set_read_timeout(Some(Duration::from_secs(5))).unwrap();
+    c.write_all(upgrade_request("/ws").as_bytes()).unwrap();
+    let mut head = [0u8; 129];
+    c.read_exact(&mut head).unwrap();
+    let mut ping = [0u8; 2];
+    c.read_exact(&mut ping).unwrap();
+    assert_eq!(ping, [0x89, 0x00], "an empty ping");
+    // No pong: the server gives up after idle_timeout_ms with 1001.
+    let mut close = [0u8; 4];
+    c.read_exact(&mut close).unwrap();
+    assert_eq!(close[0], 0x88);
+    assert_eq!(u16::from_be_bytes([close[2], close[3]]), 1001);
+    assert!(eventually(Duration::from_secs(3), || s.metric("ringcast_idle_closes_total") == 1));
+
+    // A client that answers pings stays.
+    let mut ws = s.connect("/ws");
+    let until = Instant::now() + Duration::from_millis(1500);
+    set_timeout(&mut ws, Duration::from_millis(100));
+    while Instant::now() < until {
+        match ws.read() {
+            Ok(Message::Ping(_)) | Err(tungstenite::Error::Io(_)) => {}
+            other => panic!("unexpected {other:?}"),
+        }
+        let _ = ws.flush();
+    }
+    set_timeout(&mut ws, Duration::from_secs(5));
+    join(&mut ws, &["alive"]);
+}
+
+#[test]
+fn max_connections_refuses_with_503() {
+    let s = Server::start("[server]\nmax_connections = 2\n", 2);
+    let _a = s.connect("/ws");
+    let _b = s.connect("/ws");
+    match try_connect(s.ws, "/ws", &[]) {
+        Err(tungstenite::Error::Http(r)) => assert_eq!(r.status(), 503),
+        Err(tungstenite::Error::Io(_)) | Err(tungstenite::Error::Protocol(_)) => {}
+        other => panic!("expected a refusal, got {:?}", other.map(|_| ())),
+    }
+    assert_eq!(s.metric("ringcast_connections_refused_total"), 1);
+    drop(_a);
+    assert!(eventually(Duration::from_secs(3), || try_connect(s.ws, "/ws", &[]).is_ok()));
+}
+
+#[test]
+fn graceful_shutdown_closes_clients_with_1001_and_exits() {
+    let mut s = Server::start(&roadrunner_config("[server]\nshutdown_timeout_ms = 2000"), 2);
+    let mut clients: Vec<Ws> = (0..6).map(|_| s.connect("/ws")).collect();
+    for ws in clients.iter_mut() {
+        join(ws, &["t"]);
+    }
+    s.signal("TERM");
+    for ws in clients.iter_mut() {
+        loop {
+            match ws.read() {
+                Ok(Message::Close(Some(f))) => {
+                    assert_eq!(f.code, CloseCode::Away);
+                    break;
+                }
+                Ok(_) => continue,
+                Err(e) => panic!("expected Close 1001, got {e}"),
+            }
+        }
+    }
+    drop(clients);
+    let status = s.wait_exit(Duration::from_secs(4)).expect("exits within the shutdown timeout");
+    assert!(status.success(), "{status:?}");
+    assert!(TcpStream::connect(s.ws).is_err(), "no longer accepting");
+    assert!(s.log().contains("shutting down"));
+}
+
+#[test]
+fn shutdown_does_not_wait_for_clients_that_ignore_the_close() {
+    let mut s = Server::start(&roadrunner_config("[server]\nshutdown_timeout_ms = 500"), 1);
+    let _stalled = stalled_subscriber(&s, "t");
+    s.signal("INT");
+    assert!(s.wait_exit(Duration::from_secs(3)).is_some(), "exited despite a client that never closes");
+}
+
+#[test]
+fn echo_vhost_echoes_text_and_binary() {
+    let s = Server::start("[[vhost]]\npath = \"/\"\ndialect = \"echo\"\n", 1);
+    let mut ws = s.connect("/");
+    ws.send(Message::text("hello")).unwrap();
+    assert_eq!(ws.read().unwrap(), Message::text("hello"));
+    ws.send(Message::binary(vec![0u8, 1, 2])).unwrap();
+    assert_eq!(ws.read().unwrap(), Message::binary(vec![0u8, 1, 2]));
+}
+
+#[test]
+fn invalid_config_fails_at_start_naming_the_key() {
+    let dir = tempfile::tempdir().unwrap();
+    for (text, needle) in [
+        ("[limits]\nmax_backpresure = 5\n", "max_backpresure"),
+        ("[server]\nshards = \"two\"\n", "shards"),
+        ("[limits]\nmax_backpressure = 10\n", "limits.max_backpressure"),
+        ("[[vhost]]\npath = \"ws\"\ndialect = \"echo\"\n", "vhost[0].path"),
+    ] {
+        let path = dir.path().join("bad.toml");
+        std::fs::write(&path, text).unwrap();
+        let out = std::process::Command::new(env!("CARGO_BIN_EXE_ringcast"))
+            .arg("--config")
+            .arg(&path)
+            .output()
+            .unwrap();
+        assert!(!out.status.success());
+        let err = String::from_utf8_lossy(&out.stderr);
+        assert!(err.contains(needle), "{text:?}: {err}");
+    }
+    let out = std::process::Command::new(env!("CARGO_BIN_EXE_ringcast"))
+        .args(["--config", "/nonexistent.toml"])
+        .output()
+        .unwrap();
+    assert!(String::from_utf8_lossy(&out.stderr).contains("cannot read config /nonexistent.toml"));
+}
+
+#[test]
+fn listen_flags_override_the_config_file() {
+    let s = Server::start("[server]\nlisten = \"127.0.0.1:1\"\napi_listen = \"127.0.0.1:2\"\n", 1);
+    assert_ne!(s.ws.port(), 1);
+    assert_ne!(s.api.port(), 2);
+    s.connect("/ws");
+}
