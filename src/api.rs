@@ -71,9 +71,9 @@ async fn route(req: Request<Incoming>, ctx: &ApiContext) -> Reply {
     match (req.method(), req.uri().path()) {
         (&Method::GET, "/health") => json(StatusCode::OK, r#"{"status":"ok"}"#.into()),
         (&Method::GET, "/metrics") => {
-            let mut r = Response::new(Full::new(Bytes::from(metrics::render(&ctx.shard_metrics, &ctx.metrics))));
-            r.headers_mut()
-                .insert(CONTENT_TYPE, HeaderValue::from_static("text/plain; version=0.0.4"));
+            let mut r =
+                Response::new(Full::new(Bytes::from(metrics::render(&ctx.shard_metrics, &ctx.metrics))));
+            r.headers_mut().insert(CONTENT_TYPE, HeaderValue::from_static("text/plain; version=0.0.4"));
             r
         }
         (&Method::POST, "/publish") => {
@@ -84,7 +84,9 @@ async fn route(req: Request<Incoming>, ctx: &ApiContext) -> Reply {
             }
             reply
         }
-        (_, "/health" | "/metrics" | "/publish") => error(StatusCode::METHOD_NOT_ALLOWED, "method not allowed"),
+        (_, "/health" | "/metrics" | "/publish") => {
+            error(StatusCode::METHOD_NOT_ALLOWED, "method not allowed")
+        }
         (_, path) => error(StatusCode::NOT_FOUND, &format!("no route {path}")),
     }
 }

@@ -136,9 +136,7 @@ impl Default for Limits {
 
 impl Default for RpcConfig {
     fn default() -> Self {
-        RpcConfig {
-            max_frame_size: 16 * 1024 * 1024,
-        }
+        RpcConfig { max_frame_size: 16 * 1024 * 1024 }
     }
 }
 
@@ -273,7 +271,11 @@ mod tests {
         assert!(c.validate().unwrap_err().0.contains("limits.idle_timeout_ms"));
         let c = Config::from_toml("broker = \"kafka\"\n", "x").unwrap();
         assert!(c.validate().unwrap_err().0.contains("kafka"));
-        let c = Config::from_toml("[[vhost]]\npath=\"/a\"\ndialect=\"echo\"\n[[vhost]]\npath=\"/a\"\ndialect=\"echo\"\n", "x").unwrap();
+        let c = Config::from_toml(
+            "[[vhost]]\npath=\"/a\"\ndialect=\"echo\"\n[[vhost]]\npath=\"/a\"\ndialect=\"echo\"\n",
+            "x",
+        )
+        .unwrap();
         assert!(c.validate().unwrap_err().0.contains("used twice"));
     }
 

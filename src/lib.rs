@@ -1,13 +1,13 @@
 //! ringcast: a thread-per-core WebSocket pub/sub gateway on io_uring.
 //! See docs/architecture.md for the map of this crate.
 
+pub mod api;
 pub mod broker;
 pub mod config;
 pub mod dialect;
 pub mod metrics;
 pub mod publish;
 pub mod rpc;
-pub mod api;
 pub mod rt;
 pub mod server;
 pub mod shard;

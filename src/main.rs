@@ -65,7 +65,12 @@ fn main() -> ExitCode {
         Ok(f) => f,
         Err(e) => return fail(&format!("invalid `log.level` {:?}: {e}", config.log.level)),
     };
-    tracing_subscriber::fmt().with_env_filter(filter).with_writer(std::io::stderr).init();
+    use std::io::IsTerminal;
+    tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr)
+        .with_ansi(std::io::stderr().is_terminal())
+        .init();
     match ringcast::server::run(config) {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => fail(&e.to_string()),

@@ -46,16 +46,40 @@ type Field = fn(&ShardMetrics) -> &AtomicU64;
 
 const SHARD_SERIES: &[(&str, &str, &str, Field)] = &[
     ("ringcast_connections", "gauge", "Open WebSocket connections.", |m| &m.connections),
-    ("ringcast_connections_accepted_total", "counter", "WebSocket upgrades completed.", |m| &m.connections_accepted),
-    ("ringcast_connections_refused_total", "counter", "Connections refused at max_connections.", |m| &m.connections_refused),
-    ("ringcast_handshake_failures_total", "counter", "Upgrade requests answered with an HTTP error or timed out.", |m| &m.handshake_failures),
+    ("ringcast_connections_accepted_total", "counter", "WebSocket upgrades completed.", |m| {
+        &m.connections_accepted
+    }),
+    ("ringcast_connections_refused_total", "counter", "Connections refused at max_connections.", |m| {
+        &m.connections_refused
+    }),
+    (
+        "ringcast_handshake_failures_total",
+        "counter",
+        "Upgrade requests answered with an HTTP error or timed out.",
+        |m| &m.handshake_failures,
+    ),
     ("ringcast_messages_in_total", "counter", "Client messages received.", |m| &m.messages_in),
     ("ringcast_messages_out_total", "counter", "Frames written to clients.", |m| &m.messages_out),
     ("ringcast_bytes_in_total", "counter", "Bytes read from clients.", |m| &m.bytes_in),
     ("ringcast_bytes_out_total", "counter", "Bytes written to clients.", |m| &m.bytes_out),
-    ("ringcast_slow_consumer_closes_total", "counter", "Connections closed for exceeding max_backpressure.", |m| &m.slow_consumer_closes),
-    ("ringcast_protocol_errors_total", "counter", "Connections closed for WebSocket protocol violations.", |m| &m.protocol_errors),
-    ("ringcast_idle_closes_total", "counter", "Connections closed after idle_timeout_ms without traffic.", |m| &m.idle_closes),
+    (
+        "ringcast_slow_consumer_closes_total",
+        "counter",
+        "Connections closed for exceeding max_backpressure.",
+        |m| &m.slow_consumer_closes,
+    ),
+    (
+        "ringcast_protocol_errors_total",
+        "counter",
+        "Connections closed for WebSocket protocol violations.",
+        |m| &m.protocol_errors,
+    ),
+    (
+        "ringcast_idle_closes_total",
+        "counter",
+        "Connections closed after idle_timeout_ms without traffic.",
+        |m| &m.idle_closes,
+    ),
     ("ringcast_subscriptions", "gauge", "Topic subscriptions held.", |m| &m.subscriptions),
 ];
 
@@ -72,8 +96,16 @@ pub fn render(shards: &[Arc<ShardMetrics>], global: &GlobalMetrics) -> String {
         ("ringcast_rpc_requests_total", "goridge RPC calls received.", &global.rpc_requests),
         ("ringcast_rpc_errors_total", "goridge RPC calls answered with an error.", &global.rpc_errors),
         ("ringcast_http_publish_requests_total", "POST /publish requests.", &global.http_publish_requests),
-        ("ringcast_http_publish_errors_total", "POST /publish requests refused.", &global.http_publish_errors),
-        ("ringcast_published_messages_total", "Messages published (each to one or more topics).", &global.published_messages),
+        (
+            "ringcast_http_publish_errors_total",
+            "POST /publish requests refused.",
+            &global.http_publish_errors,
+        ),
+        (
+            "ringcast_published_messages_total",
+            "Messages published (each to one or more topics).",
+            &global.published_messages,
+        ),
     ];
     for (name, help, v) in globals {
         let _ = writeln!(out, "# HELP {name} {help}\n# TYPE {name} counter\n{name} {}", v.load(Relaxed));

@@ -18,8 +18,13 @@ pub struct Message {
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum PublishError {
     NoMessages,
-    NoTopics { message: usize },
-    InvalidTopic { message: usize, topic: String },
+    NoTopics {
+        message: usize,
+    },
+    InvalidTopic {
+        message: usize,
+        topic: String,
+    },
     UnknownBroker(String),
     /// The gateway is shutting down.
     Unavailable,
@@ -30,10 +35,9 @@ impl std::fmt::Display for PublishError {
         match self {
             PublishError::NoMessages => f.write_str("request has no messages"),
             PublishError::NoTopics { message } => write!(f, "message {message} has no topics"),
-            PublishError::InvalidTopic { message, topic } => write!(
-                f,
-                "message {message}: invalid topic {topic:?} (1-255 bytes, no control characters)"
-            ),
+            PublishError::InvalidTopic { message, topic } => {
+                write!(f, "message {message}: invalid topic {topic:?} (1-255 bytes, no control characters)")
+            }
             PublishError::UnknownBroker(b) => write!(f, "unknown broker {b:?}"),
             PublishError::Unavailable => f.write_str("gateway is shutting down"),
         }
@@ -73,10 +77,9 @@ pub fn encode(messages: &[Message]) -> Batch {
     messages
         .iter()
         .flat_map(|m| {
-            m.topics.iter().map(move |t| Delivery {
-                topic: t.as_str().into(),
-                frame: delivery_frame(t, &m.payload),
-            })
+            m.topics
+                .iter()
+                .map(move |t| Delivery { topic: t.as_str().into(), frame: delivery_frame(t, &m.payload) })
         })
         .collect()
 }

@@ -100,7 +100,8 @@ mod tests {
         let addr = listener.local_addr().unwrap();
         let ex = spawn_executor("rt-test", None, 256 * 1024, move || async move {
             let stream = TcpStream::connect(addr).await.unwrap();
-            let n = send_vectored(&stream, &[IoSlice::new(b"ab"), IoSlice::new(b""), IoSlice::new(b"cde")]).unwrap();
+            let n = send_vectored(&stream, &[IoSlice::new(b"ab"), IoSlice::new(b""), IoSlice::new(b"cde")])
+                .unwrap();
             assert_eq!(n, 5);
             shutdown_write(&stream);
         })

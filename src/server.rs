@@ -50,14 +50,19 @@ pub fn run(config: Config) -> Result<(), StartError> {
     let server = &config.server;
 
     // Shard 0's socket picks the port (it may be 0); the others join it.
-    let first = reuseport_listener(server.listen, server.backlog).map_err(|e| bind_error("websocket", server.listen, e))?;
+    let first = reuseport_listener(server.listen, server.backlog)
+        .map_err(|e| bind_error("websocket", server.listen, e))?;
     let ws_addr = first.local_addr().map_err(|e| bind_error("websocket", server.listen, e))?;
     let mut listeners = vec![first];
     for _ in 1..shards {
-        listeners.push(reuseport_listener(ws_addr, server.backlog).map_err(|e| bind_error("websocket", ws_addr, e))?);
+        listeners.push(
+            reuseport_listener(ws_addr, server.backlog).map_err(|e| bind_error("websocket", ws_addr, e))?,
+        );
     }
-    let api_listener = std::net::TcpListener::bind(server.api_listen).map_err(|e| bind_error("the HTTP API", server.api_listen, e))?;
-    let rpc_listener = std::net::TcpListener::bind(server.rpc_listen).map_err(|e| bind_error("goridge RPC", server.rpc_listen, e))?;
+    let api_listener = std::net::TcpListener::bind(server.api_listen)
+        .map_err(|e| bind_error("the HTTP API", server.api_listen, e))?;
+    let rpc_listener = std::net::TcpListener::bind(server.rpc_listen)
+        .map_err(|e| bind_error("goridge RPC", server.rpc_listen, e))?;
     let api_addr = api_listener.local_addr().map_err(|e| bind_error("the HTTP API", server.api_listen, e))?;
     let rpc_addr = rpc_listener.local_addr().map_err(|e| bind_error("goridge RPC", server.rpc_listen, e))?;
 
@@ -80,11 +85,12 @@ pub fn run(config: Config) -> Result<(), StartError> {
         };
         let cpu = (!cores.is_empty()).then(|| cores[id % cores.len()].id);
         let ready = ready_tx.clone();
-        let ex = rt::spawn_executor(&format!("shard{id}"), cpu, server.io_memory_kib * 1024, move || async move {
-            let _ = ready.send(id);
-            shard::run(setup).await;
-        })
-        .map_err(|e| StartError(format!("cannot start shard {id}: {e}")))?;
+        let ex =
+            rt::spawn_executor(&format!("shard{id}"), cpu, server.io_memory_kib * 1024, move || async move {
+                let _ = ready.send(id);
+                shard::run(setup).await;
+            })
+            .map_err(|e| StartError(format!("cannot start shard {id}: {e}")))?;
         executors.push(ex);
     }
     drop(ready_tx);

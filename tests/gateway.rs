@@ -21,10 +21,8 @@ fn publication_reaches_subscribers_on_every_shard() {
             join(ws, &["news"]);
         }
         let text = http_get(&s.url("/metrics")).1;
-        let busy_shards = text
-            .lines()
-            .filter(|l| l.starts_with("ringcast_connections{") && !l.ends_with(" 0"))
-            .count();
+        let busy_shards =
+            text.lines().filter(|l| l.starts_with("ringcast_connections{") && !l.ends_with(" 0")).count();
         assert!(busy_shards >= 2, "connections spread over shards:\n{text}");
         assert_eq!(s.publish_json(r#"{"topics":["news"],"payload":"all"}"#).0, 200);
         for ws in clients.iter_mut() {

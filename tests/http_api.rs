@@ -16,7 +16,11 @@ fn publish_json_text_base64_and_protobuf() {
     assert_eq!(s.publish_json(r#"{"topics":["t"],"payload_base64":"aGk="}"#).0, 200);
     assert_eq!(recv_text(&mut ws), r#"{"topic":"t","payload":"hi"}"#);
     let body = broadcast::Request {
-        messages: vec![broadcast::Message { command: String::new(), topics: vec!["t".into()], payload: b"pb".to_vec() }],
+        messages: vec![broadcast::Message {
+            command: String::new(),
+            topics: vec!["t".into()],
+            payload: b"pb".to_vec(),
+        }],
     }
     .encode_to_vec();
     let (status, reply) = http_post(&s.url("/publish"), "application/x-protobuf", &body);

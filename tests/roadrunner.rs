@@ -18,7 +18,10 @@ fn join_then_delivery_in_the_documented_format() {
     let mut ws = s.connect("/ws");
     send_text(&mut ws, r#"{"command":"join","broker":"memory","topics":["foo","foo2"],"payload":""}"#);
     assert_eq!(recv_text(&mut ws), r#"{"topic":"@join","payload":["foo","foo2"]}"#);
-    assert_eq!(s.publish_json(r#"{"topics":["foo"],"payload":"say \"hi\""}"#), (200, r#"{"ok":true}"#.into()));
+    assert_eq!(
+        s.publish_json(r#"{"topics":["foo"],"payload":"say \"hi\""}"#),
+        (200, r#"{"ok":true}"#.into())
+    );
     assert_eq!(recv_text(&mut ws), r#"{"topic":"foo","payload":"say \"hi\""}"#);
 }
 
@@ -66,12 +69,27 @@ fn refused_joins_reply_hash_join() {
     let long = "x".repeat(256);
     let cases = [
         (r#"{"command":"join","topics":[]}"#.to_string(), r##"{"topic":"#join","payload":[]}"##.to_string()),
-        (r#"{"command":"join","topics":["ok",""]}"#.into(), r##"{"topic":"#join","payload":["ok",""]}"##.into()),
-        (format!(r#"{{"command":"join","topics":["{long}"]}}"#), format!(r##"{{"topic":"#join","payload":["{long}"]}}"##)),
-        (r#"{"command":"join","topics":["a\u0007b"]}"#.into(), r##"{"topic":"#join","payload":["a\u0007b"]}"##.into()),
-        (r#"{"command":"join","broker":"redis","topics":["a"]}"#.into(), r##"{"topic":"#join","payload":["a"]}"##.into()),
+        (
+            r#"{"command":"join","topics":["ok",""]}"#.into(),
+            r##"{"topic":"#join","payload":["ok",""]}"##.into(),
+        ),
+        (
+            format!(r#"{{"command":"join","topics":["{long}"]}}"#),
+            format!(r##"{{"topic":"#join","payload":["{long}"]}}"##),
+        ),
+        (
+            r#"{"command":"join","topics":["a\u0007b"]}"#.into(),
+            r##"{"topic":"#join","payload":["a\u0007b"]}"##.into(),
+        ),
+        (
+            r#"{"command":"join","broker":"redis","topics":["a"]}"#.into(),
+            r##"{"topic":"#join","payload":["a"]}"##.into(),
+        ),
         // Topic limit is 3 in this server.
-        (r#"{"command":"join","topics":["1","2","3","4"]}"#.into(), r##"{"topic":"#join","payload":["1","2","3","4"]}"##.into()),
+        (
+            r#"{"command":"join","topics":["1","2","3","4"]}"#.into(),
+            r##"{"topic":"#join","payload":["1","2","3","4"]}"##.into(),
+        ),
     ];
     for (cmd, want) in cases {
         send_text(&mut ws, &cmd);

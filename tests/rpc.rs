@@ -88,11 +88,20 @@ fn all_four_methods_and_both_codecs() {
     let mut c = rpc_conn(&s);
 
     let ws_req = websockets::Request {
-        messages: vec![websockets::Message { command: "publish".into(), broker: "memory".into(), topics: vec!["a".into()], payload: b"w1".to_vec() }],
+        messages: vec![websockets::Message {
+            command: "publish".into(),
+            broker: "memory".into(),
+            topics: vec!["a".into()],
+            payload: b"w1".to_vec(),
+        }],
     }
     .encode_to_vec();
     let bc_req = broadcast::Request {
-        messages: vec![broadcast::Message { command: String::new(), topics: vec!["b".into()], payload: b"b1".to_vec() }],
+        messages: vec![broadcast::Message {
+            command: String::new(),
+            topics: vec!["b".into()],
+            payload: b"b1".to_vec(),
+        }],
     }
     .encode_to_vec();
     for (seq, method, body, topic, text) in [
@@ -110,7 +119,8 @@ fn all_four_methods_and_both_codecs() {
     }
 
     // JSON codec (0x08): payload is base64, reply {"ok":true}.
-    let (flags, _, payload) = call(&mut c, 0x08, 14, "broadcast.Publish", br#"{"messages":[{"topics":["a"],"payload":"aGk="}]}"#);
+    let (flags, _, payload) =
+        call(&mut c, 0x08, 14, "broadcast.Publish", br#"{"messages":[{"topics":["a"],"payload":"aGk="}]}"#);
     assert_eq!(flags, 0x08);
     assert_eq!(payload, br#"broadcast.Publish{"ok":true}"#);
     assert_eq!(recv_text(&mut ws), r#"{"topic":"a","payload":"hi"}"#);
@@ -124,7 +134,8 @@ fn publish_has_reached_the_shards_when_it_replies() {
     let mut ws = subscriber(&s, &["t"]);
     let mut c = rpc_conn(&s);
     for i in 0..200u32 {
-        let body = format!(r#"{{"messages":[{{"topics":["t"],"payload":"{}"}}]}}"#, base64_of(&i.to_string()));
+        let body =
+            format!(r#"{{"messages":[{{"topics":["t"],"payload":"{}"}}]}}"#, base64_of(&i.to_string()));
         let (flags, _, _) = call(&mut c, 0x08, i, "broadcast.Publish", body.as_bytes());
         assert_eq!(flags, 0x08);
         assert_eq!(recv_text(&mut ws), format!(r#"{{"topic":"t","payload":"{i}"}}"#));
@@ -155,15 +166,30 @@ fn error_frames_keep_the_connection_usable() {
     expect_error(&mut c, 0x08, 4, "broadcast.Publish", b"{", "JSON");
     expect_error(&mut c, 0x08, 5, "broadcast.Publish", br#"{"messages":[]}"#, "no messages");
     // Validation before any reply, also for PublishAsync; nothing published.
-    expect_error(&mut c, 0x08, 6, "broadcast.PublishAsync", br#"{"messages":[{"topics":["t"],"payload":"eA=="},{"topics":[]}]}"#, "no topics");
-    expect_error(&mut c, 0x08, 7, "websockets.Publish", br#"{"messages":[{"broker":"kafka","topics":["t"]}]}"#, "unknown broker");
+    expect_error(
+        &mut c,
+        0x08,
+        6,
+        "broadcast.PublishAsync",
+        br#"{"messages":[{"topics":["t"],"payload":"eA=="},{"topics":[]}]}"#,
+        "no topics",
+    );
+    expect_error(
+        &mut c,
+        0x08,
+        7,
+        "websockets.Publish",
+        br#"{"messages":[{"broker":"kafka","topics":["t"]}]}"#,
+        "unknown broker",
+    );
     // Wrong option count: error reply, connection stays.
     c.write_all(&frame(0x80, &[9], b"x")).unwrap();
     let (flags, options, payload) = read_frame(&mut c);
     assert_eq!((flags, options[0]), (0xc0, 9));
     assert!(String::from_utf8_lossy(&payload).contains("expected 2 options"));
     assert_silent(&mut ws, Duration::from_millis(200));
-    let (flags, _, _) = call(&mut c, 0x08, 8, "broadcast.Publish", br#"{"messages":[{"topics":["t"],"payload":"b2s="}]}"#);
+    let (flags, _, _) =
+        call(&mut c, 0x08, 8, "broadcast.Publish", br#"{"messages":[{"topics":["t"],"payload":"b2s="}]}"#);
     assert_eq!(flags, 0x08);
     assert_eq!(recv_text(&mut ws), r#"{"topic":"t","payload":"ok"}"#);
     assert_eq!(s.metric("ringcast_rpc_errors_total"), 8);

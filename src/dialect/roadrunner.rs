@@ -15,8 +15,14 @@ pub const MAX_TOPIC_LEN: usize = 255;
 /// A parsed client command; strings borrow from the message buffer.
 #[derive(Debug, PartialEq, Eq)]
 pub enum Command<'a> {
-    Join { broker: Option<&'a str>, topics: Vec<&'a str> },
-    Leave { broker: Option<&'a str>, topics: Vec<&'a str> },
+    Join {
+        broker: Option<&'a str>,
+        topics: Vec<&'a str>,
+    },
+    Leave {
+        broker: Option<&'a str>,
+        topics: Vec<&'a str>,
+    },
     /// Accepted and ignored (RoadRunner's client sends it).
     Headers,
 }
@@ -158,10 +164,22 @@ mod tests {
 
     #[test]
     fn frames() {
-        assert_eq!(payload_of(&reply_frame(Reply::Joined, &["foo", "foo2"])), r#"{"topic":"@join","payload":["foo","foo2"]}"#);
+        assert_eq!(
+            payload_of(&reply_frame(Reply::Joined, &["foo", "foo2"])),
+            r#"{"topic":"@join","payload":["foo","foo2"]}"#
+        );
         assert_eq!(payload_of(&reply_frame(Reply::JoinFailed, &[])), r##"{"topic":"#join","payload":[]}"##);
-        assert_eq!(payload_of(&error_frame("binary frames are not supported")), r##"{"topic":"#error","payload":["binary frames are not supported"]}"##);
-        assert_eq!(payload_of(&delivery_frame("t", b"say \"hi\"\n")), r#"{"topic":"t","payload":"say \"hi\"\n"}"#);
-        assert_eq!(payload_of(&delivery_frame("t", b"a\xffb")), "{\"topic\":\"t\",\"payload\":\"a\u{fffd}b\"}");
+        assert_eq!(
+            payload_of(&error_frame("binary frames are not supported")),
+            r##"{"topic":"#error","payload":["binary frames are not supported"]}"##
+        );
+        assert_eq!(
+            payload_of(&delivery_frame("t", b"say \"hi\"\n")),
+            r#"{"topic":"t","payload":"say \"hi\"\n"}"#
+        );
+        assert_eq!(
+            payload_of(&delivery_frame("t", b"a\xffb")),
+            "{\"topic\":\"t\",\"payload\":\"a\u{fffd}b\"}"
+        );
     }
 }

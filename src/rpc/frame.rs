@@ -42,7 +42,9 @@ impl std::fmt::Display for FatalError {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         match self {
             FatalError::BadVersion(v) => write!(f, "unsupported goridge version {v} (expected 1)"),
-            FatalError::BadHeaderLength(n) => write!(f, "header length of {n} words is below the minimum of 3"),
+            FatalError::BadHeaderLength(n) => {
+                write!(f, "header length of {n} words is below the minimum of 3")
+            }
             FatalError::BadCrc => f.write_str("header CRC mismatch"),
             FatalError::TooLarge { claimed, max } => {
                 write!(f, "frame payload of {claimed} bytes exceeds rpc.max_frame_size ({max})")

@@ -46,18 +46,14 @@ pub fn interpret(f: &Frame<'_>, broker: &str) -> Call {
     let seq = f.options.first().copied().unwrap_or(0);
     let mut call = Call { seq, method: String::new(), codec_flag, action: Action::Fail(String::new()) };
     if f.options.len() != 2 {
-        call.action = Action::Fail(format!(
-            "expected 2 options (SEQ_ID, METHOD_LEN), got {}",
-            f.options.len()
-        ));
+        call.action =
+            Action::Fail(format!("expected 2 options (SEQ_ID, METHOD_LEN), got {}", f.options.len()));
         return call;
     }
     let method_len = f.options[1] as usize;
     if method_len > f.payload.len() {
-        call.action = Action::Fail(format!(
-            "METHOD_LEN {method_len} exceeds the payload of {} bytes",
-            f.payload.len()
-        ));
+        call.action =
+            Action::Fail(format!("METHOD_LEN {method_len} exceeds the payload of {} bytes", f.payload.len()));
         return call;
     }
     let (method, body) = f.payload.split_at(method_len);
@@ -88,7 +84,9 @@ fn action(method: &str, codec_flag: u8, body: &[u8], broker: &str) -> Result<Act
     let codec = match codec_flag {
         frame::CODEC_PROTO => Codec::Proto,
         frame::CODEC_JSON => Codec::Json,
-        other => return Err(format!("unsupported codec flags {other:#04x}; use proto (0x80) or JSON (0x08)")),
+        other => {
+            return Err(format!("unsupported codec flags {other:#04x}; use proto (0x80) or JSON (0x08)"))
+        }
     };
     let messages = match codec {
         Codec::Proto => decode_proto(&api, body, broker)?,
@@ -200,17 +198,30 @@ mod tests {
     #[test]
     fn proto_publish_both_packages() {
         let bc = proto::broadcast::Request {
-            messages: vec![proto::broadcast::Message { command: String::new(), topics: vec!["t".into()], payload: b"hi".to_vec() }],
+            messages: vec![proto::broadcast::Message {
+                command: String::new(),
+                topics: vec!["t".into()],
+                payload: b"hi".to_vec(),
+            }],
         };
         let c = call(frame::CODEC_PROTO, &[7, 17], &with_method("broadcast.Publish", &bc.encode_to_vec()));
         assert_eq!(
             c.action,
-            Action::Publish { messages: vec![Message { topics: vec!["t".into()], payload: Bytes::from_static(b"hi") }], wait: true }
+            Action::Publish {
+                messages: vec![Message { topics: vec!["t".into()], payload: Bytes::from_static(b"hi") }],
+                wait: true
+            }
         );
         let ws = proto::websockets::Request {
-            messages: vec![proto::websockets::Message { command: "publish".into(), broker: "memory".into(), topics: vec!["a".into(), "b".into()], payload: vec![1] }],
+            messages: vec![proto::websockets::Message {
+                command: "publish".into(),
+                broker: "memory".into(),
+                topics: vec!["a".into(), "b".into()],
+                payload: vec![1],
+            }],
         };
-        let c = call(frame::CODEC_PROTO, &[1, 23], &with_method("websockets.PublishAsync", &ws.encode_to_vec()));
+        let c =
+            call(frame::CODEC_PROTO, &[1, 23], &with_method("websockets.PublishAsync", &ws.encode_to_vec()));
         assert!(matches!(c.action, Action::Publish { wait: false, .. }));
     }
 
@@ -220,7 +231,10 @@ mod tests {
         let c = call(frame::CODEC_JSON, &[1, 17], &with_method("broadcast.Publish", body));
         assert_eq!(
             c.action,
-            Action::Publish { messages: vec![Message { topics: vec!["t".into()], payload: Bytes::from_static(b"hi") }], wait: true }
+            Action::Publish {
+                messages: vec![Message { topics: vec!["t".into()], payload: Bytes::from_static(b"hi") }],
+                wait: true
+            }
         );
         let mut out = Vec::new();
         c.ok_reply(&mut out);
@@ -237,13 +251,18 @@ mod tests {
         assert!(fail(call(frame::CODEC_PROTO, &[1], b"x")).contains("expected 2 options"));
         assert!(fail(call(frame::CODEC_PROTO, &[1, 99], b"x")).contains("METHOD_LEN"));
         assert!(fail(call(frame::CODEC_PROTO, &[1, 9], b"nope.Call")).contains("unknown method"));
-        assert!(fail(call(frame::CODEC_MSGPACK, &[1, 17], b"broadcast.Publish")).contains("unsupported codec"));
-        assert!(fail(call(frame::CODEC_PROTO, &[1, 17], &with_method("broadcast.Publish", &[0xff, 0xff]))).contains("protobuf"));
+        assert!(
+            fail(call(frame::CODEC_MSGPACK, &[1, 17], b"broadcast.Publish")).contains("unsupported codec")
+        );
+        assert!(fail(call(frame::CODEC_PROTO, &[1, 17], &with_method("broadcast.Publish", &[0xff, 0xff])))
+            .contains("protobuf"));
         assert!(fail(call(frame::CODEC_PROTO, &[1, 17], b"broadcast.Publish")).contains("no messages"));
         let no_topic = br#"{"messages":[{"topics":[],"payload":""}]}"#;
-        assert!(fail(call(frame::CODEC_JSON, &[1, 17], &with_method("broadcast.Publish", no_topic))).contains("no topics"));
+        assert!(fail(call(frame::CODEC_JSON, &[1, 17], &with_method("broadcast.Publish", no_topic)))
+            .contains("no topics"));
         let bad_broker = br#"{"messages":[{"broker":"redis","topics":["t"]}]}"#;
-        assert!(fail(call(frame::CODEC_JSON, &[1, 18], &with_method("websockets.Publish", bad_broker))).contains("unknown broker"));
+        assert!(fail(call(frame::CODEC_JSON, &[1, 18], &with_method("websockets.Publish", bad_broker)))
+            .contains("unknown broker"));
 
         let c = call(frame::CODEC_PROTO, &[5, 9], b"nope.Call");
         let mut out = Vec::new();

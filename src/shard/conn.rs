@@ -195,7 +195,10 @@ async fn read_upgrade(
         };
         let vhosts = &shard.config.vhosts;
         let Some(vhost) = vhosts.iter().position(|v| v.path == upgrade.path) else {
-            return Err(HandshakeEnd::Refused(HttpError::new(404, format!("no WebSocket endpoint at {}", upgrade.path))));
+            return Err(HandshakeEnd::Refused(HttpError::new(
+                404,
+                format!("no WebSocket endpoint at {}", upgrade.path),
+            )));
         };
         if !handshake::origin_allowed(&vhosts[vhost].allowed_origin, upgrade.origin.as_deref()) {
             return Err(HandshakeEnd::Refused(HttpError::new(403, "origin not allowed")));

@@ -78,12 +78,11 @@ pub async fn run(setup: ShardSetup) {
     rt::spawn(accept_loop(shard.clone(), listener));
     rt::spawn(keepalive_loop(shard.clone()));
     let inbox = setup.inbox;
-    loop {
-        match poll_fn(|cx| inbox.poll_recv(cx)).await {
-            Some(ShardMsg::Deliver(batch)) => shard.deliver(&batch),
-            Some(ShardMsg::Shutdown) | None => break,
-        }
+    while let Some(ShardMsg::Deliver(batch)) = poll_fn(|cx| inbox.poll_recv(cx)).await {
+        shard.deliver(&batch);
     }
+    // Publishers see the shard as gone from now on instead of waiting on it.
+    drop(inbox);
     shard.drain().await;
 }
 
@@ -155,11 +154,8 @@ impl Shard {
         {
             return false;
         }
-        let mut new: Vec<&str> = wanted
-            .iter()
-            .copied()
-            .filter(|t| !st.topics.iter().any(|have| &**have == *t))
-            .collect();
+        let mut new: Vec<&str> =
+            wanted.iter().copied().filter(|t| !st.topics.iter().any(|have| &**have == *t)).collect();
         new.sort_unstable();
         new.dedup();
         if st.topics.len() + new.len() > self.config.limits.max_topics_per_connection {
@@ -262,7 +258,9 @@ async fn keepalive_loop(shard: Rc<Shard>) {
     let close_after = shard.config.limits.idle_timeout_ms;
     let tick = Duration::from_millis(ping_after.min(1000));
     let ping = crate::ws::data_frame(
-        tungstenite::protocol::frame::coding::OpCode::Control(tungstenite::protocol::frame::coding::Control::Ping),
+        tungstenite::protocol::frame::coding::OpCode::Control(
+            tungstenite::protocol::frame::coding::Control::Ping,
+        ),
         b"",
     );
     while !shard.draining.get() {

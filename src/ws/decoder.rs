@@ -139,7 +139,8 @@ impl Decoder {
                 unmask(payload, mask);
             }
             pos = start + len;
-            if self.frame(header.opcode, header.is_final, payload, max_message_size, on_event)? == Flow::Stop {
+            if self.frame(header.opcode, header.is_final, payload, max_message_size, on_event)? == Flow::Stop
+            {
                 self.stopped = true;
                 return Ok((pos, Flow::Stop));
             }
@@ -475,8 +476,9 @@ mod tests {
         let mut dec = Decoder::new();
         let frame = client_frame(0x82, &vec![1u8; 50_000]);
         let (a, b) = frame.split_at(100);
-        run(&mut dec, a.to_vec(), 100_000);
-        run(&mut dec, b.to_vec(), 100_000);
+        assert_eq!(run(&mut dec, a.to_vec(), 100_000).0, Ok(Flow::Continue));
+        let (r, seen) = run(&mut dec, b.to_vec(), 100_000);
+        assert_eq!((r, seen.len()), (Ok(Flow::Continue), 1));
         assert_eq!(dec.partial.capacity(), 0);
         assert_eq!(dec.message.capacity(), 0);
     }

@@ -9,17 +9,8 @@ use tungstenite::protocol::frame::FrameHeader;
 const MAX_HEADER: usize = 10;
 
 fn header(opcode: OpCode, len: usize, out: &mut Vec<u8>) {
-    let header = FrameHeader {
-        is_final: true,
-        rsv1: false,
-        rsv2: false,
-        rsv3: false,
-        opcode,
-        mask: None,
-    };
-    header
-        .format(len as u64, out)
-        .expect("writing a frame header to a Vec cannot fail");
+    let header = FrameHeader { is_final: true, rsv1: false, rsv2: false, rsv3: false, opcode, mask: None };
+    header.format(len as u64, out).expect("writing a frame header to a Vec cannot fail");
 }
 
 /// One complete frame carrying `payload`.
@@ -92,11 +83,7 @@ mod tests {
             let payload = vec![b'x'; len];
             let mut b = FrameBuilder::with_capacity(len);
             b.payload().extend_from_slice(&payload);
-            assert_eq!(
-                b.finish_text(),
-                data_frame(OpCode::Data(Data::Text), &payload),
-                "len {len}"
-            );
+            assert_eq!(b.finish_text(), data_frame(OpCode::Data(Data::Text), &payload), "len {len}");
         }
     }
 

@@ -26,20 +26,13 @@ pub struct HttpError {
 
 impl HttpError {
     pub fn new(status: u16, message: impl Into<String>) -> Self {
-        HttpError {
-            status,
-            message: message.into(),
-            header: None,
-        }
+        HttpError { status, message: message.into(), header: None }
     }
 
     /// The full HTTP response.
     pub fn response(&self) -> Vec<u8> {
         let body = format!("{}\n", self.message);
-        let extra = self
-            .header
-            .map(|(k, v)| format!("{k}: {v}\r\n"))
-            .unwrap_or_default();
+        let extra = self.header.map(|(k, v)| format!("{k}: {v}\r\n")).unwrap_or_default();
         format!(
             "HTTP/1.1 {} {}\r\nContent-Type: text/plain; charset=utf-8\r\nContent-Length: {}\r\nConnection: close\r\n{extra}\r\n{body}",
             self.status,
@@ -141,9 +134,7 @@ pub fn parse(buf: &[u8]) -> Result<Option<(Upgrade, usize)>, HttpError> {
 fn valid_key(key: &str) -> bool {
     key.len() == 24
         && key.ends_with("==")
-        && key[..22]
-            .bytes()
-            .all(|b| b.is_ascii_alphanumeric() || b == b'+' || b == b'/')
+        && key[..22].bytes().all(|b| b.is_ascii_alphanumeric() || b == b'+' || b == b'/')
 }
 
 /// An `allowed_origin` pattern: `*` (any), `*suffix`, `prefix*`, or exact.

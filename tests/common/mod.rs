@@ -127,7 +127,11 @@ impl Drop for Server {
     }
 }
 
-pub fn try_connect(addr: SocketAddr, path: &str, headers: &[(&'static str, &str)]) -> Result<Ws, tungstenite::Error> {
+pub fn try_connect(
+    addr: SocketAddr,
+    path: &str,
+    headers: &[(&'static str, &str)],
+) -> Result<Ws, tungstenite::Error> {
     let mut req = format!("ws://{addr}{path}").into_client_request()?;
     for (k, v) in headers {
         req.headers_mut().insert(*k, v.parse().unwrap());
@@ -156,7 +160,8 @@ pub fn recv_text(ws: &mut Ws) -> String {
 pub fn assert_silent(ws: &mut Ws, wait: Duration) {
     set_timeout(ws, wait);
     match ws.read() {
-        Err(tungstenite::Error::Io(e)) if matches!(e.kind(), std::io::ErrorKind::WouldBlock | std::io::ErrorKind::TimedOut) => {}
+        Err(tungstenite::Error::Io(e))
+            if matches!(e.kind(), std::io::ErrorKind::WouldBlock | std::io::ErrorKind::TimedOut) => {}
         other => panic!("expected silence, got {other:?}"),
     }
     set_timeout(ws, Duration::from_secs(5));
