@@ -224,3 +224,57 @@ fn listen_flags_override_the_config_file() {
     assert_ne!(s.api.port(), 2);
     s.connect("/ws");
 }
+
+fn rss_anon_kib(pid: u32) -> u64 {
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap();
+    let line = status.lines().find(|l| l.starts_with("RssAnon:")).unwrap();
+    line.split_whitespace().nth(1).unwrap().parse().unwrap()
+}
+
+fn raise_fd_limit() {
+    let mut lim = libc::rlimit { rlim_cur: 0, rlim_max: 0 };
+    // SAFETY: getrlimit/setrlimit only read and write the struct we pass.
+    unsafe {
+        assert_eq!(libc::getrlimit(libc::RLIMIT_NOFILE, &mut lim), 0);
+        lim.rlim_cur = lim.rlim_max;
+        libc::setrlimit(libc::RLIMIT_NOFILE, &lim);
+    }
+}
+
+/// Idle subscribed connections must cost well under 4 KiB of user-space
+/// memory each (no per-connection 128 KiB buffers). Measured from the
+/// server's RssAnon, which excludes kernel socket buffers.
+#[test]
+fn idle_subscribed_connection_costs_under_4_kib() {
+    raise_fd_limit();
+    let s = Server::start("", 2);
+    let open = |n: usize| -> Vec<TcpStream> {
+        (0..n)
+            .map(|i| {
+                let mut c = TcpStream::connect(s.ws).unwrap();
+                c.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
+                c.write_all(upgrade_request("/ws").as_bytes()).unwrap();
+                let mut head = [0u8; 129];
+                c.read_exact(&mut head).unwrap();
+                c.write_all(&masked_text(format!(r#"{{"command":"join","topics":["idle{}"]}}"#, i % 10).as_bytes()))
+                    .unwrap();
+                let mut reply = [0u8; 2];
+                c.read_exact(&mut reply).unwrap();
+                let mut rest = vec![0u8; reply[1] as usize];
+                c.read_exact(&mut rest).unwrap();
+                assert!(rest.starts_with(br#"{"topic":"@join""#));
+                c
+            })
+            .collect()
+    };
+    let _warm = open(100);
+    std::thread::sleep(Duration::from_millis(200));
+    let before = rss_anon_kib(s.pid());
+    let n = 3000;
+    let _held = open(n);
+    std::thread::sleep(Duration::from_millis(300));
+    let per_conn = (rss_anon_kib(s.pid()) - before) * 1024 / n as u64;
+    assert!(per_conn < 4096, "{per_conn} bytes per idle connection");
+    assert_eq!(s.metric("ringcast_connections"), (n + 100) as u64);
+    eprintln!("user-space memory per idle subscribed connection: {per_conn} bytes");
+}
