@@ -256,8 +256,10 @@ fn idle_subscribed_connection_costs_under_4_kib() {
                 c.write_all(upgrade_request("/ws").as_bytes()).unwrap();
                 let mut head = [0u8; 129];
                 c.read_exact(&mut head).unwrap();
-                c.write_all(&masked_text(format!(r#"{{"command":"join","topics":["idle{}"]}}"#, i % 10).as_bytes()))
-                    .unwrap();
+                c.write_all(&masked_text(
+                    format!(r#"{{"command":"join","topics":["idle{}"]}}"#, i % 10).as_bytes(),
+                ))
+                .unwrap();
                 let mut reply = [0u8; 2];
                 c.read_exact(&mut reply).unwrap();
                 let mut rest = vec![0u8; reply[1] as usize];
