@@ -118,11 +118,17 @@ impl Drop for Slot {
 pub async fn serve(shard: Rc<Shard>, mut stream: TcpStream) {
     let _slot = Slot(shard.clone());
     rt::set_nodelay(&stream);
-    let Some((vhost, mut leftover)) = upgrade(&shard, &mut stream).await else {
+    let Some((vhost, upgrade, mut leftover)) = upgrade(&shard, &mut stream).await else {
         return;
     };
+    // Registered before the 101 goes out: once a client sees the upgrade
+    // complete, the gateway already counts and can address it.
     let state = Rc::new(RefCell::new(ConnState::new(shard.now_ms())));
     let key = shard.register(state.clone());
+    if stream.write_all(&upgrade.response()).await.is_err() {
+        shard.unregister(key);
+        return;
+    }
     let mut conn = Connection {
         stream,
         decoder: Decoder::new(),
@@ -146,9 +152,10 @@ enum HandshakeEnd {
     Gone,
 }
 
-/// Reads and answers the upgrade request within the handshake timeout.
-/// Returns the vhost index and any bytes that followed the request.
-async fn upgrade(shard: &Shard, stream: &mut TcpStream) -> Option<(usize, Vec<u8>)> {
+/// Reads the upgrade request within the handshake timeout, answering
+/// refusals. Returns the vhost index, the upgrade, and any bytes that
+/// followed the request.
+async fn upgrade(shard: &Shard, stream: &mut TcpStream) -> Option<(usize, handshake::Upgrade, Vec<u8>)> {
     let timeout = Duration::from_millis(shard.config.limits.handshake_timeout_ms);
     let outcome = futures_lite::future::or(read_upgrade(shard, stream), async {
         rt::sleep(timeout).await;
@@ -156,12 +163,7 @@ async fn upgrade(shard: &Shard, stream: &mut TcpStream) -> Option<(usize, Vec<u8
     })
     .await;
     let response = match outcome {
-        Ok((vhost, upgrade, rest)) => {
-            if stream.write_all(&upgrade.response()).await.is_ok() {
-                return Some((vhost, rest));
-            }
-            return None;
-        }
+        Ok(accepted) => return Some(accepted),
         Err(HandshakeEnd::Gone) => None,
         Err(HandshakeEnd::Refused(e)) => Some(e.response()),
     };
