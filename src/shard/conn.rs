@@ -262,7 +262,10 @@ impl Connection {
                         st.ping_outstanding = false;
                     }
                     if !closing {
+                        // This task is running: replies it queues need no wake-up.
+                        let waker = self.state.borrow_mut().waker.take();
                         self.on_bytes(&mut buf[..n]);
+                        self.state.borrow_mut().waker = waker;
                     }
                 }
             }

@@ -100,7 +100,10 @@ impl Shard {
         let budget = self.config.limits.max_backpressure;
         for d in batch {
             for key in topics.subscribers(&d.topic) {
-                let conn = &conns[key];
+                let Some(conn) = conns.get(key) else {
+                    debug_assert!(false, "topic index names a connection that is gone");
+                    continue;
+                };
                 let mut st = conn.borrow_mut();
                 if st.push(d.frame.clone(), budget).is_err() {
                     self.close_slow_consumer(conn, &mut st);
@@ -145,13 +148,17 @@ impl Shard {
         metrics::dec(&self.metrics.connections);
     }
 
+    /// A join or leave names this node's broker (or none) and valid topics.
+    fn acceptable(&self, broker: Option<&str>, topics: &[&str]) -> bool {
+        use crate::dialect::roadrunner::topic_is_valid;
+        broker.is_none_or(|b| b == self.config.broker)
+            && !topics.is_empty()
+            && topics.iter().all(|t| topic_is_valid(t))
+    }
+
     /// Applies a join; false means refused (`#join`), with nothing changed.
     fn join(&self, key: ConnKey, st: &mut ConnState, broker: Option<&str>, wanted: &[&str]) -> bool {
-        use crate::dialect::roadrunner::topic_is_valid;
-        if broker.is_some_and(|b| b != self.config.broker)
-            || wanted.is_empty()
-            || !wanted.iter().all(|t| topic_is_valid(t))
-        {
+        if !self.acceptable(broker, wanted) {
             return false;
         }
         let mut new: Vec<&str> =
@@ -171,11 +178,7 @@ impl Shard {
 
     /// Applies a leave; false means refused (`#leave`), with nothing changed.
     fn leave(&self, key: ConnKey, st: &mut ConnState, broker: Option<&str>, topics: &[&str]) -> bool {
-        use crate::dialect::roadrunner::topic_is_valid;
-        if broker.is_some_and(|b| b != self.config.broker)
-            || topics.is_empty()
-            || !topics.iter().all(|t| topic_is_valid(t))
-        {
+        if !self.acceptable(broker, topics) {
             return false;
         }
         let mut index = self.topics.borrow_mut();
