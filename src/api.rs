@@ -17,15 +17,21 @@ use tokio::net::TcpListener;
 use tracing::{debug, warn};
 
 use crate::broker::Broker;
+use crate::clients::ClientRegistry;
+use crate::hooks::HookMetrics;
 use crate::metrics::{self, GlobalMetrics, ShardMetrics};
 use crate::publish::{self, Message};
 use crate::rpc::proto;
+use crate::shard::{PushOutcome, ShardMsg, ShardRouter};
 
 pub struct ApiContext {
     pub broker: Arc<dyn Broker>,
     pub shard_metrics: Vec<Arc<ShardMetrics>>,
     pub metrics: Arc<GlobalMetrics>,
+    pub hook_metrics: Arc<HookMetrics>,
     pub max_body: usize,
+    pub router: ShardRouter,
+    pub clients: Arc<ClientRegistry>,
 }
 
 pub async fn serve(listener: TcpListener, ctx: Arc<ApiContext>) {
@@ -87,7 +93,48 @@ async fn route(req: Request<Incoming>, ctx: &ApiContext) -> Reply {
         (_, "/health" | "/metrics" | "/publish") => {
             error(StatusCode::METHOD_NOT_ALLOWED, "method not allowed")
         }
+        (&Method::POST, path) if path.len() > 1 && !path[1..].contains('/') => {
+            let client = path[1..].to_string();
+            push_route(req, &client, ctx).await
+        }
         (_, path) => error(StatusCode::NOT_FOUND, &format!("no route {path}")),
+    }
+}
+
+fn text(status: StatusCode, body: &'static str) -> Reply {
+    let mut r = Response::new(Full::new(Bytes::from_static(body.as_bytes())));
+    *r.status_mut() = status;
+    r.headers_mut().insert(CONTENT_TYPE, HeaderValue::from_static("text/plain; charset=utf-8"));
+    r
+}
+
+/// ws2api push (PROTOCOLS.md §4): `POST /<ClientId>`, the body goes to that
+/// client as one message. 200 `ok` once queued, 404 when not connected.
+async fn push_route(req: Request<Incoming>, client: &str, ctx: &ApiContext) -> Reply {
+    let body = match Limited::new(req.into_body(), ctx.max_body).collect().await {
+        Ok(b) => b.to_bytes(),
+        Err(e) if e.is::<http_body_util::LengthLimitError>() => {
+            return error(StatusCode::PAYLOAD_TOO_LARGE, &format!("body exceeds {} bytes", ctx.max_body))
+        }
+        Err(e) => return error(StatusCode::BAD_REQUEST, &format!("cannot read body: {e}")),
+    };
+    let outcome = match ctx.clients.lookup(client) {
+        None => PushOutcome::NotConnected,
+        Some(owner) => {
+            let (reply, answer) = futures_channel::oneshot::channel();
+            match ctx.router.send(owner.shard, ShardMsg::Push { to: owner, body, reply }).await {
+                Ok(()) => answer.await.unwrap_or(PushOutcome::NotConnected),
+                Err(_) => return error(StatusCode::SERVICE_UNAVAILABLE, "gateway is shutting down"),
+            }
+        }
+    };
+    ctx.metrics.record_push(outcome);
+    match outcome {
+        PushOutcome::Queued => text(StatusCode::OK, "ok"),
+        PushOutcome::NotConnected => text(StatusCode::NOT_FOUND, "not connected"),
+        PushOutcome::SlowConsumer => {
+            text(StatusCode::SERVICE_UNAVAILABLE, "client is a slow consumer; closed")
+        }
     }
 }
 

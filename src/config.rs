@@ -58,6 +58,8 @@ pub struct Limits {
     pub ping_interval_ms: u64,
     /// A connection silent this long (pongs count) is closed.
     pub idle_timeout_ms: u64,
+    /// Backend hook requests in flight per shard; more are refused at once.
+    pub max_hooks_in_flight: usize,
 }
 
 #[derive(Debug, Clone, Deserialize)]
@@ -77,11 +79,83 @@ pub struct LogConfig {
 #[derive(Debug, Clone, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct VhostConfig {
+    /// Exact path; for `proxy`, the prefix before `<ClientId>` (ends with `/`).
     pub path: String,
     pub dialect: Dialect,
     /// `*`, `*suffix`, `prefix*` or an exact origin; others get HTTP 403.
     #[serde(default = "any_origin")]
     pub allowed_origin: String,
+    /// `proxy`: the backend base URL; ringcast calls `{backend}/<ClientId>`.
+    #[serde(default)]
+    pub backend: Option<String>,
+    /// `proxy`: a second connection with a live ClientId replaces the old one
+    /// (closed with 1008) or is rejected (409).
+    #[serde(default)]
+    pub duplicate_client: DuplicateClient,
+    /// `proxy`: a message the backend did not take is dropped (logged,
+    /// counted) or closes the connection (1011).
+    #[serde(default)]
+    pub on_backend_error: OnBackendError,
+    /// `proxy`: messages of one client in flight to the backend at once;
+    /// 1 keeps replies in order.
+    #[serde(default = "one")]
+    pub max_in_flight_per_client: usize,
+    #[serde(default)]
+    pub hooks: HooksConfig,
+}
+
+fn one() -> usize {
+    1
+}
+
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum DuplicateClient {
+    #[default]
+    Replace,
+    Reject,
+}
+
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum OnBackendError {
+    #[default]
+    Drop,
+    Close,
+}
+
+/// Backend HTTP hooks of a vhost (PROTOCOLS.md §6). For `proxy` vhosts the
+/// connect, message and close calls go to `backend`; these URLs are for the
+/// other dialects.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct HooksConfig {
+    /// `GET` before the upgrade; 2xx allows, anything else is the answer.
+    pub connect: Option<String>,
+    /// `POST` on a roadrunner `join`; 2xx allows, else `#join`.
+    pub join: Option<String>,
+    /// `POST` after a connection ended.
+    pub close: Option<String>,
+    /// Per attempt, connect + response.
+    pub timeout_ms: u64,
+    /// Extra attempts for a request that never reached the backend.
+    pub retries: u32,
+    /// Also retry requests that may have reached the backend (it may then
+    /// see a message twice).
+    pub retry_sent: bool,
+}
+
+impl Default for HooksConfig {
+    fn default() -> Self {
+        HooksConfig {
+            connect: None,
+            join: None,
+            close: None,
+            timeout_ms: 5_000,
+            retries: 2,
+            retry_sent: false,
+        }
+    }
 }
 
 fn any_origin() -> String {
@@ -100,6 +174,11 @@ impl Default for Config {
                 path: "/ws".into(),
                 dialect: Dialect::RoadRunner,
                 allowed_origin: any_origin(),
+                backend: None,
+                duplicate_client: DuplicateClient::default(),
+                on_backend_error: OnBackendError::default(),
+                max_in_flight_per_client: 1,
+                hooks: HooksConfig::default(),
             }],
         }
     }
@@ -130,6 +209,7 @@ impl Default for Limits {
             handshake_timeout_ms: 10_000,
             ping_interval_ms: 25_000,
             idle_timeout_ms: 60_000,
+            max_hooks_in_flight: 1024,
         }
     }
 }
@@ -211,6 +291,9 @@ impl Config {
                 "must be above limits.ping_interval_ms, which must be above 0",
             );
         }
+        if l.max_hooks_in_flight == 0 {
+            return fail("limits.max_hooks_in_flight", "must be at least 1");
+        }
         if self.rpc.max_frame_size < 64 {
             return fail("rpc.max_frame_size", "must be at least 64 bytes");
         }
@@ -223,6 +306,37 @@ impl Config {
         for (i, v) in self.vhosts.iter().enumerate() {
             if !v.path.starts_with('/') || v.path.contains('?') {
                 return fail(&format!("vhost[{i}].path"), "must start with `/` and have no query");
+            }
+            let key = |name: &str| format!("vhost[{i}].{name}");
+            if v.dialect == Dialect::Proxy {
+                if !v.path.ends_with('/') {
+                    return fail(&key("path"), "a proxy vhost's path is a prefix ending with `/`");
+                }
+                match &v.backend {
+                    None => return fail(&key("backend"), "a proxy vhost needs the backend's base URL"),
+                    Some(url) => check_url(url)
+                        .map_err(|e| ConfigError(format!("invalid `{}`: {e}", key("backend"))))?,
+                }
+            } else if v.backend.is_some() {
+                return fail(&key("backend"), "only proxy vhosts have a backend; use [vhost.hooks]");
+            }
+            if v.max_in_flight_per_client == 0 || v.max_in_flight_per_client > 64 {
+                return fail(&key("max_in_flight_per_client"), "must be 1 to 64");
+            }
+            for (name, url) in
+                [("connect", &v.hooks.connect), ("join", &v.hooks.join), ("close", &v.hooks.close)]
+            {
+                if let Some(url) = url {
+                    check_url(url).map_err(|e| {
+                        ConfigError(format!("invalid `{}`: {e}", key(&format!("hooks.{name}"))))
+                    })?;
+                }
+            }
+            if v.hooks.join.is_some() && v.dialect != Dialect::RoadRunner {
+                return fail(&key("hooks.join"), "join hooks apply to roadrunner vhosts");
+            }
+            if v.hooks.timeout_ms == 0 {
+                return fail(&key("hooks.timeout_ms"), "must be above 0");
             }
             if self.vhosts[..i].iter().any(|o| o.path == v.path) {
                 return fail(&format!("vhost[{i}].path"), &format!("{:?} is used twice", v.path));
@@ -240,6 +354,18 @@ impl Config {
         }
         Ok(())
     }
+}
+
+/// Hook URLs are plain `http://host[:port][/path]` (TLS to backends is not built yet).
+pub fn check_url(url: &str) -> Result<(), String> {
+    let uri: hyper::Uri = url.parse().map_err(|e| format!("{url:?} is not a URL: {e}"))?;
+    if uri.scheme_str() != Some("http") || uri.host().is_none() {
+        return Err(format!("{url:?}: an http:// URL with a host is needed"));
+    }
+    if uri.query().is_some() {
+        return Err(format!("{url:?}: no query string, please"));
+    }
+    Ok(())
 }
 
 #[cfg(test)]
@@ -280,8 +406,36 @@ mod tests {
     }
 
     #[test]
+    fn proxy_and_hook_rules() {
+        let base = "[[vhost]]\npath = \"/\"\ndialect = \"proxy\"\n";
+        let c = Config::from_toml(base, "x").unwrap();
+        assert!(c.validate().unwrap_err().0.contains("vhost[0].backend"));
+        let c = Config::from_toml(&format!("{base}backend = \"https://x\"\n"), "x").unwrap();
+        assert!(c.validate().unwrap_err().0.contains("http://"));
+        let c = Config::from_toml(&format!("{base}backend = \"http://127.0.0.1:5000\"\n"), "x").unwrap();
+        c.validate().unwrap();
+        assert_eq!(c.vhosts[0].duplicate_client, DuplicateClient::Replace);
+        let c =
+            Config::from_toml("[[vhost]]\npath = \"/p\"\ndialect = \"proxy\"\nbackend = \"http://a\"\n", "x")
+                .unwrap();
+        assert!(c.validate().unwrap_err().0.contains("ending with `/`"));
+        let c = Config::from_toml(
+            "[[vhost]]\npath = \"/e\"\ndialect = \"echo\"\n[vhost.hooks]\njoin = \"http://a/j\"\n",
+            "x",
+        )
+        .unwrap();
+        assert!(c.validate().unwrap_err().0.contains("vhost[0].hooks.join"));
+        let e = Config::from_toml(
+            "[[vhost]]\npath = \"/e\"\ndialect = \"echo\"\n[vhost.hooks]\njion = \"x\"\n",
+            "x",
+        )
+        .unwrap_err();
+        assert!(e.0.contains("jion"));
+    }
+
+    #[test]
     fn shipped_configs_load() {
-        for f in ["config/roadrunner.toml", "config/echo.toml"] {
+        for f in ["config/roadrunner.toml", "config/echo.toml", "config/proxy.toml"] {
             let path = Path::new(env!("CARGO_MANIFEST_DIR")).join(f);
             Config::load(&path).unwrap().validate().unwrap();
         }

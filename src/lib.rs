@@ -3,8 +3,10 @@
 
 pub mod api;
 pub mod broker;
+pub mod clients;
 pub mod config;
 pub mod dialect;
+pub mod hooks;
 pub mod metrics;
 pub mod publish;
 pub mod rpc;

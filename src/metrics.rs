@@ -19,6 +19,8 @@ pub struct ShardMetrics {
     pub protocol_errors: AtomicU64,
     pub idle_closes: AtomicU64,
     pub subscriptions: AtomicU64,
+    pub pushes: AtomicU64,
+    pub backend_errors: AtomicU64,
 }
 
 #[derive(Debug, Default)]
@@ -28,6 +30,20 @@ pub struct GlobalMetrics {
     pub http_publish_requests: AtomicU64,
     pub http_publish_errors: AtomicU64,
     pub published_messages: AtomicU64,
+    pub pushes_queued: AtomicU64,
+    pub pushes_not_connected: AtomicU64,
+    pub pushes_slow_consumer: AtomicU64,
+}
+
+impl GlobalMetrics {
+    pub fn record_push(&self, outcome: crate::shard::PushOutcome) {
+        use crate::shard::PushOutcome::*;
+        inc(match outcome {
+            Queued => &self.pushes_queued,
+            NotConnected => &self.pushes_not_connected,
+            SlowConsumer => &self.pushes_slow_consumer,
+        });
+    }
 }
 
 pub fn inc(c: &AtomicU64) {
@@ -81,6 +97,13 @@ const SHARD_SERIES: &[(&str, &str, &str, Field)] = &[
         |m| &m.idle_closes,
     ),
     ("ringcast_subscriptions", "gauge", "Topic subscriptions held.", |m| &m.subscriptions),
+    ("ringcast_pushes_total", "counter", "Backend pushes queued to a client (proxy dialect).", |m| &m.pushes),
+    (
+        "ringcast_backend_errors_total",
+        "counter",
+        "Client messages the backend did not take (proxy dialect).",
+        |m| &m.backend_errors,
+    ),
 ];
 
 /// Renders every series, per shard where the value is per shard.
@@ -109,6 +132,16 @@ pub fn render(shards: &[Arc<ShardMetrics>], global: &GlobalMetrics) -> String {
     ];
     for (name, help, v) in globals {
         let _ = writeln!(out, "# HELP {name} {help}\n# TYPE {name} counter\n{name} {}", v.load(Relaxed));
+    }
+    let _ =
+        writeln!(out, "# HELP ringcast_push_requests_total Backend pushes (POST /<ClientId>) by outcome.");
+    let _ = writeln!(out, "# TYPE ringcast_push_requests_total counter");
+    for (outcome, v) in [
+        ("queued", &global.pushes_queued),
+        ("not_connected", &global.pushes_not_connected),
+        ("slow_consumer", &global.pushes_slow_consumer),
+    ] {
+        let _ = writeln!(out, "ringcast_push_requests_total{{outcome=\"{outcome}\"}} {}", v.load(Relaxed));
     }
     out
 }

@@ -11,7 +11,9 @@ use tracing::{error, info};
 
 use crate::api::{self, ApiContext};
 use crate::broker::{Broker, MemoryBroker};
+use crate::clients::ClientRegistry;
 use crate::config::Config;
+use crate::hooks::{self, HookMetrics, HookReceiver};
 use crate::metrics::{GlobalMetrics, ShardMetrics};
 use crate::rpc::server::{self as rpc_server, RpcContext};
 use crate::rt;
@@ -70,6 +72,10 @@ pub fn run(config: Config) -> Result<(), StartError> {
     let shard_metrics: Vec<Arc<ShardMetrics>> = (0..shards).map(|_| Arc::default()).collect();
     let global_metrics = Arc::new(GlobalMetrics::default());
     let open_connections = Arc::new(AtomicUsize::new(0));
+    let clients = Arc::new(ClientRegistry::default());
+    let hook_metrics = Arc::new(HookMetrics::default());
+    let (hook_sender, hook_receiver) =
+        hooks::channel(shards * config.limits.max_hooks_in_flight, hook_metrics.clone());
     let cores = core_affinity::get_core_ids().unwrap_or_default();
 
     let mut executors = Vec::with_capacity(shards);
@@ -82,6 +88,9 @@ pub fn run(config: Config) -> Result<(), StartError> {
             open_connections: open_connections.clone(),
             inbox,
             listener,
+            router: router.clone(),
+            hooks: hook_sender.clone(),
+            clients: clients.clone(),
         };
         let cpu = (!cores.is_empty()).then(|| cores[id % cores.len()].id);
         let ready = ready_tx.clone();
@@ -120,11 +129,17 @@ pub fn run(config: Config) -> Result<(), StartError> {
         broker,
         shard_metrics,
         metrics: global_metrics,
+        hook_metrics: hook_metrics.clone(),
         max_body: config.rpc.max_frame_size,
+        router: router.clone(),
+        clients,
     });
+    drop(hook_sender);
     std::thread::Builder::new()
         .name("integration".into())
-        .spawn(move || integration_thread(api_listener, rpc_listener, api_ctx, rpc_ctx))
+        .spawn(move || {
+            integration_thread(api_listener, rpc_listener, api_ctx, rpc_ctx, hook_receiver, hook_metrics)
+        })
         .map_err(|e| StartError(format!("cannot start the integration thread: {e}")))?;
 
     let vhosts: Vec<String> = config.vhosts.iter().map(|v| format!("{}({})", v.path, v.dialect)).collect();
@@ -151,6 +166,8 @@ fn integration_thread(
     rpc_listener: std::net::TcpListener,
     api_ctx: Arc<ApiContext>,
     rpc_ctx: Arc<RpcContext>,
+    hook_receiver: HookReceiver,
+    hook_metrics: Arc<HookMetrics>,
 ) {
     let runtime = match tokio::runtime::Builder::new_current_thread().enable_all().build() {
         Ok(r) => r,
@@ -170,7 +187,11 @@ fn integration_thread(
                 std::process::exit(1);
             }
         };
-        tokio::join!(api::serve(api, api_ctx), rpc_server::serve(rpc, rpc_ctx));
+        tokio::join!(
+            api::serve(api, api_ctx),
+            rpc_server::serve(rpc, rpc_ctx),
+            hooks::run(hook_receiver, hook_metrics)
+        );
     });
 }
 

@@ -1,6 +1,7 @@
 //! Dialects: the wire protocol a vhost speaks to its clients. Each is a codec
 //! free of I/O: client message bytes in, commands out; events in, frames out.
 
+pub mod proxy;
 pub mod roadrunner;
 
 use serde::Deserialize;
@@ -13,6 +14,8 @@ pub enum Dialect {
     RoadRunner,
     /// Echoes every message back; for conformance testing.
     Echo,
+    /// ws2api: every message is an HTTP request to the backend (§4).
+    Proxy,
 }
 
 impl std::fmt::Display for Dialect {
@@ -20,6 +23,7 @@ impl std::fmt::Display for Dialect {
         f.write_str(match self {
             Dialect::RoadRunner => "roadrunner",
             Dialect::Echo => "echo",
+            Dialect::Proxy => "proxy",
         })
     }
 }

@@ -1,10 +1,12 @@
-//! One client connection: the upgrade handshake, then a single task that
-//! reads into the shard's scratch buffer, decodes frames in place, and writes
-//! its queue of shared frames with one `sendmsg` per batch.
+//! One client connection: the upgrade handshake (with the backend's connect
+//! hook), then a single task that reads into the shard's scratch buffer,
+//! decodes frames in place, and writes its queue of shared frames with one
+//! `sendmsg` per batch.
 
 use std::cell::RefCell;
 use std::future::poll_fn;
 use std::io::{self, IoSlice};
+use std::net::SocketAddr;
 use std::rc::Rc;
 use std::sync::atomic::Ordering;
 use std::task::{Context, Poll, Waker};
@@ -12,30 +14,41 @@ use std::time::Duration;
 
 use bytes::Bytes;
 use futures_lite::{AsyncReadExt, AsyncWriteExt};
+use hyper::header::{HeaderName, HeaderValue, CONTENT_TYPE};
 use tungstenite::protocol::frame::coding::{Control, Data, OpCode};
 
 use super::send_queue::{OverBudget, SendQueue};
 use super::topics::ConnKey;
 use super::{Shard, CLOSE_LINGER};
+use crate::config::{DuplicateClient, OnBackendError, VhostConfig};
 use crate::dialect::roadrunner::{self, Command, Reply};
-use crate::dialect::Dialect;
+use crate::dialect::{proxy, Dialect};
+use crate::hooks::{HookKind, HookOutcome, HookRequest};
 use crate::metrics;
 use crate::rt::{self, TcpStream};
-use crate::ws::handshake::{self, HttpError, MAX_REQUEST_HEAD};
+use crate::ws::handshake::{self, http_response, HttpError, MAX_REQUEST_HEAD};
 use crate::ws::{close_frame, data_frame, Decoder, Event, Flow};
 
 pub type ConnRef = Rc<RefCell<ConnState>>;
 
 /// The part of a connection that the shard touches: fanout pushes frames,
-/// the keepalive pass pings, shutdown closes.
-#[derive(Debug)]
+/// the keepalive pass pings, shutdown closes, hook tasks reply.
+#[derive(Debug, Default)]
 pub struct ConnState {
+    /// Process-wide id (`Owner::id`), set at registration.
+    pub id: u64,
     pub queue: SendQueue,
     waker: Option<Waker>,
     /// Topics joined; names shared with the shard's topic index.
     pub topics: Vec<Rc<str>>,
     pub last_rx_ms: u64,
     pub ping_outstanding: bool,
+    /// Backend requests for this connection's messages not yet answered.
+    in_flight: usize,
+    /// Proxy dialect: the ClientId.
+    client: Option<Rc<str>>,
+    /// The reason of the first Close sent or received.
+    close_reason: Option<Box<str>>,
     /// A Close is queued: nothing more is sent, input is ignored.
     closing: bool,
     /// Drop the connection now.
@@ -43,18 +56,6 @@ pub struct ConnState {
 }
 
 impl ConnState {
-    fn new(now_ms: u64) -> Self {
-        ConnState {
-            queue: SendQueue::default(),
-            waker: None,
-            topics: Vec::new(),
-            last_rx_ms: now_ms,
-            ping_outstanding: false,
-            closing: false,
-            forced: false,
-        }
-    }
-
     pub fn is_closing(&self) -> bool {
         self.closing
     }
@@ -78,6 +79,10 @@ impl ConnState {
         if self.closing {
             return false;
         }
+        if self.close_reason.is_none() {
+            let reason = close.get(4..).map(String::from_utf8_lossy).unwrap_or_default();
+            self.close_reason = Some(reason.into());
+        }
         self.queue.push_unbounded(close);
         self.closing = true;
         self.wake();
@@ -96,10 +101,20 @@ impl ConnState {
     }
 }
 
+/// A backend's message to a client: text if it is UTF-8, else binary.
+pub fn message_frame(body: &[u8]) -> Bytes {
+    let opcode = if std::str::from_utf8(body).is_ok() { Data::Text } else { Data::Binary };
+    data_frame(OpCode::Data(opcode), body)
+}
+
 /// Answers a connection over `max_connections` with 503 and closes it.
 pub async fn refuse(mut stream: TcpStream) {
     let resp = HttpError::new(503, "server at max_connections").response();
-    let _ = futures_lite::future::or(async { stream.write_all(&resp).await }, async {
+    write_with_timeout(&mut stream, &resp).await;
+}
+
+async fn write_with_timeout(stream: &mut TcpStream, bytes: &[u8]) {
+    let _ = futures_lite::future::or(async { stream.write_all(bytes).await }, async {
         rt::sleep(Duration::from_secs(1)).await;
         Ok(())
     })
@@ -118,70 +133,110 @@ impl Drop for Slot {
 pub async fn serve(shard: Rc<Shard>, mut stream: TcpStream) {
     let _slot = Slot(shard.clone());
     rt::set_nodelay(&stream);
-    let Some((vhost, upgrade, mut leftover)) = upgrade(&shard, &mut stream).await else {
+    let peer = stream.peer_addr().ok();
+    let Some(accepted) = upgrade(&shard, &mut stream, peer).await else {
         return;
     };
+    let Accepted { vhost, upgrade, client, rest: mut leftover } = accepted;
     // Registered before the 101 goes out: once a client sees the upgrade
-    // complete, the gateway already counts and can address it.
-    let state = Rc::new(RefCell::new(ConnState::new(shard.now_ms())));
-    let key = shard.register(state.clone());
-    if stream.write_all(&upgrade.response()).await.is_err() {
-        shard.unregister(key);
-        return;
+    // complete, the gateway counts it and a push can reach it.
+    let state = Rc::new(RefCell::new(ConnState { last_rx_ms: shard.now_ms(), ..Default::default() }));
+    let owner = shard.register(&state);
+    if let Some(id) = &client {
+        let v = &shard.config.vhosts[vhost];
+        match shard.clients.claim(id, owner, v.duplicate_client == DuplicateClient::Replace) {
+            Ok(None) => {}
+            Ok(Some(old)) => shard.replace(old).await,
+            Err(_) => {
+                shard.unregister(owner.key);
+                metrics::inc(&shard.metrics.handshake_failures);
+                let e = HttpError::new(409, format!("client {id} is already connected"));
+                write_with_timeout(&mut stream, &e.response()).await;
+                return;
+            }
+        }
+        state.borrow_mut().client = Some(Rc::from(&**id));
     }
-    let mut conn = Connection {
-        stream,
-        decoder: Decoder::new(),
-        state,
-        shard: shard.clone(),
-        key,
-        dialect: shard.config.vhosts[vhost].dialect,
-        write_shut: false,
-    };
-    if !leftover.is_empty() {
-        conn.on_bytes(&mut leftover);
-        drop(leftover);
+    if stream.write_all(&upgrade.response()).await.is_ok() {
+        let v = &shard.config.vhosts[vhost];
+        let mut conn = Connection {
+            stream,
+            decoder: Decoder::new(),
+            state: state.clone(),
+            shard: shard.clone(),
+            key: owner.key,
+            vhost,
+            pause_at: if v.dialect == Dialect::Proxy { v.max_in_flight_per_client } else { 1 },
+            input_held: false,
+            write_shut: false,
+        };
+        if !leftover.is_empty() {
+            conn.on_bytes(&mut leftover);
+            drop(leftover);
+        }
+        poll_fn(|cx| conn.poll(cx)).await;
     }
-    poll_fn(|cx| conn.poll(cx)).await;
-    shard.unregister(key);
+    shard.unregister(owner.key);
+    if let Some(id) = &client {
+        shard.clients.release(id, owner);
+    }
+    let reason = state.borrow_mut().close_reason.take();
+    if let Some(request) =
+        close_hook(&shard.config.vhosts[vhost], owner.id, client.as_deref(), reason.as_deref())
+    {
+        // Fire and forget: the outcome is counted in the hook metrics.
+        drop(shard.hooks.submit(request));
+    }
+}
+
+struct Accepted {
+    vhost: usize,
+    upgrade: handshake::Upgrade,
+    /// Proxy dialect: the ClientId from the path.
+    client: Option<String>,
+    /// Bytes that followed the request.
+    rest: Vec<u8>,
 }
 
 enum HandshakeEnd {
-    Refused(HttpError),
+    /// Answer with this HTTP response and close.
+    Refused(Vec<u8>),
     /// The peer went away or the socket failed: nobody to answer.
     Gone,
 }
 
-/// Reads the upgrade request within the handshake timeout, answering
-/// refusals. Returns the vhost index, the upgrade, and any bytes that
-/// followed the request.
-async fn upgrade(shard: &Shard, stream: &mut TcpStream) -> Option<(usize, handshake::Upgrade, Vec<u8>)> {
-    let timeout = Duration::from_millis(shard.config.limits.handshake_timeout_ms);
-    let outcome = futures_lite::future::or(read_upgrade(shard, stream), async {
-        rt::sleep(timeout).await;
-        Err(HandshakeEnd::Refused(HttpError::new(408, "handshake timeout")))
-    })
-    .await;
-    let response = match outcome {
-        Ok(accepted) => return Some(accepted),
-        Err(HandshakeEnd::Gone) => None,
-        Err(HandshakeEnd::Refused(e)) => Some(e.response()),
-    };
-    metrics::inc(&shard.metrics.handshake_failures);
-    if let Some(resp) = response {
-        let _ = futures_lite::future::or(async { stream.write_all(&resp).await }, async {
-            rt::sleep(Duration::from_secs(1)).await;
-            Ok(())
-        })
-        .await;
+impl From<HttpError> for HandshakeEnd {
+    fn from(e: HttpError) -> Self {
+        HandshakeEnd::Refused(e.response())
     }
-    None
 }
 
-async fn read_upgrade(
-    shard: &Shard,
-    stream: &mut TcpStream,
-) -> Result<(usize, handshake::Upgrade, Vec<u8>), HandshakeEnd> {
+/// Reads the upgrade request within the handshake timeout and asks the
+/// backend's connect hook; answers refusals itself.
+async fn upgrade(shard: &Shard, stream: &mut TcpStream, peer: Option<SocketAddr>) -> Option<Accepted> {
+    let timeout = Duration::from_millis(shard.config.limits.handshake_timeout_ms);
+    let read = futures_lite::future::or(read_upgrade(shard, stream), async {
+        rt::sleep(timeout).await;
+        Err(HttpError::new(408, "handshake timeout").into())
+    })
+    .await;
+    let outcome = match read {
+        Ok(accepted) => authorize(shard, &accepted, peer).await.map(|()| accepted),
+        Err(e) => Err(e),
+    };
+    match outcome {
+        Ok(accepted) => Some(accepted),
+        Err(end) => {
+            metrics::inc(&shard.metrics.handshake_failures);
+            if let HandshakeEnd::Refused(resp) = end {
+                write_with_timeout(stream, &resp).await;
+            }
+            None
+        }
+    }
+}
+
+async fn read_upgrade(shard: &Shard, stream: &mut TcpStream) -> Result<Accepted, HandshakeEnd> {
     let mut buf = Vec::with_capacity(1024);
     loop {
         let filled = buf.len();
@@ -192,21 +247,140 @@ async fn read_upgrade(
             return Err(HandshakeEnd::Gone);
         }
         metrics::add(&shard.metrics.bytes_in, n as u64);
-        let Some((upgrade, used)) = handshake::parse(&buf).map_err(HandshakeEnd::Refused)? else {
+        let Some((upgrade, used)) = handshake::parse(&buf)? else {
             continue;
         };
-        let vhosts = &shard.config.vhosts;
-        let Some(vhost) = vhosts.iter().position(|v| v.path == upgrade.path) else {
-            return Err(HandshakeEnd::Refused(HttpError::new(
-                404,
-                format!("no WebSocket endpoint at {}", upgrade.path),
-            )));
-        };
-        if !handshake::origin_allowed(&vhosts[vhost].allowed_origin, upgrade.origin.as_deref()) {
-            return Err(HandshakeEnd::Refused(HttpError::new(403, "origin not allowed")));
+        let (vhost, client) = route(&shard.config.vhosts, &upgrade.path)?;
+        if !handshake::origin_allowed(&shard.config.vhosts[vhost].allowed_origin, upgrade.origin.as_deref()) {
+            return Err(HttpError::new(403, "origin not allowed").into());
         }
-        return Ok((vhost, upgrade, buf.split_off(used)));
+        return Ok(Accepted { vhost, upgrade, client, rest: buf.split_off(used) });
     }
+}
+
+/// The vhost for `path`: an exact path, else the longest proxy prefix.
+fn route(vhosts: &[VhostConfig], path: &str) -> Result<(usize, Option<String>), HttpError> {
+    if let Some(i) = vhosts.iter().position(|v| v.dialect != Dialect::Proxy && v.path == path) {
+        return Ok((i, None));
+    }
+    let prefix = vhosts
+        .iter()
+        .enumerate()
+        .filter(|(_, v)| v.dialect == Dialect::Proxy && path.starts_with(&v.path))
+        .max_by_key(|(_, v)| v.path.len());
+    match prefix {
+        Some((i, v)) => match proxy::client_id(&v.path, path) {
+            Some(id) => Ok((i, Some(id.to_string()))),
+            None => Err(HttpError::new(
+                400,
+                format!(
+                    "invalid ClientId in {path}: one path segment of A-Z a-z 0-9 - _ . ~, at most {} bytes",
+                    proxy::MAX_CLIENT_ID
+                ),
+            )),
+        },
+        None => Err(HttpError::new(404, format!("no WebSocket endpoint at {path}"))),
+    }
+}
+
+fn header_pairs(pairs: &[(&'static str, String)]) -> Vec<(HeaderName, HeaderValue)> {
+    pairs
+        .iter()
+        .filter_map(|(k, v)| Some((HeaderName::from_static(k), HeaderValue::from_str(v).ok()?)))
+        .collect()
+}
+
+fn hook_request(
+    v: &VhostConfig,
+    kind: HookKind,
+    method: hyper::Method,
+    url: String,
+    max_response: usize,
+) -> HookRequest {
+    HookRequest {
+        kind,
+        method,
+        url,
+        headers: Vec::new(),
+        body: Bytes::new(),
+        timeout: Duration::from_millis(v.hooks.timeout_ms),
+        retries: v.hooks.retries,
+        retry_sent: v.hooks.retry_sent,
+        max_response,
+    }
+}
+
+/// The connect hook: `GET {backend}/<ClientId>` for proxy vhosts (body `ok`
+/// allows), `GET {hooks.connect}` for others (2xx allows).
+async fn authorize(shard: &Shard, a: &Accepted, peer: Option<SocketAddr>) -> Result<(), HandshakeEnd> {
+    let v = &shard.config.vhosts[a.vhost];
+    let url = match (&a.client, &v.backend, &v.hooks.connect) {
+        (Some(id), Some(backend), _) => proxy::client_url(backend, id),
+        (None, _, Some(url)) => url.clone(),
+        _ => return Ok(()),
+    };
+    let mut forward = a.upgrade.forward.clone();
+    if let Some(peer) = peer {
+        match forward.iter_mut().find(|(k, _)| *k == "x-forwarded-for") {
+            Some((_, v)) => *v = format!("{v}, {}", peer.ip()),
+            None => forward.push(("x-forwarded-for", peer.ip().to_string())),
+        }
+    }
+    forward.push(("x-ringcast-path", a.upgrade.path.clone()));
+    let mut request = hook_request(v, HookKind::Connect, hyper::Method::GET, url, 64 * 1024);
+    request.headers = header_pairs(&forward);
+    let outcome = shard.call_hook(request).await;
+    let refusal = |status: u16, message: &str| Err(HttpError::new(status, message).into());
+    match outcome {
+        HookOutcome::Response { status, body, .. }
+            if (a.client.is_some() && proxy::connect_allowed(status, &body))
+                || (a.client.is_none() && (200..300).contains(&status)) =>
+        {
+            Ok(())
+        }
+        HookOutcome::Response { status, content_type, body } => {
+            let ct =
+                content_type.as_ref().and_then(|c| c.to_str().ok()).unwrap_or("text/plain; charset=utf-8");
+            Err(HandshakeEnd::Refused(http_response(status, ct, "", &body)))
+        }
+        HookOutcome::Unreachable(e) => {
+            tracing::warn!(vhost = %v.path, error = %e, "connect hook: backend unreachable");
+            refusal(502, "backend unreachable")
+        }
+        HookOutcome::Timeout => refusal(504, "backend timeout"),
+        HookOutcome::Busy => refusal(503, "too many backend requests in flight"),
+        HookOutcome::TooLarge => refusal(502, "backend answer too large"),
+    }
+}
+
+/// `DELETE {backend}/<ClientId>` with the close reason (proxy), or
+/// `POST {hooks.close}` with `{"connection","reason"}` (others).
+fn close_hook(
+    v: &VhostConfig,
+    conn_id: u64,
+    client: Option<&str>,
+    reason: Option<&str>,
+) -> Option<HookRequest> {
+    let mut request = match (client, &v.backend, &v.hooks.close) {
+        (Some(id), Some(backend), _) => {
+            let mut r =
+                hook_request(v, HookKind::Close, hyper::Method::DELETE, proxy::client_url(backend, id), 4096);
+            r.body = Bytes::from(proxy::close_body(reason));
+            r
+        }
+        (None, _, Some(url)) => {
+            let mut r = hook_request(v, HookKind::Close, hyper::Method::POST, url.clone(), 4096);
+            let body = serde_json::json!({ "connection": conn_id.to_string(), "reason": reason });
+            r.body = Bytes::from(body.to_string());
+            r.headers.push((CONTENT_TYPE, HeaderValue::from_static("application/json")));
+            r
+        }
+        _ => return None,
+    };
+    if request.headers.is_empty() {
+        request.headers.push((CONTENT_TYPE, HeaderValue::from_static("text/plain; charset=utf-8")));
+    }
+    Some(request)
 }
 
 /// Reads handled per wake-up before yielding to other connections.
@@ -220,7 +394,12 @@ struct Connection {
     state: ConnRef,
     shard: Rc<Shard>,
     key: ConnKey,
-    dialect: Dialect,
+    vhost: usize,
+    /// Input is held while this many backend requests are in flight.
+    pause_at: usize,
+    /// The decoder stopped at a message because input is held; it has
+    /// buffered frames to resume from.
+    input_held: bool,
     write_shut: bool,
 }
 
@@ -240,15 +419,24 @@ impl Connection {
             if self.flush(cx).is_err() {
                 return Poll::Ready(());
             }
-            let closing = {
+            let (closing, held) = {
                 let st = self.state.borrow();
                 if st.closing && st.queue.is_empty() && !self.write_shut {
                     // Our Close is out: FIN, then wait for the peer's end.
                     rt::shutdown_write(&self.stream);
                     self.write_shut = true;
                 }
-                st.closing
+                (st.closing, !st.closing && st.in_flight >= self.pause_at)
             };
+            if held {
+                // A hook task wakes us when the backend answers.
+                return Poll::Pending;
+            }
+            if self.input_held && !closing {
+                self.input_held = false;
+                self.on_bytes(&mut []);
+                continue;
+            }
             let shard = self.shard.clone();
             let mut buf = shard.read_buf.borrow_mut();
             match rt::poll_read(&mut self.stream, cx, &mut buf) {
@@ -262,10 +450,7 @@ impl Connection {
                         st.ping_outstanding = false;
                     }
                     if !closing {
-                        // This task is running: replies it queues need no wake-up.
-                        let waker = self.state.borrow_mut().waker.take();
                         self.on_bytes(&mut buf[..n]);
-                        self.state.borrow_mut().waker = waker;
                     }
                 }
             }
@@ -313,25 +498,45 @@ impl Connection {
     }
 
     fn on_bytes(&mut self, input: &mut [u8]) {
-        let Connection { decoder, state, shard, key, dialect, .. } = self;
+        let Connection { decoder, state, shard, key, vhost, pause_at, .. } = self;
         let max = shard.config.limits.max_message_size;
-        let result = decoder.feed(input, max, &mut |event| handle_event(shard, state, *key, *dialect, event));
-        if let Err(v) = result {
-            metrics::inc(&shard.metrics.protocol_errors);
-            let mut st = state.borrow_mut();
-            shard.start_close(state, &mut st, close_frame(v.code, v.reason), CLOSE_LINGER);
+        // This task is running: replies it queues need no wake-up.
+        let waker = state.borrow_mut().waker.take();
+        let result = decoder.feed(input, max, &mut |event| {
+            let flow = handle_event(shard, state, *key, *vhost, event);
+            let st = state.borrow();
+            if flow == Flow::Continue && st.in_flight >= *pause_at {
+                Flow::Pause
+            } else {
+                flow
+            }
+        });
+        state.borrow_mut().waker = waker;
+        match result {
+            Ok(Flow::Pause) => self.input_held = true,
+            Ok(_) => {}
+            Err(v) => {
+                metrics::inc(&shard.metrics.protocol_errors);
+                let mut st = state.borrow_mut();
+                shard.start_close(state, &mut st, close_frame(v.code, v.reason), CLOSE_LINGER);
+            }
         }
     }
 }
 
-fn handle_event(shard: &Shard, conn: &ConnRef, key: ConnKey, dialect: Dialect, event: Event<'_>) -> Flow {
+fn handle_event(shard: &Rc<Shard>, conn: &ConnRef, key: ConnKey, vhost: usize, event: Event<'_>) -> Flow {
     let budget = shard.config.limits.max_backpressure;
+    let dialect = shard.config.vhosts[vhost].dialect;
     let reply = match event {
         Event::Text(text) => {
             metrics::inc(&shard.metrics.messages_in);
             match dialect {
                 Dialect::Echo => Some(data_frame(OpCode::Data(Data::Text), text)),
-                Dialect::RoadRunner => roadrunner_message(shard, conn, key, text),
+                Dialect::RoadRunner => roadrunner_message(shard, conn, key, vhost, text),
+                Dialect::Proxy => {
+                    forward(shard, conn, vhost, Bytes::copy_from_slice(text), true);
+                    None
+                }
             }
         }
         Event::Binary(bin) => {
@@ -339,17 +544,24 @@ fn handle_event(shard: &Shard, conn: &ConnRef, key: ConnKey, dialect: Dialect, e
             match dialect {
                 Dialect::Echo => Some(data_frame(OpCode::Data(Data::Binary), bin)),
                 Dialect::RoadRunner => Some(roadrunner::error_frame("binary frames are not supported")),
+                Dialect::Proxy => {
+                    forward(shard, conn, vhost, Bytes::copy_from_slice(bin), false);
+                    None
+                }
             }
         }
         Event::Ping(payload) => Some(data_frame(OpCode::Control(Control::Pong), payload)),
         Event::Pong(_) => None,
-        Event::Close(code, _) => {
+        Event::Close(code, reason) => {
             // Echo the status code, as RFC 6455 §5.5.1 suggests.
             let close = match code {
                 Some(code) => close_frame(code, ""),
                 None => data_frame(OpCode::Control(Control::Close), b""),
             };
             let mut st = conn.borrow_mut();
+            if st.close_reason.is_none() {
+                st.close_reason = Some(reason.into());
+            }
             shard.start_close(conn, &mut st, close, CLOSE_LINGER);
             return Flow::Stop;
         }
@@ -367,7 +579,13 @@ fn handle_event(shard: &Shard, conn: &ConnRef, key: ConnKey, dialect: Dialect, e
     }
 }
 
-fn roadrunner_message(shard: &Shard, conn: &ConnRef, key: ConnKey, text: &mut [u8]) -> Option<Bytes> {
+fn roadrunner_message(
+    shard: &Rc<Shard>,
+    conn: &ConnRef,
+    key: ConnKey,
+    vhost: usize,
+    text: &mut [u8],
+) -> Option<Bytes> {
     let mut buffers = shard.json_buffers.borrow_mut();
     let command = match roadrunner::parse_command(text, &mut buffers) {
         Ok(c) => c,
@@ -377,14 +595,124 @@ fn roadrunner_message(shard: &Shard, conn: &ConnRef, key: ConnKey, text: &mut [u
     match command {
         Command::Headers => None,
         Command::Join { broker, topics } => {
-            // Subscribed before the reply is queued: anything published
-            // after the client sees @join reaches it.
-            let ok = shard.join(key, &mut st, broker, &topics);
-            Some(roadrunner::reply_frame(if ok { Reply::Joined } else { Reply::JoinFailed }, &topics))
+            let v = &shard.config.vhosts[vhost];
+            match &v.hooks.join {
+                Some(url) if shard.acceptable(broker, &topics) => {
+                    join_with_hook(shard, conn, &mut st, key, v, url, broker, &topics);
+                    None
+                }
+                _ => {
+                    // Subscribed before the reply is queued: anything
+                    // published after the client sees @join reaches it.
+                    let ok = shard.join(key, &mut st, broker, &topics);
+                    Some(roadrunner::reply_frame(if ok { Reply::Joined } else { Reply::JoinFailed }, &topics))
+                }
+            }
         }
         Command::Leave { broker, topics } => {
             let ok = shard.leave(key, &mut st, broker, &topics);
             Some(roadrunner::reply_frame(if ok { Reply::Left } else { Reply::LeaveFailed }, &topics))
         }
+    }
+}
+
+/// Asks the join hook (`POST {"connection","topics"}`), then joins or
+/// refuses. The connection's input is held meanwhile, so its commands keep
+/// their order.
+#[allow(clippy::too_many_arguments)]
+fn join_with_hook(
+    shard: &Rc<Shard>,
+    conn: &ConnRef,
+    st: &mut ConnState,
+    key: ConnKey,
+    v: &VhostConfig,
+    url: &str,
+    broker: Option<&str>,
+    topics: &[&str],
+) {
+    let mut request = hook_request(v, HookKind::Join, hyper::Method::POST, url.to_string(), 4096);
+    let body = serde_json::json!({ "connection": st.id.to_string(), "topics": topics });
+    request.body = Bytes::from(body.to_string());
+    request.headers.push((CONTENT_TYPE, HeaderValue::from_static("application/json")));
+    let topics: Vec<String> = topics.iter().map(|t| t.to_string()).collect();
+    let broker = broker.map(str::to_string);
+    st.in_flight += 1;
+    let (shard, conn) = (shard.clone(), conn.clone());
+    rt::spawn(async move {
+        let outcome = shard.call_hook(request).await;
+        let allowed = matches!(outcome, HookOutcome::Response { status: 200..=299, .. });
+        let mut st = conn.borrow_mut();
+        st.in_flight -= 1;
+        let names: Vec<&str> = topics.iter().map(String::as_str).collect();
+        let ok = allowed && shard.join(key, &mut st, broker.as_deref(), &names);
+        let frame = roadrunner::reply_frame(if ok { Reply::Joined } else { Reply::JoinFailed }, &names);
+        if st.push(frame, shard.config.limits.max_backpressure).is_err() {
+            shard.close_slow_consumer(&conn, &mut st);
+        }
+        st.wake();
+    });
+}
+
+/// Proxy dialect: `POST {backend}/<ClientId>` with the message; a non-empty
+/// 2xx answer goes back to the client.
+fn forward(shard: &Rc<Shard>, conn: &ConnRef, vhost: usize, body: Bytes, is_text: bool) {
+    let v = &shard.config.vhosts[vhost];
+    let mut st = conn.borrow_mut();
+    let (Some(client), Some(backend)) = (st.client.clone(), &v.backend) else {
+        return;
+    };
+    let url = proxy::client_url(backend, &client);
+    let mut request =
+        hook_request(v, HookKind::Message, hyper::Method::POST, url, shard.config.limits.max_message_size);
+    let content_type = if is_text { "text/plain; charset=utf-8" } else { "application/octet-stream" };
+    request.headers.push((CONTENT_TYPE, HeaderValue::from_static(content_type)));
+    request.body = body;
+    st.in_flight += 1;
+    let (shard, conn) = (shard.clone(), conn.clone());
+    rt::spawn(async move {
+        let outcome = shard.call_hook(request).await;
+        let v = &shard.config.vhosts[vhost];
+        let mut st = conn.borrow_mut();
+        st.in_flight -= 1;
+        match outcome {
+            HookOutcome::Response { status: 200..=299, body, .. } => {
+                if !body.is_empty()
+                    && st.push(message_frame(&body), shard.config.limits.max_backpressure).is_err()
+                {
+                    shard.close_slow_consumer(&conn, &mut st);
+                }
+            }
+            failed => {
+                metrics::inc(&shard.metrics.backend_errors);
+                tracing::debug!(client = %client, outcome = ?failed, "backend did not take a message");
+                if v.on_backend_error == OnBackendError::Close {
+                    shard.start_close(&conn, &mut st, close_frame(1011, "backend error"), CLOSE_LINGER);
+                }
+            }
+        }
+        st.wake();
+    });
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::config::Config;
+
+    #[test]
+    fn routing_prefers_exact_paths_then_the_longest_proxy_prefix() {
+        let c = Config::from_toml(
+            "[[vhost]]\npath=\"/ws\"\ndialect=\"roadrunner\"\n\
+             [[vhost]]\npath=\"/\"\ndialect=\"proxy\"\nbackend=\"http://a\"\n\
+             [[vhost]]\npath=\"/chat/\"\ndialect=\"proxy\"\nbackend=\"http://b\"\n",
+            "t",
+        )
+        .unwrap();
+        assert_eq!(route(&c.vhosts, "/ws").unwrap(), (0, None));
+        assert_eq!(route(&c.vhosts, "/joe").unwrap(), (1, Some("joe".into())));
+        assert_eq!(route(&c.vhosts, "/chat/joe").unwrap(), (2, Some("joe".into())));
+        assert_eq!(route(&c.vhosts, "/chat/a/b").unwrap_err().status, 400);
+        let only_rr = Config::default();
+        assert_eq!(route(&only_rr.vhosts, "/x").unwrap_err().status, 404);
     }
 }

@@ -19,9 +19,11 @@ use bytes::Bytes;
 use slab::Slab;
 use tracing::{debug, warn};
 
-pub use router::{Closed, Inbox, ShardMsg, ShardRouter};
+pub use router::{Closed, Inbox, PushOutcome, ShardMsg, ShardRouter, TrySendError};
 
+use crate::clients::{ClientRegistry, Owner};
 use crate::config::Config;
+use crate::hooks::{HookOutcome, HookRequest, HookSender};
 use crate::metrics::{self, ShardMetrics};
 use crate::publish::Delivery;
 use crate::rt;
@@ -43,6 +45,10 @@ pub struct ShardSetup {
     pub open_connections: Arc<AtomicUsize>,
     pub inbox: Inbox,
     pub listener: std::net::TcpListener,
+    /// To reach other shards (taking over a ClientId).
+    pub router: ShardRouter,
+    pub hooks: HookSender,
+    pub clients: Arc<ClientRegistry>,
 }
 
 pub struct Shard {
@@ -57,6 +63,12 @@ pub struct Shard {
     started: Instant,
     draining: Cell<bool>,
     drain_waker: RefCell<Option<Waker>>,
+    router: ShardRouter,
+    pub hooks: HookSender,
+    pub clients: Arc<ClientRegistry>,
+    hooks_in_flight: Cell<usize>,
+    /// Connections ever registered here; part of each connection's id.
+    registered: Cell<u64>,
 }
 
 /// Runs a shard until it has drained after a shutdown message.
@@ -74,12 +86,24 @@ pub async fn run(setup: ShardSetup) {
         started: Instant::now(),
         draining: Cell::new(false),
         drain_waker: RefCell::new(None),
+        router: setup.router,
+        hooks: setup.hooks,
+        clients: setup.clients,
+        hooks_in_flight: Cell::new(0),
+        registered: Cell::new(0),
     });
     rt::spawn(accept_loop(shard.clone(), listener));
     rt::spawn(keepalive_loop(shard.clone()));
     let inbox = setup.inbox;
-    while let Some(ShardMsg::Deliver(batch)) = poll_fn(|cx| inbox.poll_recv(cx)).await {
-        shard.deliver(&batch);
+    loop {
+        match poll_fn(|cx| inbox.poll_recv(cx)).await {
+            Some(ShardMsg::Deliver(batch)) => shard.deliver(&batch),
+            Some(ShardMsg::Push { to, body, reply }) => {
+                let _ = reply.send(shard.push_to(to, body));
+            }
+            Some(ShardMsg::Replaced(owner)) => shard.close_replaced(owner),
+            Some(ShardMsg::Shutdown) | None => break,
+        }
     }
     // Publishers see the shard as gone from now on instead of waiting on it.
     drop(inbox);
@@ -131,10 +155,80 @@ impl Shard {
         }
     }
 
-    fn register(&self, conn: ConnRef) -> ConnKey {
+    /// A process-wide connection id: shard in the top bits, a counter below.
+    fn next_conn_id(&self) -> u64 {
+        let n = self.registered.get() + 1;
+        self.registered.set(n);
+        ((self.id as u64) << 48) | n
+    }
+
+    fn register(&self, conn: &ConnRef) -> Owner {
         metrics::inc(&self.metrics.connections);
         metrics::inc(&self.metrics.connections_accepted);
-        self.conns.borrow_mut().insert(conn)
+        let id = self.next_conn_id();
+        conn.borrow_mut().id = id;
+        let key = self.conns.borrow_mut().insert(conn.clone());
+        Owner { shard: self.id, key, id }
+    }
+
+    /// The connection `owner` names, if it is still the same one.
+    fn conn(&self, owner: Owner) -> Option<ConnRef> {
+        let conns = self.conns.borrow();
+        conns.get(owner.key).filter(|c| c.borrow().id == owner.id).cloned()
+    }
+
+    /// A backend push (proxy dialect): queued like any frame.
+    fn push_to(&self, to: Owner, body: Bytes) -> PushOutcome {
+        let Some(conn) = self.conn(to) else {
+            return PushOutcome::NotConnected;
+        };
+        let mut st = conn.borrow_mut();
+        if st.is_closing() {
+            return PushOutcome::NotConnected;
+        }
+        if st.push(conn::message_frame(&body), self.config.limits.max_backpressure).is_err() {
+            self.close_slow_consumer(&conn, &mut st);
+            return PushOutcome::SlowConsumer;
+        }
+        metrics::inc(&self.metrics.pushes);
+        PushOutcome::Queued
+    }
+
+    fn close_replaced(&self, owner: Owner) {
+        if let Some(conn) = self.conn(owner) {
+            let mut st = conn.borrow_mut();
+            self.start_close(&conn, &mut st, close_frame(1008, "replaced by a new connection"), CLOSE_LINGER);
+        }
+    }
+
+    /// Tells the shard that owns `owner` to close it (ClientId taken over).
+    async fn replace(&self, owner: Owner) {
+        if owner.shard == self.id {
+            return self.close_replaced(owner);
+        }
+        let mut msg = ShardMsg::Replaced(owner);
+        // Bounded: a shard that takes no messages for a second is draining.
+        for _ in 0..1000 {
+            match self.router.try_send(owner.shard, msg) {
+                Err(TrySendError::Full(back)) => {
+                    msg = back;
+                    rt::sleep(Duration::from_millis(1)).await;
+                }
+                _ => return,
+            }
+        }
+    }
+
+    /// Runs a backend hook request, within the shard's in-flight limit.
+    pub(crate) async fn call_hook(&self, request: HookRequest) -> HookOutcome {
+        if self.hooks_in_flight.get() >= self.config.limits.max_hooks_in_flight {
+            self.hooks.metrics().record(request.kind, &HookOutcome::Busy, Duration::ZERO);
+            return HookOutcome::Busy;
+        }
+        self.hooks_in_flight.set(self.hooks_in_flight.get() + 1);
+        let outcome = self.hooks.submit(request).await;
+        self.hooks_in_flight.set(self.hooks_in_flight.get() - 1);
+        outcome.unwrap_or(HookOutcome::Unreachable("gateway shutting down".into()))
     }
 
     fn unregister(&self, key: ConnKey) {

@@ -8,15 +8,36 @@ use std::task::{Context, Poll};
 use std::time::Duration;
 
 use atomic_waker::AtomicWaker;
-use crossbeam_channel::{Receiver, Sender, TryRecvError, TrySendError};
+pub use crossbeam_channel::TrySendError;
+use crossbeam_channel::{Receiver, Sender, TryRecvError};
 
+use bytes::Bytes;
+use futures_channel::oneshot;
+
+use crate::clients::Owner;
 use crate::publish::Batch;
 
 #[derive(Debug)]
 pub enum ShardMsg {
     Deliver(Batch),
+    /// A backend push to one client (proxy dialect).
+    Push {
+        to: Owner,
+        body: Bytes,
+        reply: oneshot::Sender<PushOutcome>,
+    },
+    /// Close a connection whose ClientId was taken over (1008).
+    Replaced(Owner),
     /// Stop accepting, close every connection with 1001, exit.
     Shutdown,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum PushOutcome {
+    Queued,
+    NotConnected,
+    /// The client's queue was over its budget; it is being closed.
+    SlowConsumer,
 }
 
 struct InboxTx {
@@ -63,24 +84,33 @@ impl ShardRouter {
     /// side) while a shard's inbox is full: publishers slow down instead of
     /// memory growing.
     pub async fn dispatch(&self, batch: Batch) -> Result<(), Closed> {
-        for inbox in self.inboxes.iter() {
-            let mut msg = ShardMsg::Deliver(batch.clone());
-            loop {
-                match inbox.tx.try_send(msg) {
-                    Ok(()) => {
-                        inbox.waker.wake();
-                        break;
-                    }
-                    Err(TrySendError::Full(back)) => {
-                        msg = back;
-                        inbox.waker.wake();
-                        tokio::time::sleep(FULL_BACKOFF).await;
-                    }
-                    Err(TrySendError::Disconnected(_)) => return Err(Closed),
-                }
-            }
+        for shard in 0..self.inboxes.len() {
+            self.send(shard, ShardMsg::Deliver(batch.clone())).await?;
         }
         Ok(())
+    }
+
+    /// Sends to one shard from the tokio side, waiting while its inbox is full.
+    pub async fn send(&self, shard: usize, mut msg: ShardMsg) -> Result<(), Closed> {
+        loop {
+            match self.try_send(shard, msg) {
+                Ok(()) => return Ok(()),
+                Err(TrySendError::Full(back)) => {
+                    msg = back;
+                    tokio::time::sleep(FULL_BACKOFF).await;
+                }
+                Err(TrySendError::Disconnected(_)) => return Err(Closed),
+            }
+        }
+    }
+
+    /// Sends without waiting (any thread; shards use this and back off on
+    /// their own timer when the inbox is full).
+    pub fn try_send(&self, shard: usize, msg: ShardMsg) -> Result<(), TrySendError<ShardMsg>> {
+        let inbox = &self.inboxes[shard];
+        let result = inbox.tx.try_send(msg);
+        inbox.waker.wake();
+        result
     }
 
     /// Tells every shard to drain; blocks the calling (non-shard) thread

@@ -26,6 +26,8 @@ pub enum Event<'a> {
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Flow {
     Continue,
+    /// Stop decoding for now and keep the rest; `feed(&mut [])` resumes.
+    Pause,
     /// Stop decoding; the connection is closing.
     Stop,
 }
@@ -86,7 +88,7 @@ impl Decoder {
         }
         if self.partial.is_empty() {
             let (used, flow) = self.decode(input, max_message_size, on_event)?;
-            if flow == Flow::Continue && used < input.len() {
+            if flow != Flow::Stop && used < input.len() {
                 // Reserve once for the whole frame instead of growing per read.
                 self.partial.reserve_exact(self.frame_size.max(input.len() - used));
                 self.partial.extend_from_slice(&input[used..]);
@@ -96,7 +98,7 @@ impl Decoder {
         let mut partial = std::mem::take(&mut self.partial);
         partial.extend_from_slice(input);
         let result = self.decode(&mut partial, max_message_size, on_event);
-        if let Ok((used, Flow::Continue)) = result {
+        if let Ok((used, Flow::Continue | Flow::Pause)) = result {
             if used == partial.len() {
                 if partial.capacity() <= KEEP_CAPACITY {
                     partial.clear();
@@ -139,10 +141,13 @@ impl Decoder {
                 unmask(payload, mask);
             }
             pos = start + len;
-            if self.frame(header.opcode, header.is_final, payload, max_message_size, on_event)? == Flow::Stop
-            {
-                self.stopped = true;
-                return Ok((pos, Flow::Stop));
+            match self.frame(header.opcode, header.is_final, payload, max_message_size, on_event)? {
+                Flow::Continue => {}
+                Flow::Pause => return Ok((pos, Flow::Pause)),
+                Flow::Stop => {
+                    self.stopped = true;
+                    return Ok((pos, Flow::Stop));
+                }
             }
         }
     }
@@ -469,6 +474,27 @@ mod tests {
         let (r, seen) = run(&mut Decoder::new(), input, 100_000);
         assert_eq!(r, Ok(Flow::Continue));
         assert_eq!(seen, vec![Seen::Binary(big), Seen::Pong(b"pp".to_vec())]);
+    }
+
+    #[test]
+    fn pause_keeps_the_rest_for_resume() {
+        let mut input = client_frame(0x81, b"one");
+        input.extend(client_frame(0x81, b"two"));
+        input.extend(client_frame(0x81, b"thr"));
+        let mut dec = Decoder::new();
+        let mut seen = Vec::new();
+        let mut pause = |e: Event<'_>| {
+            if let Event::Text(t) = e {
+                seen.push(String::from_utf8(t.to_vec()).unwrap());
+            }
+            Flow::Pause
+        };
+        assert_eq!(dec.feed(&mut input, 1024, &mut pause), Ok(Flow::Pause));
+        assert_eq!(dec.feed(&mut [], 1024, &mut pause), Ok(Flow::Pause));
+        assert_eq!(dec.feed(&mut [], 1024, &mut pause), Ok(Flow::Pause));
+        assert_eq!(dec.feed(&mut [], 1024, &mut pause), Ok(Flow::Continue));
+        assert_eq!(seen, ["one", "two", "thr"]);
+        assert_eq!(dec.buffered(), 0);
     }
 
     #[test]

@@ -12,8 +12,14 @@ const MAX_HEADERS: usize = 48;
 pub struct Upgrade {
     pub path: String,
     pub origin: Option<String>,
+    /// Headers a backend hook may need: Cookie, Authorization, Origin,
+    /// X-Forwarded-For (lower-case names).
+    pub forward: Vec<(&'static str, String)>,
     accept: String,
 }
+
+/// Request headers passed on to backend hooks.
+pub const FORWARDED: [&str; 4] = ["cookie", "authorization", "origin", "x-forwarded-for"];
 
 /// A refusal, sent as a plain HTTP response before closing.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -33,28 +39,22 @@ impl HttpError {
     pub fn response(&self) -> Vec<u8> {
         let body = format!("{}\n", self.message);
         let extra = self.header.map(|(k, v)| format!("{k}: {v}\r\n")).unwrap_or_default();
-        format!(
-            "HTTP/1.1 {} {}\r\nContent-Type: text/plain; charset=utf-8\r\nContent-Length: {}\r\nConnection: close\r\n{extra}\r\n{body}",
-            self.status,
-            reason_phrase(self.status),
-            body.len(),
-        )
-        .into_bytes()
+        http_response(self.status, "text/plain; charset=utf-8", &extra, body.as_bytes())
     }
 }
 
-fn reason_phrase(status: u16) -> &'static str {
-    match status {
-        400 => "Bad Request",
-        403 => "Forbidden",
-        404 => "Not Found",
-        405 => "Method Not Allowed",
-        408 => "Request Timeout",
-        426 => "Upgrade Required",
-        431 => "Request Header Fields Too Large",
-        503 => "Service Unavailable",
-        _ => "Error",
-    }
+/// A complete `Connection: close` HTTP/1.1 response; `extra_headers` are
+/// whole `Name: value\r\n` lines.
+pub fn http_response(status: u16, content_type: &str, extra_headers: &str, body: &[u8]) -> Vec<u8> {
+    let reason =
+        hyper::StatusCode::from_u16(status).ok().and_then(|s| s.canonical_reason()).unwrap_or("Error");
+    let mut out = format!(
+        "HTTP/1.1 {status} {reason}\r\nContent-Type: {content_type}\r\nContent-Length: {}\r\nConnection: close\r\n{extra_headers}\r\n",
+        body.len()
+    )
+    .into_bytes();
+    out.extend_from_slice(body);
+    out
 }
 
 impl Upgrade {
@@ -120,10 +120,12 @@ pub fn parse(buf: &[u8]) -> Result<Option<(Upgrade, usize)>, HttpError> {
         .ok_or_else(|| HttpError::new(400, "missing or invalid Sec-WebSocket-Key"))?;
     let path = req.path.unwrap_or("/");
     let path = path.split('?').next().unwrap_or(path).to_string();
+    let forward = FORWARDED.iter().filter_map(|name| header(name).map(|v| (*name, v.to_string()))).collect();
     Ok(Some((
         Upgrade {
             path,
             origin: header("Origin").map(str::to_string),
+            forward,
             accept: derive_accept_key(key.as_bytes()),
         },
         len,
@@ -167,6 +169,7 @@ mod tests {
         assert_eq!(len, GOOD.len());
         assert_eq!(up.path, "/ws");
         assert_eq!(up.origin.as_deref(), Some("https://app.example.com"));
+        assert_eq!(up.forward, [("origin", "https://app.example.com".to_string())]);
         let resp = String::from_utf8(up.response()).unwrap();
         assert!(resp.contains("Sec-WebSocket-Accept: s3pPLMBiTxaQ9kYGzzhZRbK+xOo=\r\n"));
     }

@@ -1,0 +1,284 @@
+//! Backend HTTP hooks (PROTOCOLS.md §4, §6). Shards hand requests to the
+//! integration thread over a bounded channel and await a oneshot reply; the
+//! requests run on hyper's pooled keep-alive client there. A slow or dead
+//! backend costs a shard nothing but the waiting connections.
+
+use std::sync::atomic::{AtomicU64, Ordering::Relaxed};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use bytes::Bytes;
+use futures_channel::oneshot;
+use http_body_util::{BodyExt, Full, Limited};
+use hyper::header::{HeaderName, HeaderValue, CONTENT_TYPE};
+use hyper_util::client::legacy::connect::HttpConnector;
+use hyper_util::client::legacy::Client;
+use hyper_util::rt::TokioExecutor;
+use tokio::sync::mpsc;
+use tracing::debug;
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum HookKind {
+    Connect,
+    Join,
+    Message,
+    Close,
+}
+
+impl HookKind {
+    pub const ALL: [HookKind; 4] = [HookKind::Connect, HookKind::Join, HookKind::Message, HookKind::Close];
+
+    pub fn name(self) -> &'static str {
+        match self {
+            HookKind::Connect => "connect",
+            HookKind::Join => "join",
+            HookKind::Message => "message",
+            HookKind::Close => "close",
+        }
+    }
+}
+
+#[derive(Debug, Clone)]
+pub struct HookRequest {
+    pub kind: HookKind,
+    pub method: hyper::Method,
+    pub url: String,
+    pub headers: Vec<(HeaderName, HeaderValue)>,
+    pub body: Bytes,
+    pub timeout: Duration,
+    /// Extra attempts for a request that never reached the backend.
+    pub retries: u32,
+    /// Also retry after the request may have been sent.
+    pub retry_sent: bool,
+    /// Largest response body accepted.
+    pub max_response: usize,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum HookOutcome {
+    Response {
+        status: u16,
+        content_type: Option<HeaderValue>,
+        body: Bytes,
+    },
+    /// No connection to the backend (refused, reset, DNS): 502 territory.
+    Unreachable(String),
+    /// No complete answer within the timeout: 504 territory.
+    Timeout,
+    /// The gateway's own limit of hook requests in flight was reached.
+    Busy,
+    /// The response body exceeded `max_response`.
+    TooLarge,
+}
+
+impl HookOutcome {
+    fn metric_index(&self) -> usize {
+        match self {
+            HookOutcome::Response { status, .. } if (200..300).contains(status) => 0,
+            HookOutcome::Response { .. } => 1,
+            HookOutcome::Unreachable(_) => 2,
+            HookOutcome::Timeout => 3,
+            HookOutcome::Busy => 4,
+            HookOutcome::TooLarge => 5,
+        }
+    }
+}
+
+const OUTCOMES: [&str; 6] = ["2xx", "refused", "unreachable", "timeout", "busy", "too_large"];
+/// Latency histogram bucket bounds in milliseconds.
+const BUCKETS_MS: [u64; 10] = [1, 2, 5, 10, 25, 50, 100, 250, 1000, 5000];
+
+#[derive(Debug, Default)]
+pub struct HookMetrics {
+    requests: [[AtomicU64; 6]; 4],
+    latency_buckets: [[AtomicU64; BUCKETS_MS.len() + 1]; 4],
+    latency_sum_us: [AtomicU64; 4],
+}
+
+impl HookMetrics {
+    pub fn record(&self, kind: HookKind, outcome: &HookOutcome, took: Duration) {
+        let k = kind as usize;
+        self.requests[k][outcome.metric_index()].fetch_add(1, Relaxed);
+        if !matches!(outcome, HookOutcome::Busy) {
+            let ms = took.as_millis() as u64;
+            let b = BUCKETS_MS.iter().position(|&le| ms <= le).unwrap_or(BUCKETS_MS.len());
+            self.latency_buckets[k][b].fetch_add(1, Relaxed);
+            self.latency_sum_us[k].fetch_add(took.as_micros() as u64, Relaxed);
+        }
+    }
+
+    pub fn count(&self, kind: HookKind, outcome: &str) -> u64 {
+        let o = OUTCOMES.iter().position(|x| *x == outcome).expect("known outcome");
+        self.requests[kind as usize][o].load(Relaxed)
+    }
+
+    /// Prometheus text: requests by hook and outcome, latency histograms.
+    pub fn render(&self, out: &mut String) {
+        use std::fmt::Write;
+        let _ =
+            writeln!(out, "# HELP ringcast_hook_requests_total Backend hook requests by hook and outcome.");
+        let _ = writeln!(out, "# TYPE ringcast_hook_requests_total counter");
+        for kind in HookKind::ALL {
+            for (o, name) in OUTCOMES.iter().enumerate() {
+                let v = self.requests[kind as usize][o].load(Relaxed);
+                let _ = writeln!(
+                    out,
+                    "ringcast_hook_requests_total{{hook=\"{}\",outcome=\"{name}\"}} {v}",
+                    kind.name()
+                );
+            }
+        }
+        let _ = writeln!(out, "# HELP ringcast_hook_duration_seconds Backend hook latency.");
+        let _ = writeln!(out, "# TYPE ringcast_hook_duration_seconds histogram");
+        for kind in HookKind::ALL {
+            let k = kind as usize;
+            let mut cumulative = 0;
+            for (i, le) in BUCKETS_MS.iter().enumerate() {
+                cumulative += self.latency_buckets[k][i].load(Relaxed);
+                let _ = writeln!(
+                    out,
+                    "ringcast_hook_duration_seconds_bucket{{hook=\"{}\",le=\"{}\"}} {cumulative}",
+                    kind.name(),
+                    *le as f64 / 1000.0
+                );
+            }
+            cumulative += self.latency_buckets[k][BUCKETS_MS.len()].load(Relaxed);
+            let name = kind.name();
+            let sum = self.latency_sum_us[k].load(Relaxed) as f64 / 1e6;
+            let _ = writeln!(
+                out,
+                "ringcast_hook_duration_seconds_bucket{{hook=\"{name}\",le=\"+Inf\"}} {cumulative}"
+            );
+            let _ = writeln!(out, "ringcast_hook_duration_seconds_sum{{hook=\"{name}\"}} {sum}");
+            let _ = writeln!(out, "ringcast_hook_duration_seconds_count{{hook=\"{name}\"}} {cumulative}");
+        }
+    }
+}
+
+struct HookJob {
+    request: HookRequest,
+    reply: oneshot::Sender<HookOutcome>,
+}
+
+/// Submits hook requests from any thread (shards).
+#[derive(Clone)]
+pub struct HookSender {
+    tx: mpsc::Sender<HookJob>,
+    metrics: Arc<HookMetrics>,
+}
+
+pub struct HookReceiver {
+    rx: mpsc::Receiver<HookJob>,
+}
+
+pub fn channel(capacity: usize, metrics: Arc<HookMetrics>) -> (HookSender, HookReceiver) {
+    let (tx, rx) = mpsc::channel(capacity);
+    (HookSender { tx, metrics }, HookReceiver { rx })
+}
+
+impl HookSender {
+    /// Queues `request`; the receiver yields its outcome. Never blocks: a
+    /// full queue answers `Busy` at once.
+    pub fn submit(&self, request: HookRequest) -> oneshot::Receiver<HookOutcome> {
+        let (reply, rx) = oneshot::channel();
+        let kind = request.kind;
+        if let Err(e) = self.tx.try_send(HookJob { request, reply }) {
+            let job = match e {
+                mpsc::error::TrySendError::Full(j) | mpsc::error::TrySendError::Closed(j) => j,
+            };
+            self.metrics.record(kind, &HookOutcome::Busy, Duration::ZERO);
+            let _ = job.reply.send(HookOutcome::Busy);
+        }
+        rx
+    }
+
+    pub fn metrics(&self) -> &HookMetrics {
+        &self.metrics
+    }
+}
+
+type HttpClient = Client<HttpConnector, Full<Bytes>>;
+
+/// Runs hook requests until every sender is gone (integration thread).
+pub async fn run(mut receiver: HookReceiver, metrics: Arc<HookMetrics>) {
+    let mut connector = HttpConnector::new();
+    connector.set_nodelay(true);
+    let client: HttpClient = Client::builder(TokioExecutor::new())
+        .pool_idle_timeout(Duration::from_secs(60))
+        .pool_max_idle_per_host(1024)
+        .build(connector);
+    while let Some(job) = receiver.rx.recv().await {
+        let client = client.clone();
+        let metrics = metrics.clone();
+        tokio::spawn(async move {
+            let started = Instant::now();
+            let outcome = execute(&client, &job.request).await;
+            metrics.record(job.request.kind, &outcome, started.elapsed());
+            let _ = job.reply.send(outcome);
+        });
+    }
+}
+
+async fn execute(client: &HttpClient, r: &HookRequest) -> HookOutcome {
+    let mut attempt = 0;
+    loop {
+        let outcome = attempt_once(client, r).await;
+        let (retry, outcome) = match outcome {
+            Attempt::Done(o) => (false, o),
+            Attempt::NotSent(e) => (true, HookOutcome::Unreachable(e)),
+            Attempt::MaybeSent(o) => (r.retry_sent, o),
+        };
+        if !retry || attempt >= r.retries {
+            return outcome;
+        }
+        attempt += 1;
+        debug!(url = %r.url, attempt, "retrying hook request");
+        tokio::time::sleep(Duration::from_millis(20 << attempt.min(5))).await;
+    }
+}
+
+enum Attempt {
+    Done(HookOutcome),
+    /// Failed before the request could reach the backend: safe to retry.
+    NotSent(String),
+    /// Failed after it may have reached the backend.
+    MaybeSent(HookOutcome),
+}
+
+async fn attempt_once(client: &HttpClient, r: &HookRequest) -> Attempt {
+    let mut builder = hyper::Request::builder().method(r.method.clone()).uri(&r.url);
+    for (k, v) in &r.headers {
+        builder = builder.header(k, v);
+    }
+    let request = match builder.body(Full::new(r.body.clone())) {
+        Ok(req) => req,
+        Err(e) => return Attempt::Done(HookOutcome::Unreachable(format!("invalid hook request: {e}"))),
+    };
+    let deadline = tokio::time::Instant::now() + r.timeout;
+    let response = match tokio::time::timeout_at(deadline, client.request(request)).await {
+        Err(_) => return Attempt::MaybeSent(HookOutcome::Timeout),
+        Ok(Err(e)) if e.is_connect() => return Attempt::NotSent(error_chain(&e)),
+        Ok(Err(e)) => return Attempt::MaybeSent(HookOutcome::Unreachable(error_chain(&e))),
+        Ok(Ok(resp)) => resp,
+    };
+    let status = response.status().as_u16();
+    let content_type = response.headers().get(CONTENT_TYPE).cloned();
+    let body = Limited::new(response.into_body(), r.max_response).collect();
+    match tokio::time::timeout_at(deadline, body).await {
+        Err(_) => Attempt::MaybeSent(HookOutcome::Timeout),
+        Ok(Err(e)) if e.is::<http_body_util::LengthLimitError>() => Attempt::Done(HookOutcome::TooLarge),
+        Ok(Err(e)) => Attempt::MaybeSent(HookOutcome::Unreachable(e.to_string())),
+        Ok(Ok(b)) => Attempt::Done(HookOutcome::Response { status, content_type, body: b.to_bytes() }),
+    }
+}
+
+fn error_chain(e: &dyn std::error::Error) -> String {
+    let mut s = e.to_string();
+    let mut src = e.source();
+    while let Some(inner) = src {
+        s.push_str(": ");
+        s.push_str(&inner.to_string());
+        src = inner.source();
+    }
+    s
+}
