@@ -77,8 +77,9 @@ async fn route(req: Request<Incoming>, ctx: &ApiContext) -> Reply {
     match (req.method(), req.uri().path()) {
         (&Method::GET, "/health") => json(StatusCode::OK, r#"{"status":"ok"}"#.into()),
         (&Method::GET, "/metrics") => {
-            let mut r =
-                Response::new(Full::new(Bytes::from(metrics::render(&ctx.shard_metrics, &ctx.metrics))));
+            let mut text = metrics::render(&ctx.shard_metrics, &ctx.metrics);
+            ctx.hook_metrics.render(&mut text);
+            let mut r = Response::new(Full::new(Bytes::from(text)));
             r.headers_mut().insert(CONTENT_TYPE, HeaderValue::from_static("text/plain; version=0.0.4"));
             r
         }

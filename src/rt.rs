@@ -43,7 +43,8 @@ where
         .map_err(|e| io::Error::other(e.to_string()))
 }
 
-/// Runs `fut` on the current shard, detached.
+/// Runs `fut` on the current shard, detached. glommio may poll it before
+/// this returns: hold no `RefCell` borrow that `fut` takes across this call.
 pub fn spawn<F: Future<Output = ()> + 'static>(fut: F) {
     glommio::spawn_local(fut).detach();
 }

@@ -416,7 +416,8 @@ impl Connection {
             }
         }
         for _ in 0..READS_PER_POLL {
-            if self.flush(cx).is_err() {
+            if let Err(e) = self.flush(cx) {
+                tracing::debug!(error = %e, "connection write failed");
                 return Poll::Ready(());
             }
             let (closing, held) = {
@@ -441,7 +442,11 @@ impl Connection {
             let mut buf = shard.read_buf.borrow_mut();
             match rt::poll_read(&mut self.stream, cx, &mut buf) {
                 Poll::Pending => return Poll::Pending,
-                Poll::Ready(Ok(0)) | Poll::Ready(Err(_)) => return Poll::Ready(()),
+                Poll::Ready(Ok(0)) => return Poll::Ready(()),
+                Poll::Ready(Err(e)) => {
+                    tracing::debug!(error = %e, "connection read failed");
+                    return Poll::Ready(());
+                }
                 Poll::Ready(Ok(n)) => {
                     metrics::add(&shard.metrics.bytes_in, n as u64);
                     {
@@ -598,7 +603,11 @@ fn roadrunner_message(
             let v = &shard.config.vhosts[vhost];
             match &v.hooks.join {
                 Some(url) if shard.acceptable(broker, &topics) => {
-                    join_with_hook(shard, conn, &mut st, key, v, url, broker, &topics);
+                    st.in_flight += 1;
+                    let conn_id = st.id;
+                    // No borrow may be held across a spawn.
+                    drop(st);
+                    join_with_hook(shard, conn, conn_id, key, v, url, broker, &topics);
                     None
                 }
                 _ => {
@@ -619,11 +628,12 @@ fn roadrunner_message(
 /// Asks the join hook (`POST {"connection","topics"}`), then joins or
 /// refuses. The connection's input is held meanwhile, so its commands keep
 /// their order.
+/// The caller has counted the request in `in_flight`.
 #[allow(clippy::too_many_arguments)]
 fn join_with_hook(
     shard: &Rc<Shard>,
     conn: &ConnRef,
-    st: &mut ConnState,
+    conn_id: u64,
     key: ConnKey,
     v: &VhostConfig,
     url: &str,
@@ -631,12 +641,11 @@ fn join_with_hook(
     topics: &[&str],
 ) {
     let mut request = hook_request(v, HookKind::Join, hyper::Method::POST, url.to_string(), 4096);
-    let body = serde_json::json!({ "connection": st.id.to_string(), "topics": topics });
+    let body = serde_json::json!({ "connection": conn_id.to_string(), "topics": topics });
     request.body = Bytes::from(body.to_string());
     request.headers.push((CONTENT_TYPE, HeaderValue::from_static("application/json")));
     let topics: Vec<String> = topics.iter().map(|t| t.to_string()).collect();
     let broker = broker.map(str::to_string);
-    st.in_flight += 1;
     let (shard, conn) = (shard.clone(), conn.clone());
     rt::spawn(async move {
         let outcome = shard.call_hook(request).await;
@@ -668,6 +677,8 @@ fn forward(shard: &Rc<Shard>, conn: &ConnRef, vhost: usize, body: Bytes, is_text
     request.headers.push((CONTENT_TYPE, HeaderValue::from_static(content_type)));
     request.body = body;
     st.in_flight += 1;
+    // No borrow may be held across a spawn.
+    drop(st);
     let (shard, conn) = (shard.clone(), conn.clone());
     rt::spawn(async move {
         let outcome = shard.call_hook(request).await;

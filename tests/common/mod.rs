@@ -12,6 +12,8 @@ use tungstenite::client::IntoClientRequest;
 use tungstenite::stream::MaybeTlsStream;
 use tungstenite::{Message, WebSocket};
 
+pub mod backend;
+
 pub type Ws = WebSocket<MaybeTlsStream<TcpStream>>;
 
 pub struct Server {
@@ -34,7 +36,7 @@ impl Server {
             .arg(&path)
             .args(["--listen", "127.0.0.1:0", "--api-listen", "127.0.0.1:0", "--rpc-listen", "127.0.0.1:0"])
             .args(["--shards", &shards.to_string()])
-            .env("RUST_LOG", "info")
+            .env("RUST_LOG", std::env::var("TEST_LOG").unwrap_or("info".into()))
             .stdout(Stdio::null())
             .stderr(Stdio::piped())
             .spawn()
@@ -122,6 +124,9 @@ impl Server {
 
 impl Drop for Server {
     fn drop(&mut self) {
+        if std::thread::panicking() && std::env::var("TEST_LOG").is_ok() {
+            eprintln!("--- server log ---\n{}", self.log());
+        }
         let _ = self.child.kill();
         let _ = self.child.wait();
     }

@@ -1,0 +1,262 @@
+//! PROTOCOLS.md §4 and §6: the proxy dialect and backend hooks, against a
+//! real HTTP backend on loopback.
+
+mod common;
+
+use std::time::{Duration, Instant};
+
+use common::backend::{Answer, Backend};
+use common::*;
+use tungstenite::protocol::frame::coding::CloseCode;
+use tungstenite::Message;
+
+fn proxy_config(backend: &str, extra: &str) -> String {
+    format!("[[vhost]]\npath = \"/\"\ndialect = \"proxy\"\nbackend = \"{backend}\"\n{extra}\n")
+}
+
+/// Allows every connect, echoes messages as "echo: <body>", empty reply for "quiet".
+fn echo_backend() -> Backend {
+    Backend::start(|s| match (s.method.as_str(), s.body.as_str()) {
+        ("GET", _) => Answer::new(200, "ok"),
+        ("POST", "quiet") => Answer::new(200, ""),
+        ("POST", body) => Answer::new(200, &format!("echo: {body}")),
+        _ => Answer::new(200, ""),
+    })
+}
+
+fn http_error(result: Result<Ws, tungstenite::Error>) -> (u16, String) {
+    match result {
+        Err(tungstenite::Error::Http(r)) => (
+            r.status().as_u16(),
+            String::from_utf8_lossy(r.body().as_deref().unwrap_or_default()).to_string(),
+        ),
+        Err(e) => panic!("expected an HTTP refusal, got {e}"),
+        Ok(_) => panic!("expected an HTTP refusal, got an upgrade"),
+    }
+}
+
+fn wait_close(ws: &mut Ws) -> (CloseCode, String) {
+    loop {
+        match ws.read() {
+            Ok(Message::Close(Some(f))) => return (f.code, f.reason.to_string()),
+            Ok(Message::Close(None)) => panic!("close without a code"),
+            Ok(_) => continue,
+            Err(e) => panic!("expected a Close frame, got {e}"),
+        }
+    }
+}
+
+#[test]
+fn connect_is_authorized_by_the_backend_with_forwarded_headers() {
+    let backend = Backend::start(|s| match s.path.as_str() {
+        "/alice" => Answer::new(200, "ok"),
+        "/bob" => Answer::new(403, "bob is banned"),
+        _ => Answer::new(200, "ok, but not exactly"),
+    });
+    let s = Server::start(&proxy_config(&backend.url(), ""), 1);
+    let _alice = s.connect_with("/alice", &[("Cookie", "session=42"), ("Origin", "https://app.test")]);
+    let get = &backend.requests("GET", "/alice")[0];
+    assert_eq!(get.header("cookie"), Some("session=42"));
+    assert_eq!(get.header("origin"), Some("https://app.test"));
+    assert_eq!(get.header("x-forwarded-for"), Some("127.0.0.1"));
+    assert_eq!(http_error(try_connect(s.ws, "/bob", &[])), (403, "bob is banned".into()));
+    // 2xx with any body but exactly "ok" is not an allow; the answer is passed on.
+    assert_eq!(http_error(try_connect(s.ws, "/carol", &[])), (200, "ok, but not exactly".into()));
+    assert_eq!(http_error(try_connect(s.ws, "/a/b", &[])).0, 400);
+}
+
+#[test]
+fn backend_down_is_502_and_others_keep_working() {
+    let up = echo_backend();
+    let dead = std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap();
+    let config = format!(
+        "[[vhost]]\npath = \"/down/\"\ndialect = \"proxy\"\nbackend = \"http://{dead}\"\n[vhost.hooks]\nretries = 1\n\
+         [[vhost]]\npath = \"/up/\"\ndialect = \"proxy\"\nbackend = \"{}\"\n",
+        up.url()
+    );
+    let s = Server::start(&config, 2);
+    assert_eq!(http_error(try_connect(s.ws, "/down/x", &[])), (502, "backend unreachable\n".into()));
+    let mut ws = s.connect("/up/y");
+    send_text(&mut ws, "still here");
+    assert_eq!(recv_text(&mut ws), "echo: still here");
+    assert!(s.metric("ringcast_hook_requests_total{hook=\"connect\",outcome=\"unreachable\"}") >= 1);
+}
+
+#[test]
+fn messages_round_trip_with_and_without_a_reply_body() {
+    let backend = echo_backend();
+    let s = Server::start(&proxy_config(&backend.url(), ""), 2);
+    let mut ws = s.connect("/alice");
+    send_text(&mut ws, "hello");
+    assert_eq!(recv_text(&mut ws), "echo: hello");
+    let post = &backend.requests("POST", "/alice")[0];
+    assert_eq!(post.body, "hello");
+    assert_eq!(post.header("content-type"), Some("text/plain; charset=utf-8"));
+    send_text(&mut ws, "quiet");
+    assert_silent(&mut ws, Duration::from_millis(300));
+    ws.send(Message::binary(vec![0xffu8, 0, 1])).unwrap();
+    assert!(eventually(Duration::from_secs(3), || backend.requests("POST", "/alice").len() == 3));
+    let bin = &backend.requests("POST", "/alice")[2];
+    assert_eq!(bin.header("content-type"), Some("application/octet-stream"));
+}
+
+#[test]
+fn a_thousand_messages_keep_their_order() {
+    let backend = echo_backend();
+    let s = Server::start(&proxy_config(&backend.url(), ""), 2);
+    let mut ws = s.connect("/ordered");
+    for i in 0..1000 {
+        ws.write(Message::text(format!("m{i}"))).unwrap();
+    }
+    ws.flush().unwrap();
+    for i in 0..1000 {
+        assert_eq!(recv_text(&mut ws), format!("echo: m{i}"));
+    }
+    let bodies: Vec<String> = backend.requests("POST", "/ordered").into_iter().map(|s| s.body).collect();
+    let expected: Vec<String> = (0..1000).map(|i| format!("m{i}")).collect();
+    assert_eq!(bodies, expected);
+}
+
+#[test]
+fn pushes_reach_clients_on_every_shard_and_unknown_ids_get_404() {
+    let backend = echo_backend();
+    let s = Server::start(&proxy_config(&backend.url(), ""), 2);
+    let mut clients: Vec<(String, Ws)> =
+        (0..10).map(|i| (format!("c{i}"), s.connect(&format!("/c{i}")))).collect();
+    let text = http_get(&s.url("/metrics")).1;
+    let busy = text.lines().filter(|l| l.starts_with("ringcast_connections{") && !l.ends_with(" 0")).count();
+    assert_eq!(busy, 2, "clients on both shards:\n{text}");
+    for (id, ws) in clients.iter_mut() {
+        assert_eq!(
+            http_post(&s.url(&format!("/{id}")), "text/plain", format!("to {id}").as_bytes()),
+            (200, "ok".into())
+        );
+        assert_eq!(recv_text(ws), format!("to {id}"));
+    }
+    assert_eq!(http_post(&s.url("/nobody"), "text/plain", b"x"), (404, "not connected".into()));
+    drop(clients);
+    assert!(eventually(Duration::from_secs(3), || http_post(&s.url("/c0"), "text/plain", b"x").0 == 404));
+    assert_eq!(s.metric("ringcast_push_requests_total{outcome=\"queued\"}"), 10);
+}
+
+#[test]
+fn close_sends_delete_with_the_reason() {
+    let backend = echo_backend();
+    let s = Server::start(&proxy_config(&backend.url(), ""), 1);
+    let mut ws = s.connect("/polite");
+    ws.close(Some(tungstenite::protocol::CloseFrame { code: CloseCode::Normal, reason: "bye now".into() }))
+        .unwrap();
+    let _ = wait_close(&mut ws);
+    assert!(eventually(Duration::from_secs(3), || backend.requests("DELETE", "/polite").len() == 1));
+    assert_eq!(backend.requests("DELETE", "/polite")[0].body, "bye now");
+
+    let ws = s.connect("/rude");
+    drop(ws); // TCP closed without a Close frame
+    assert!(eventually(Duration::from_secs(3), || backend.requests("DELETE", "/rude").len() == 1));
+    assert_eq!(backend.requests("DELETE", "/rude")[0].body, "abnormal closure");
+}
+
+#[test]
+fn duplicate_client_ids_replace_or_reject() {
+    let backend = echo_backend();
+    let s = Server::start(&proxy_config(&backend.url(), ""), 2);
+    let mut first = s.connect("/twin");
+    let mut second = s.connect("/twin");
+    assert_eq!(wait_close(&mut first), (CloseCode::Policy, "replaced by a new connection".into()));
+    assert_eq!(http_post(&s.url("/twin"), "text/plain", b"for the new one").0, 200);
+    assert_eq!(recv_text(&mut second), "for the new one");
+    // The old connection's end does not unregister the new one.
+    drop(first);
+    std::thread::sleep(Duration::from_millis(200));
+    assert_eq!(http_post(&s.url("/twin"), "text/plain", b"again").0, 200);
+
+    let r = Server::start(&proxy_config(&backend.url(), "duplicate_client = \"reject\""), 2);
+    let _one = r.connect("/solo");
+    assert_eq!(http_error(try_connect(r.ws, "/solo", &[])).0, 409);
+}
+
+#[test]
+fn hung_backend_times_out_without_affecting_other_clients() {
+    let backend = Backend::start(|s| match (s.method.as_str(), s.path.as_str()) {
+        ("GET", _) => Answer::new(200, "ok"),
+        ("POST", "/stuck") => Answer::new(200, "late").after(Duration::from_secs(3)),
+        ("POST", _) => Answer::new(200, &format!("echo: {}", s.body)),
+        _ => Answer::new(200, ""),
+    });
+    let config =
+        proxy_config(&backend.url(), "on_backend_error = \"close\"\n[vhost.hooks]\ntimeout_ms = 300");
+    let s = Server::start(&config, 1);
+    let mut stuck = s.connect("/stuck");
+    let mut fine = s.connect("/fine");
+    send_text(&mut stuck, "anyone?");
+    let started = Instant::now();
+    for i in 0..20 {
+        send_text(&mut fine, &format!("{i}"));
+        assert_eq!(recv_text(&mut fine), format!("echo: {i}"));
+    }
+    assert!(started.elapsed() < Duration::from_millis(1500), "the other client was not held up");
+    assert_eq!(wait_close(&mut stuck).0, CloseCode::Error, "1011 after the timeout");
+    assert_eq!(s.metric("ringcast_backend_errors_total"), 1);
+    assert_eq!(s.metric("ringcast_hook_requests_total{hook=\"message\",outcome=\"timeout\"}"), 1);
+}
+
+#[test]
+fn dropped_backend_errors_keep_the_connection() {
+    let backend = Backend::start(|s| match (s.method.as_str(), s.body.as_str()) {
+        ("GET", _) => Answer::new(200, "ok"),
+        ("POST", "fail") => Answer::new(500, "oops"),
+        ("POST", body) => Answer::new(200, body),
+        _ => Answer::new(200, ""),
+    });
+    let s = Server::start(&proxy_config(&backend.url(), ""), 1);
+    let mut ws = s.connect("/x");
+    send_text(&mut ws, "fail");
+    send_text(&mut ws, "after");
+    assert_eq!(recv_text(&mut ws), "after");
+    assert_eq!(s.metric("ringcast_backend_errors_total"), 1);
+}
+
+#[test]
+fn connect_timeout_is_504() {
+    let backend = Backend::start(|_| Answer::new(200, "ok").after(Duration::from_secs(3)));
+    let s = Server::start(&proxy_config(&backend.url(), "[vhost.hooks]\ntimeout_ms = 200\nretries = 0"), 1);
+    assert_eq!(http_error(try_connect(s.ws, "/slow", &[])), (504, "backend timeout\n".into()));
+}
+
+#[test]
+fn roadrunner_hooks_connect_join_close() {
+    let backend = Backend::start(|s| match (s.method.as_str(), s.path.as_str()) {
+        ("GET", "/connect") if s.header("authorization") == Some("Bearer good") => Answer::new(204, ""),
+        ("GET", "/connect") => Answer::new(401, "{\"error\":\"who are you\"}"),
+        ("POST", "/join") if s.body.contains("secret") => Answer::new(403, "no"),
+        ("POST", "/join") => Answer::new(200, ""),
+        _ => Answer::new(200, ""),
+    });
+    let config = format!(
+        "[[vhost]]\npath = \"/ws\"\ndialect = \"roadrunner\"\n[vhost.hooks]\nconnect = \"{0}/connect\"\njoin = \"{0}/join\"\nclose = \"{0}/close\"\n",
+        backend.url()
+    );
+    let s = Server::start(&config, 2);
+    assert_eq!(http_error(try_connect(s.ws, "/ws", &[])), (401, "{\"error\":\"who are you\"}".into()));
+    let mut ws = s.connect_with("/ws", &[("Authorization", "Bearer good")]);
+    join(&mut ws, &["open"]);
+    send_text(&mut ws, r#"{"command":"join","topics":["secret"]}"#);
+    assert_eq!(recv_text(&mut ws), r##"{"topic":"#join","payload":["secret"]}"##);
+    // Commands after a pending join keep their order.
+    send_text(&mut ws, r#"{"command":"join","topics":["a"]}"#);
+    send_text(&mut ws, r#"{"command":"leave","topics":["a"]}"#);
+    assert_eq!(recv_text(&mut ws), r#"{"topic":"@join","payload":["a"]}"#);
+    assert_eq!(recv_text(&mut ws), r#"{"topic":"@leave","payload":["a"]}"#);
+    s.publish_json(r#"{"topics":["open","secret","a"],"payload":"x"}"#);
+    assert_eq!(recv_text(&mut ws), r#"{"topic":"open","payload":"x"}"#);
+    assert_silent(&mut ws, Duration::from_millis(200));
+    let join_body: serde_json::Value =
+        serde_json::from_str(&backend.requests("POST", "/join")[0].body).unwrap();
+    assert_eq!(join_body["topics"], serde_json::json!(["open"]));
+    ws.close(None).unwrap();
+    let _ = ws.read();
+    assert!(eventually(Duration::from_secs(3), || backend.requests("POST", "/close").len() == 1));
+    let close_body: serde_json::Value =
+        serde_json::from_str(&backend.requests("POST", "/close")[0].body).unwrap();
+    assert_eq!(close_body["connection"], join_body["connection"]);
+}
