@@ -3,6 +3,8 @@
 
 mod hold;
 mod json;
+mod roundtrip;
+mod stub_backend;
 
 use clap::{Parser, Subcommand};
 
@@ -19,6 +21,10 @@ enum Scenario {
     Json(json::Args),
     /// Open N subscribed idle connections and report the server's memory per connection.
     Hold(hold::Args),
+    /// ws2api round trips through a proxy vhost: messages/s and latency histogram.
+    Roundtrip(roundtrip::Args),
+    /// A fast ws2api backend (HTTP) for `roundtrip`: allows, echoes, accepts closes.
+    StubBackend(stub_backend::Args),
 }
 
 fn main() {
@@ -26,6 +32,8 @@ fn main() {
     let result = match cli.scenario {
         Scenario::Json(a) => json::run(a),
         Scenario::Hold(a) => hold::run(a),
+        Scenario::Roundtrip(a) => roundtrip::run(a),
+        Scenario::StubBackend(a) => stub_backend::run(a),
     };
     if let Err(e) = result {
         eprintln!("ringcast-bench: {e}");

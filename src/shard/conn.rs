@@ -20,6 +20,7 @@ use tungstenite::protocol::frame::coding::{Control, Data, OpCode};
 use super::send_queue::{OverBudget, SendQueue};
 use super::topics::ConnKey;
 use super::{Shard, CLOSE_LINGER};
+use crate::clients::Owner;
 use crate::config::{DuplicateClient, OnBackendError, VhostConfig};
 use crate::dialect::roadrunner::{self, Command, Reply};
 use crate::dialect::{proxy, Dialect};
@@ -130,20 +131,28 @@ impl Drop for Slot {
     }
 }
 
-pub async fn serve(shard: Rc<Shard>, mut stream: TcpStream) {
+pub async fn serve(shard: Rc<Shard>, stream: TcpStream) {
     let _slot = Slot(shard.clone());
-    rt::set_nodelay(&stream);
-    let peer = stream.peer_addr().ok();
-    let Some(accepted) = upgrade(&shard, &mut stream, peer).await else {
+    // Boxed: the handshake's state is large and short-lived; unboxed it would
+    // size every connection's task for the connection's whole life.
+    let Some(mut conn) = Box::pin(open(shard, stream)).await else {
         return;
     };
-    let Accepted { vhost, upgrade, client, rest: mut leftover } = accepted;
+    poll_fn(|cx| conn.poll(cx)).await;
+    conn.finish();
+}
+
+/// Handshake, connect hook, registration, the 101: a running connection.
+async fn open(shard: Rc<Shard>, mut stream: TcpStream) -> Option<Connection> {
+    rt::set_nodelay(&stream);
+    let peer = stream.peer_addr().ok();
+    let Accepted { vhost, upgrade, client, rest: mut leftover } = upgrade(&shard, &mut stream, peer).await?;
     // Registered before the 101 goes out: once a client sees the upgrade
     // complete, the gateway counts it and a push can reach it.
     let state = Rc::new(RefCell::new(ConnState { last_rx_ms: shard.now_ms(), ..Default::default() }));
     let owner = shard.register(&state);
+    let v = &shard.config.vhosts[vhost];
     if let Some(id) = &client {
-        let v = &shard.config.vhosts[vhost];
         match shard.clients.claim(id, owner, v.duplicate_client == DuplicateClient::Replace) {
             Ok(None) => {}
             Ok(Some(old)) => shard.replace(old).await,
@@ -152,41 +161,30 @@ pub async fn serve(shard: Rc<Shard>, mut stream: TcpStream) {
                 metrics::inc(&shard.metrics.handshake_failures);
                 let e = HttpError::new(409, format!("client {id} is already connected"));
                 write_with_timeout(&mut stream, &e.response()).await;
-                return;
+                return None;
             }
         }
         state.borrow_mut().client = Some(Rc::from(&**id));
     }
-    if stream.write_all(&upgrade.response()).await.is_ok() {
-        let v = &shard.config.vhosts[vhost];
-        let mut conn = Connection {
-            stream,
-            decoder: Decoder::new(),
-            state: state.clone(),
-            shard: shard.clone(),
-            key: owner.key,
-            vhost,
-            pause_at: if v.dialect == Dialect::Proxy { v.max_in_flight_per_client } else { 1 },
-            input_held: false,
-            write_shut: false,
-        };
-        if !leftover.is_empty() {
-            conn.on_bytes(&mut leftover);
-            drop(leftover);
-        }
-        poll_fn(|cx| conn.poll(cx)).await;
+    let mut conn = Connection {
+        stream,
+        decoder: Decoder::new(),
+        state,
+        shard: shard.clone(),
+        owner,
+        vhost,
+        pause_at: if v.dialect == Dialect::Proxy { v.max_in_flight_per_client } else { 1 },
+        input_held: false,
+        write_shut: false,
+    };
+    if conn.stream.write_all(&upgrade.response()).await.is_err() {
+        conn.finish();
+        return None;
     }
-    shard.unregister(owner.key);
-    if let Some(id) = &client {
-        shard.clients.release(id, owner);
+    if !leftover.is_empty() {
+        conn.on_bytes(&mut leftover);
     }
-    let reason = state.borrow_mut().close_reason.take();
-    if let Some(request) =
-        close_hook(&shard.config.vhosts[vhost], owner.id, client.as_deref(), reason.as_deref())
-    {
-        // Fire and forget: the outcome is counted in the hook metrics.
-        drop(shard.hooks.submit(request));
-    }
+    Some(conn)
 }
 
 struct Accepted {
@@ -344,7 +342,9 @@ async fn authorize(shard: &Shard, a: &Accepted, peer: Option<SocketAddr>) -> Res
             Err(HandshakeEnd::Refused(http_response(status, ct, "", &body)))
         }
         HookOutcome::Unreachable(e) => {
-            tracing::warn!(vhost = %v.path, error = %e, "connect hook: backend unreachable");
+            if shard.log_allowed() {
+                tracing::warn!(vhost = %v.path, error = %e, "connect hook: backend unreachable (logged once a second)");
+            }
             refusal(502, "backend unreachable")
         }
         HookOutcome::Timeout => refusal(504, "backend timeout"),
@@ -393,7 +393,7 @@ struct Connection {
     decoder: Decoder,
     state: ConnRef,
     shard: Rc<Shard>,
-    key: ConnKey,
+    owner: Owner,
     vhost: usize,
     /// Input is held while this many backend requests are in flight.
     pause_at: usize,
@@ -404,6 +404,24 @@ struct Connection {
 }
 
 impl Connection {
+    /// Unregisters the connection and tells the backend it is gone.
+    fn finish(&mut self) {
+        let shard = &self.shard;
+        shard.unregister(self.owner.key);
+        let (client, reason) = {
+            let mut st = self.state.borrow_mut();
+            (st.client.clone(), st.close_reason.take())
+        };
+        if let Some(id) = &client {
+            shard.clients.release(id, self.owner);
+        }
+        let v = &shard.config.vhosts[self.vhost];
+        if let Some(request) = close_hook(v, self.owner.id, client.as_deref(), reason.as_deref()) {
+            // Fire and forget: the outcome is counted in the hook metrics.
+            drop(shard.hooks.submit(request));
+        }
+    }
+
     /// Ready when the connection is finished and can be dropped.
     fn poll(&mut self, cx: &mut Context<'_>) -> Poll<()> {
         {
@@ -503,12 +521,13 @@ impl Connection {
     }
 
     fn on_bytes(&mut self, input: &mut [u8]) {
-        let Connection { decoder, state, shard, key, vhost, pause_at, .. } = self;
+        let Connection { decoder, state, shard, owner, vhost, pause_at, .. } = self;
+        let key = owner.key;
         let max = shard.config.limits.max_message_size;
         // This task is running: replies it queues need no wake-up.
         let waker = state.borrow_mut().waker.take();
         let result = decoder.feed(input, max, &mut |event| {
-            let flow = handle_event(shard, state, *key, *vhost, event);
+            let flow = handle_event(shard, state, key, *vhost, event);
             let st = state.borrow();
             if flow == Flow::Continue && st.in_flight >= *pause_at {
                 Flow::Pause

@@ -69,6 +69,8 @@ pub struct Shard {
     hooks_in_flight: Cell<usize>,
     /// Connections ever registered here; part of each connection's id.
     registered: Cell<u64>,
+    /// When a rate-limited warning was last logged (ms since start).
+    last_warning_ms: Cell<Option<u64>>,
 }
 
 /// Runs a shard until it has drained after a shutdown message.
@@ -91,6 +93,7 @@ pub async fn run(setup: ShardSetup) {
         clients: setup.clients,
         hooks_in_flight: Cell::new(0),
         registered: Cell::new(0),
+        last_warning_ms: Cell::new(None),
     });
     rt::spawn(accept_loop(shard.clone(), listener));
     rt::spawn(keepalive_loop(shard.clone()));
@@ -111,6 +114,17 @@ pub async fn run(setup: ShardSetup) {
 }
 
 impl Shard {
+    /// Rate limit for warnings that a failing backend would repeat per
+    /// connection: true at most once a second.
+    pub(crate) fn log_allowed(&self) -> bool {
+        let now = self.now_ms();
+        let due = self.last_warning_ms.get().is_none_or(|t| now >= t + 1000);
+        if due {
+            self.last_warning_ms.set(Some(now));
+        }
+        due
+    }
+
     /// Milliseconds since the shard started (monotonic).
     pub fn now_ms(&self) -> u64 {
         self.started.elapsed().as_millis() as u64
