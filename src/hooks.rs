@@ -192,12 +192,27 @@ impl HookSender {
         rx
     }
 
+    /// Queues `request` if there is room, else hands it back: for requests
+    /// that must not be dropped (close notifications), whose caller retries.
+    pub fn try_submit(&self, request: HookRequest) -> Result<oneshot::Receiver<HookOutcome>, HookRequest> {
+        let (reply, rx) = oneshot::channel();
+        match self.tx.try_send(HookJob { request, reply }) {
+            Ok(()) => Ok(rx),
+            Err(mpsc::error::TrySendError::Full(job) | mpsc::error::TrySendError::Closed(job)) => {
+                Err(job.request)
+            }
+        }
+    }
+
     pub fn metrics(&self) -> &HookMetrics {
         &self.metrics
     }
 }
 
 type HttpClient = Client<HttpConnector, Full<Bytes>>;
+
+/// Hook requests executing at once (each holds one backend connection).
+const MAX_CONCURRENT_REQUESTS: usize = 256;
 
 /// Runs hook requests until every sender is gone (integration thread).
 pub async fn run(mut receiver: HookReceiver, metrics: Arc<HookMetrics>) {
@@ -207,12 +222,18 @@ pub async fn run(mut receiver: HookReceiver, metrics: Arc<HookMetrics>) {
         .pool_idle_timeout(Duration::from_secs(60))
         .pool_max_idle_per_host(1024)
         .build(connector);
+    // Bounded concurrency keeps the backend's keep-alive connections busy
+    // instead of opening a new connection for every request of a burst
+    // (measured: 15,000 closes at once took seconds each without it).
+    let permits = Arc::new(tokio::sync::Semaphore::new(MAX_CONCURRENT_REQUESTS));
     while let Some(job) = receiver.rx.recv().await {
+        let Ok(permit) = permits.clone().acquire_owned().await else { break };
         let client = client.clone();
         let metrics = metrics.clone();
         tokio::spawn(async move {
             let started = Instant::now();
             let outcome = execute(&client, &job.request).await;
+            drop(permit);
             metrics.record(job.request.kind, &outcome, started.elapsed());
             let _ = job.reply.send(outcome);
         });

@@ -14,6 +14,14 @@ use glommio::{LocalExecutorBuilder, Placement};
 
 pub use glommio::net::{TcpListener, TcpStream};
 
+/// io_uring submission queue depth per ring. Linux sizes a ring's table of
+/// pending polls from its completion queue (at most 256 buckets, reached at
+/// 8192 CQ entries); with glommio's default of 128 it has 8 buckets, and every
+/// cancellation (glommio re-arms its preemption timers each loop) walks a
+/// bucket holding 1/8 of all idle connections' polls. Measured with 15,000
+/// connections: 21 % of the shard's CPU in `io_poll_find` at depth 128.
+const RING_DEPTH: usize = 4096;
+
 /// A running shard executor thread.
 pub struct Executor(glommio::ExecutorJoinHandle<()>);
 
@@ -38,6 +46,7 @@ where
     LocalExecutorBuilder::new(placement)
         .name(name)
         .io_memory(io_memory)
+        .ring_depth(RING_DEPTH)
         .spawn(run)
         .map(Executor)
         .map_err(|e| io::Error::other(e.to_string()))

@@ -41,14 +41,20 @@ pub struct Args {
     /// Spread client sockets over this many 127.0.0.x source addresses.
     #[arg(long, default_value_t = 8)]
     sources: u8,
+    /// A reply not here after this long counts as lost; the client goes on.
+    #[arg(long, default_value_t = 5_000)]
+    reply_timeout_ms: u64,
 }
 
 #[derive(Default)]
 struct Stats {
     sent: u64,
     received: u64,
+    /// Messages whose reply did not come within `--reply-timeout-ms`.
+    lost: u64,
     failed_connects: u64,
     errors: u64,
+    first_error: Option<String>,
 }
 
 pub fn run(args: Args) -> Result<(), String> {
@@ -83,6 +89,7 @@ async fn drive(args: Args) -> Result<(), String> {
                 } else {
                     s.errors += 1;
                 }
+                s.first_error.get_or_insert(e);
             }
         });
         tokio::time::sleep_until((started + gap * (i as u32 + 1)).into()).await;
@@ -114,12 +121,16 @@ async fn drive(args: Args) -> Result<(), String> {
         s.failed_connects
     );
     println!(
-        "measured {:.0}s: {:.0} messages/s sent, {:.0} replies/s, {} errors",
+        "measured {:.0}s: {:.0} messages/s sent, {:.0} replies/s; {} replies lost in all, {} connections failed later",
         elapsed,
         (s.sent - sent0) as f64 / elapsed,
         (s.received - received0) as f64 / elapsed,
+        s.lost,
         s.errors
     );
+    if let Some(e) = &s.first_error {
+        println!("first error: {e}");
+    }
     println!(
         "round trip ms: p50 {:.3}  p90 {:.3}  p99 {:.3}  p99.9 {:.3}  p99.99 {:.3}  max {:.3}  (n={})",
         ms(0.5),
@@ -201,18 +212,26 @@ async fn client(
         s.write_all(&frame).await.map_err(|e| e.to_string())?;
         stats.borrow_mut().sent += 1;
         // Read one reply frame (unmasked text from the server).
-        let (start, len) = loop {
+        let deadline = tokio::time::Instant::now() + Duration::from_millis(args.reply_timeout_ms);
+        let reply = loop {
             if let Some(parsed) = parse_frame(&buf[..filled]) {
-                break parsed;
+                break Some(parsed);
             }
             if filled == buf.len() {
                 buf.resize(buf.len() * 2, 0);
             }
-            let n = s.read(&mut buf[filled..]).await.map_err(|e| e.to_string())?;
+            let n = match tokio::time::timeout_at(deadline, s.read(&mut buf[filled..])).await {
+                Err(_) => break None,
+                Ok(r) => r.map_err(|e| e.to_string())?,
+            };
             if n == 0 {
                 return Err("closed by the server".into());
             }
             filled += n;
+        };
+        let Some((start, len)) = reply else {
+            stats.borrow_mut().lost += 1;
+            continue;
         };
         let echoed =
             std::str::from_utf8(&buf[start..start + 16]).ok().and_then(|h| u64::from_str_radix(h, 16).ok());
