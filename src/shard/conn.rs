@@ -425,7 +425,7 @@ impl Connection {
                 rt::spawn(async move {
                     loop {
                         rt::sleep(Duration::from_millis(5)).await;
-                        match hooks.try_submit(request) {
+                        match hooks.try_submit(*request) {
                             Ok(_) => break,
                             Err(back) => request = back,
                         }
