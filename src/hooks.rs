@@ -194,12 +194,15 @@ impl HookSender {
 
     /// Queues `request` if there is room, else hands it back: for requests
     /// that must not be dropped (close notifications), whose caller retries.
-    pub fn try_submit(&self, request: HookRequest) -> Result<oneshot::Receiver<HookOutcome>, HookRequest> {
+    pub fn try_submit(
+        &self,
+        request: HookRequest,
+    ) -> Result<oneshot::Receiver<HookOutcome>, Box<HookRequest>> {
         let (reply, rx) = oneshot::channel();
         match self.tx.try_send(HookJob { request, reply }) {
             Ok(()) => Ok(rx),
             Err(mpsc::error::TrySendError::Full(job) | mpsc::error::TrySendError::Closed(job)) => {
-                Err(job.request)
+                Err(Box::new(job.request))
             }
         }
     }
