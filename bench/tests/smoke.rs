@@ -1,0 +1,121 @@
+//! Each ringcast-bench scenario, briefly, against a real ringcast, so the
+//! instruments cannot rot unnoticed.
+
+use std::io::{BufRead, BufReader};
+use std::path::PathBuf;
+use std::process::{Child, Command, Stdio};
+use std::time::Duration;
+
+const BENCH: &str = env!("CARGO_BIN_EXE_ringcast-bench");
+
+/// The gateway binary of the same build (cargo builds every workspace
+/// binary before running tests).
+fn gateway_binary() -> PathBuf {
+    let mut p = PathBuf::from(BENCH);
+    p.set_file_name("ringcast");
+    assert!(p.exists(), "{} is missing: build the workspace (cargo test --workspace)", p.display());
+    p
+}
+
+struct Killed(Child);
+
+impl Drop for Killed {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port()
+}
+
+/// Starts ringcast with `config`; returns it and its WebSocket address.
+fn gateway(config: &str, dir: &tempfile::TempDir) -> (Killed, String) {
+    let path = dir.path().join("ringcast.toml");
+    std::fs::write(&path, config).unwrap();
+    let mut child = Command::new(gateway_binary())
+        .arg("--config")
+        .arg(&path)
+        .args([
+            "--listen",
+            "127.0.0.1:0",
+            "--api-listen",
+            "127.0.0.1:0",
+            "--rpc-listen",
+            "127.0.0.1:0",
+            "--shards",
+            "1",
+        ])
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let stderr = child.stderr.take().unwrap();
+    let mut lines = BufReader::new(stderr).lines();
+    let line =
+        lines.find_map(|l| l.ok().filter(|l| l.contains("ringcast listening:"))).expect("gateway started");
+    std::thread::spawn(move || for _ in lines {});
+    let ws = line.split("websocket=").nth(1).unwrap().split_whitespace().next().unwrap().to_string();
+    (Killed(child), ws)
+}
+
+fn bench(args: &[&str]) -> String {
+    let out = Command::new(BENCH).args(args).output().unwrap();
+    let text = String::from_utf8_lossy(&out.stdout).to_string();
+    assert!(out.status.success(), "{args:?}: {text}\n{}", String::from_utf8_lossy(&out.stderr));
+    text
+}
+
+#[test]
+fn roundtrip_through_the_stub_backend() {
+    let dir = tempfile::tempdir().unwrap();
+    let port = free_port();
+    let _stub = Killed(
+        Command::new(BENCH)
+            .args(["stub-backend", "--listen", &format!("127.0.0.1:{port}")])
+            .stderr(Stdio::null())
+            .spawn()
+            .unwrap(),
+    );
+    std::thread::sleep(Duration::from_millis(300));
+    let config =
+        format!("[[vhost]]\npath = \"/\"\ndialect = \"proxy\"\nbackend = \"http://127.0.0.1:{port}\"\n");
+    let (server, ws) = gateway(&config, &dir);
+    let pid = server.0.id().to_string();
+    let out = bench(&[
+        "roundtrip",
+        "--target",
+        &ws,
+        "--connections",
+        "50",
+        "--ramp-rate",
+        "500",
+        "--interval-ms",
+        "100",
+        "--duration-secs",
+        "2",
+        "--server-pid",
+        &pid,
+    ]);
+    assert!(out.contains("(0 failed)"), "{out}");
+    assert!(out.contains("0 replies lost in all, 0 connections failed later"), "{out}");
+    let rate: f64 = out.split(" replies/s").next().unwrap().rsplit(' ').next().unwrap().parse().unwrap();
+    assert!(rate > 200.0, "50 clients at 10 msg/s each: {out}");
+    assert!(out.contains("bytes per connection"), "{out}");
+}
+
+#[test]
+fn hold_reports_memory_per_connection() {
+    let dir = tempfile::tempdir().unwrap();
+    let (server, ws) = gateway("", &dir);
+    let pid = server.0.id().to_string();
+    let out = bench(&["hold", "--target", &ws, "--connections", "200", "--server-pid", &pid]);
+    assert!(out.contains("connections: 200 (+64 warm-up) opened and joined"), "{out}");
+    assert!(out.contains("bytes per connection"), "{out}");
+}
+
+#[test]
+fn json_micro_benchmark_runs() {
+    let out = bench(&["json", "--iterations", "1000", "--rounds", "1"]);
+    assert!(out.contains("join 20 topics"), "{out}");
+}
