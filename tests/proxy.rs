@@ -260,3 +260,27 @@ fn roadrunner_hooks_connect_join_close() {
         serde_json::from_str(&backend.requests("POST", "/close")[0].body).unwrap();
     assert_eq!(close_body["connection"], join_body["connection"]);
 }
+
+#[test]
+fn hook_requests_past_the_shard_limit_are_refused_at_once() {
+    let backend = Backend::start(|s| match s.path.as_str() {
+        "/hang" => Answer::new(200, "ok").after(Duration::from_secs(2)),
+        _ => Answer::new(200, "ok"),
+    });
+    let config = format!("[limits]\nmax_hooks_in_flight = 1\n{}", proxy_config(&backend.url(), ""));
+    let s = Server::start(&config, 1);
+    let waiting = std::thread::spawn({
+        let addr = s.ws;
+        move || try_connect(addr, "/hang", &[]).is_ok()
+    });
+    assert!(eventually(Duration::from_secs(2), || !backend.requests("GET", "/hang").is_empty()));
+    let started = Instant::now();
+    assert_eq!(
+        http_error(try_connect(s.ws, "/other", &[])),
+        (503, "too many backend requests in flight\n".into())
+    );
+    assert!(started.elapsed() < Duration::from_millis(500), "refused at once, not queued");
+    assert!(waiting.join().unwrap(), "the first connect still completes");
+    assert_eq!(s.metric("ringcast_hook_requests_total{hook=\"connect\",outcome=\"busy\"}"), 1);
+    s.connect("/later");
+}

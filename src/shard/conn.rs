@@ -138,7 +138,15 @@ pub async fn serve(shard: Rc<Shard>, stream: TcpStream) {
     let Some(mut conn) = Box::pin(open(shard, stream)).await else {
         return;
     };
-    poll_fn(|cx| conn.poll(cx)).await;
+    // A bug that panics while serving one connection ends that connection,
+    // not the shard and its other connections.
+    poll_fn(|cx| {
+        std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| conn.poll(cx))).unwrap_or_else(|_| {
+            tracing::error!("a connection's task panicked; closing that connection");
+            Poll::Ready(())
+        })
+    })
+    .await;
     conn.finish();
 }
 
