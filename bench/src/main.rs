@@ -1,8 +1,10 @@
 //! ringcast-bench: measurements for ringcast. Figures are reported as ratios
 //! against a baseline measured in the same run (this machine is noisy).
 
+mod fanout;
 mod hold;
 mod json;
+mod report;
 mod roundtrip;
 mod stub_backend;
 
@@ -19,6 +21,8 @@ struct Cli {
 enum Scenario {
     /// Parse client commands with simd-json and serde_json; prints ns/command and the ratio.
     Json(json::Args),
+    /// N subscribers over T topics, a publisher at rate R: latency, deliveries/s, losses.
+    Fanout(fanout::Args),
     /// Open N subscribed idle connections and report the server's memory per connection.
     Hold(hold::Args),
     /// ws2api round trips through a proxy vhost: messages/s and latency histogram.
@@ -31,6 +35,7 @@ fn main() {
     let cli = Cli::parse();
     let result = match cli.scenario {
         Scenario::Json(a) => json::run(a),
+        Scenario::Fanout(a) => fanout::run(a),
         Scenario::Hold(a) => hold::run(a),
         Scenario::Roundtrip(a) => roundtrip::run(a),
         Scenario::StubBackend(a) => stub_backend::run(a),

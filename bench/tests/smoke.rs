@@ -119,3 +119,73 @@ fn json_micro_benchmark_runs() {
     let out = bench(&["json", "--iterations", "1000", "--rounds", "1"]);
     assert!(out.contains("join 20 topics"), "{out}");
 }
+
+#[test]
+fn fanout_counts_every_delivery() {
+    let dir = tempfile::tempdir().unwrap();
+    // The RPC address comes from the log line, like the WebSocket one.
+    let path = dir.path().join("ringcast.toml");
+    std::fs::write(&path, "").unwrap();
+    let mut child = Command::new(gateway_binary())
+        .arg("--config")
+        .arg(&path)
+        .args([
+            "--listen",
+            "127.0.0.1:0",
+            "--api-listen",
+            "127.0.0.1:0",
+            "--rpc-listen",
+            "127.0.0.1:0",
+            "--shards",
+            "2",
+        ])
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let stderr = child.stderr.take().unwrap();
+    let _server = Killed(child);
+    let mut lines = BufReader::new(stderr).lines();
+    let line =
+        lines.find_map(|l| l.ok().filter(|l| l.contains("ringcast listening:"))).expect("gateway started");
+    std::thread::spawn(move || for _ in lines {});
+    let field = |name: &str| {
+        line.split(&format!("{name}=")).nth(1).unwrap().split_whitespace().next().unwrap().to_string()
+    };
+    let out_dir = dir.path().join("out");
+    let out = bench(&[
+        "fanout",
+        "--target",
+        &field("websocket"),
+        "--rpc",
+        &field("rpc"),
+        "--subscribers",
+        "200",
+        "--topics",
+        "4",
+        "--rate",
+        "200",
+        "--duration-secs",
+        "2",
+        "--drain-ms",
+        "500",
+        "--threads",
+        "2",
+        "--p99-bound-ms",
+        "1000",
+        "--out",
+        out_dir.to_str().unwrap(),
+    ]);
+    // About 400 publications over 4 topics of 50 subscribers each: every
+    // subscriber of a topic must get every publication to it.
+    let summary: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(out_dir.join("fanout.json")).unwrap()).unwrap();
+    let step = &summary["steps"][0];
+    let published = step["publications"].as_u64().unwrap();
+    assert!((390..=400).contains(&published), "{out}");
+    assert_eq!(step["deliveries_expected"].as_u64().unwrap(), published * 50, "{out}");
+    assert_eq!(step["deliveries_received"], step["deliveries_expected"], "{out}");
+    assert_eq!(step["lost"], 0);
+    assert_eq!(step["out_of_order"], 0);
+    assert!(out_dir.join("fanout-200.hlog").exists());
+    assert!(out.contains("load generator CPU"), "{out}");
+}
