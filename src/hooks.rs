@@ -90,6 +90,8 @@ const BUCKETS_MS: [u64; 10] = [1, 2, 5, 10, 25, 50, 100, 250, 1000, 5000];
 
 #[derive(Debug, Default)]
 pub struct HookMetrics {
+    /// Requests queued or running (for a shutdown that lets them finish).
+    pending: AtomicU64,
     requests: [[AtomicU64; 6]; 4],
     latency_buckets: [[AtomicU64; BUCKETS_MS.len() + 1]; 4],
     latency_sum_us: [AtomicU64; 4],
@@ -105,6 +107,10 @@ impl HookMetrics {
             self.latency_buckets[k][b].fetch_add(1, Relaxed);
             self.latency_sum_us[k].fetch_add(took.as_micros() as u64, Relaxed);
         }
+    }
+
+    pub fn pending(&self) -> u64 {
+        self.pending.load(Relaxed)
     }
 
     pub fn count(&self, kind: HookKind, outcome: &str) -> u64 {
@@ -182,7 +188,9 @@ impl HookSender {
     pub fn submit(&self, request: HookRequest) -> oneshot::Receiver<HookOutcome> {
         let (reply, rx) = oneshot::channel();
         let kind = request.kind;
+        self.metrics.pending.fetch_add(1, Relaxed);
         if let Err(e) = self.tx.try_send(HookJob { request, reply }) {
+            self.metrics.pending.fetch_sub(1, Relaxed);
             let job = match e {
                 mpsc::error::TrySendError::Full(j) | mpsc::error::TrySendError::Closed(j) => j,
             };
@@ -199,9 +207,11 @@ impl HookSender {
         request: HookRequest,
     ) -> Result<oneshot::Receiver<HookOutcome>, Box<HookRequest>> {
         let (reply, rx) = oneshot::channel();
+        self.metrics.pending.fetch_add(1, Relaxed);
         match self.tx.try_send(HookJob { request, reply }) {
             Ok(()) => Ok(rx),
             Err(mpsc::error::TrySendError::Full(job) | mpsc::error::TrySendError::Closed(job)) => {
+                self.metrics.pending.fetch_sub(1, Relaxed);
                 Err(Box::new(job.request))
             }
         }
@@ -239,6 +249,7 @@ pub async fn run(mut receiver: HookReceiver, metrics: Arc<HookMetrics>) {
             drop(permit);
             metrics.record(job.request.kind, &outcome, started.elapsed());
             let _ = job.reply.send(outcome);
+            metrics.pending.fetch_sub(1, Relaxed);
         });
     }
 }

@@ -137,8 +137,11 @@ pub fn run(config: Config) -> Result<(), StartError> {
     drop(hook_sender);
     std::thread::Builder::new()
         .name("integration".into())
-        .spawn(move || {
-            integration_thread(api_listener, rpc_listener, api_ctx, rpc_ctx, hook_receiver, hook_metrics)
+        .spawn({
+            let hook_metrics = hook_metrics.clone();
+            move || {
+                integration_thread(api_listener, rpc_listener, api_ctx, rpc_ctx, hook_receiver, hook_metrics)
+            }
         })
         .map_err(|e| StartError(format!("cannot start the integration thread: {e}")))?;
 
@@ -156,6 +159,14 @@ pub fn run(config: Config) -> Result<(), StartError> {
         if let Err(e) = ex.join() {
             error!(shard = id, error = %e, "shard ended with an error");
         }
+    }
+    // Close notifications of the drained connections go out before the exit.
+    let deadline = std::time::Instant::now() + Duration::from_millis(config.server.shutdown_timeout_ms);
+    while hook_metrics.pending() > 0 && std::time::Instant::now() < deadline {
+        std::thread::sleep(Duration::from_millis(10));
+    }
+    if hook_metrics.pending() > 0 {
+        error!(pending = hook_metrics.pending(), "exiting with backend hook requests unfinished");
     }
     info!("stopped");
     Ok(())

@@ -284,3 +284,18 @@ fn hook_requests_past_the_shard_limit_are_refused_at_once() {
     assert_eq!(s.metric("ringcast_hook_requests_total{hook=\"connect\",outcome=\"busy\"}"), 1);
     s.connect("/later");
 }
+
+#[test]
+fn graceful_shutdown_tells_the_backend_about_every_client() {
+    let backend = echo_backend();
+    let config = format!("[server]\nshutdown_timeout_ms = 1000\n{}", proxy_config(&backend.url(), ""));
+    let mut s = Server::start(&config, 2);
+    let clients: Vec<Ws> = (0..20).map(|i| s.connect(&format!("/leaving{i}"))).collect();
+    s.signal("TERM");
+    let status = s.wait_exit(Duration::from_secs(8)).expect("exits");
+    assert!(status.success());
+    drop(clients);
+    let deletes = backend.seen().into_iter().filter(|r| r.method == "DELETE").collect::<Vec<_>>();
+    assert_eq!(deletes.len(), 20, "a DELETE for every client before the exit");
+    assert!(deletes.iter().all(|d| d.body == "server shutting down"), "{deletes:?}");
+}
