@@ -20,6 +20,7 @@ use prost::Message as _;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
 use crate::report::{self, Delivery};
+use crate::wire::{cpu_seconds, masked_text, parse_frame};
 
 #[derive(clap::Args, Clone)]
 pub struct Args {
@@ -409,10 +410,8 @@ async fn subscriber(
     buf.copy_within(head_end..filled, 0);
     filled -= head_end;
     let join = format!(r#"{{"command":"join","topics":["t{}"]}}"#, i % args.topics);
-    let mask = [0x12, 0x34, 0x56, 0x78];
-    let mut frame = vec![0x81, 0x80 | join.len() as u8];
-    frame.extend_from_slice(&mask);
-    frame.extend(join.bytes().enumerate().map(|(k, b)| b ^ mask[k & 3]));
+    let mut frame = Vec::with_capacity(join.len() + 8);
+    masked_text(join.as_bytes(), &mut frame);
     s.write_all(&frame).await.map_err(|e| e.to_string())?;
     let mut joined_yet = false;
     let mut last_seq: Option<u64> = None;
@@ -450,24 +449,4 @@ async fn subscriber(
         }
         filled += n;
     }
-}
-
-/// (payload start, length) of a complete unmasked server frame at `buf[0]`.
-fn parse_frame(buf: &[u8]) -> Option<(usize, usize)> {
-    if buf.len() < 2 {
-        return None;
-    }
-    let (start, len) = match buf[1] & 0x7f {
-        126 if buf.len() >= 4 => (4, u16::from_be_bytes([buf[2], buf[3]]) as usize),
-        127 if buf.len() >= 10 => (10, u64::from_be_bytes(buf[2..10].try_into().ok()?) as usize),
-        126 | 127 => return None,
-        n => (2, n as usize),
-    };
-    (buf.len() >= start + len).then_some((start, len))
-}
-
-fn cpu_seconds() -> Option<f64> {
-    let stat = std::fs::read_to_string("/proc/self/stat").ok()?;
-    let fields: Vec<&str> = stat.rsplit(')').next()?.split_whitespace().collect();
-    Some((fields.get(11)?.parse::<f64>().ok()? + fields.get(12)?.parse::<f64>().ok()?) / 100.0)
 }

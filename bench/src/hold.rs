@@ -69,7 +69,9 @@ fn open(args: &Args, i: usize) -> Result<TcpStream, String> {
         return Err(format!("connection {i}: {}", String::from_utf8_lossy(&head)));
     }
     let join = format!(r#"{{"command":"join","topics":["hold-{}"]}}"#, i % args.topics.max(1));
-    s.write_all(&masked_text(join.as_bytes())).map_err(|e| e.to_string())?;
+    let mut frame = Vec::new();
+    crate::wire::masked_text(join.as_bytes(), &mut frame);
+    s.write_all(&frame).map_err(|e| e.to_string())?;
     // Read the @join reply: 2-byte header (short reply).
     let mut hdr = [0u8; 2];
     s.read_exact(&mut hdr).map_err(|e| format!("connection {i} join: {e}"))?;
@@ -79,14 +81,6 @@ fn open(args: &Args, i: usize) -> Result<TcpStream, String> {
         return Err(format!("connection {i}: join refused: {}", String::from_utf8_lossy(&reply)));
     }
     Ok(s)
-}
-
-fn masked_text(payload: &[u8]) -> Vec<u8> {
-    let mask = [0x5a, 0x11, 0x7e, 0x23];
-    let mut f = vec![0x81, 0x80 | payload.len() as u8];
-    f.extend_from_slice(&mask);
-    f.extend(payload.iter().enumerate().map(|(i, b)| b ^ mask[i % 4]));
-    f
 }
 
 pub fn run(args: Args) -> Result<(), String> {

@@ -7,6 +7,7 @@ mod json;
 mod report;
 mod roundtrip;
 mod stub_backend;
+mod wire;
 
 use clap::{Parser, Subcommand};
 

@@ -13,6 +13,8 @@ use hdrhistogram::Histogram;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
 
+use crate::wire::{cpu_seconds, masked_text, parse_frame};
+
 #[derive(clap::Args)]
 pub struct Args {
     /// The gateway's WebSocket address.
@@ -75,7 +77,7 @@ async fn drive(args: Args) -> Result<(), String> {
     ));
     let stats = Rc::new(RefCell::new(Stats::default()));
     let measuring = Rc::new(std::cell::Cell::new(false));
-    let cpu_start = cpu_time();
+    let cpu_start = cpu_seconds();
     let mem_before = args.server_pid.and_then(rss_anon_kib);
     let started = Instant::now();
     let gap = Duration::from_nanos(1_000_000_000 / args.ramp_rate.max(1));
@@ -147,18 +149,10 @@ async fn drive(args: Args) -> Result<(), String> {
             (b.saturating_sub(a) * 1024) as f64 / args.connections as f64
         );
     }
-    if let (Some(c0), Some(c1)) = (cpu_start, cpu_time()) {
+    if let (Some(c0), Some(c1)) = (cpu_start, cpu_seconds()) {
         println!("load generator CPU: {:.1}s over {:.1}s wall", c1 - c0, started.elapsed().as_secs_f64());
     }
     Ok(())
-}
-
-/// This process's user+system CPU seconds.
-fn cpu_time() -> Option<f64> {
-    let stat = std::fs::read_to_string("/proc/self/stat").ok()?;
-    let fields: Vec<&str> = stat.rsplit(')').next()?.split_whitespace().collect();
-    let ticks: f64 = fields.get(11)?.parse::<f64>().ok()? + fields.get(12)?.parse::<f64>().ok()?;
-    Some(ticks / 100.0)
 }
 
 async fn client(
@@ -245,36 +239,4 @@ async fn client(
         buf.copy_within(start + len..filled, 0);
         filled -= start + len;
     }
-}
-
-fn masked_text(payload: &[u8], out: &mut Vec<u8>) {
-    let mask = [0x37, 0xfa, 0x21, 0x3d];
-    out.push(0x81);
-    match payload.len() {
-        n if n < 126 => out.push(0x80 | n as u8),
-        n if n <= 0xffff => {
-            out.push(0x80 | 126);
-            out.extend_from_slice(&(n as u16).to_be_bytes());
-        }
-        n => {
-            out.push(0x80 | 127);
-            out.extend_from_slice(&(n as u64).to_be_bytes());
-        }
-    }
-    out.extend_from_slice(&mask);
-    out.extend(payload.iter().enumerate().map(|(i, b)| b ^ mask[i & 3]));
-}
-
-/// (payload start, payload length) of a complete server frame at the start of `buf`.
-fn parse_frame(buf: &[u8]) -> Option<(usize, usize)> {
-    if buf.len() < 2 {
-        return None;
-    }
-    let (start, len) = match buf[1] & 0x7f {
-        126 if buf.len() >= 4 => (4, u16::from_be_bytes([buf[2], buf[3]]) as usize),
-        127 if buf.len() >= 10 => (10, u64::from_be_bytes(buf[2..10].try_into().ok()?) as usize),
-        126 | 127 => return None,
-        n => (2, n as usize),
-    };
-    (buf.len() >= start + len).then_some((start, len))
 }

@@ -30,23 +30,16 @@ fn free_port() -> u16 {
     std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port()
 }
 
-/// Starts ringcast with `config`; returns it and its WebSocket address.
-fn gateway(config: &str, dir: &tempfile::TempDir) -> (Killed, String) {
+/// Starts ringcast with `config` and `shards`; returns it and its
+/// "listening" log line (`websocket=… api=… rpc=…`).
+fn start_gateway(config: &str, shards: usize, dir: &tempfile::TempDir) -> (Killed, String) {
     let path = dir.path().join("ringcast.toml");
     std::fs::write(&path, config).unwrap();
     let mut child = Command::new(gateway_binary())
         .arg("--config")
         .arg(&path)
-        .args([
-            "--listen",
-            "127.0.0.1:0",
-            "--api-listen",
-            "127.0.0.1:0",
-            "--rpc-listen",
-            "127.0.0.1:0",
-            "--shards",
-            "1",
-        ])
+        .args(["--listen", "127.0.0.1:0", "--api-listen", "127.0.0.1:0", "--rpc-listen", "127.0.0.1:0"])
+        .args(["--shards", &shards.to_string()])
         .stderr(Stdio::piped())
         .spawn()
         .unwrap();
@@ -55,8 +48,18 @@ fn gateway(config: &str, dir: &tempfile::TempDir) -> (Killed, String) {
     let line =
         lines.find_map(|l| l.ok().filter(|l| l.contains("ringcast listening:"))).expect("gateway started");
     std::thread::spawn(move || for _ in lines {});
-    let ws = line.split("websocket=").nth(1).unwrap().split_whitespace().next().unwrap().to_string();
-    (Killed(child), ws)
+    (Killed(child), line)
+}
+
+/// One `name=value` field of the listening line.
+fn field(line: &str, name: &str) -> String {
+    line.split(&format!("{name}=")).nth(1).unwrap().split_whitespace().next().unwrap().to_string()
+}
+
+/// Starts ringcast on one shard; returns it and its WebSocket address.
+fn gateway(config: &str, dir: &tempfile::TempDir) -> (Killed, String) {
+    let (server, line) = start_gateway(config, 1, dir);
+    (server, field(&line, "websocket"))
 }
 
 fn bench(args: &[&str]) -> String {
@@ -123,41 +126,14 @@ fn json_micro_benchmark_runs() {
 #[test]
 fn fanout_counts_every_delivery() {
     let dir = tempfile::tempdir().unwrap();
-    // The RPC address comes from the log line, like the WebSocket one.
-    let path = dir.path().join("ringcast.toml");
-    std::fs::write(&path, "").unwrap();
-    let mut child = Command::new(gateway_binary())
-        .arg("--config")
-        .arg(&path)
-        .args([
-            "--listen",
-            "127.0.0.1:0",
-            "--api-listen",
-            "127.0.0.1:0",
-            "--rpc-listen",
-            "127.0.0.1:0",
-            "--shards",
-            "2",
-        ])
-        .stderr(Stdio::piped())
-        .spawn()
-        .unwrap();
-    let stderr = child.stderr.take().unwrap();
-    let _server = Killed(child);
-    let mut lines = BufReader::new(stderr).lines();
-    let line =
-        lines.find_map(|l| l.ok().filter(|l| l.contains("ringcast listening:"))).expect("gateway started");
-    std::thread::spawn(move || for _ in lines {});
-    let field = |name: &str| {
-        line.split(&format!("{name}=")).nth(1).unwrap().split_whitespace().next().unwrap().to_string()
-    };
+    let (_server, line) = start_gateway("", 2, &dir);
     let out_dir = dir.path().join("out");
     let out = bench(&[
         "fanout",
         "--target",
-        &field("websocket"),
+        &field(&line, "websocket"),
         "--rpc",
-        &field("rpc"),
+        &field(&line, "rpc"),
         "--subscribers",
         "200",
         "--topics",

@@ -7,3 +7,4 @@ pub mod handshake;
 
 pub use decoder::{Decoder, Event, Flow, Violation};
 pub use encode::{close_frame, data_frame, FrameBuilder};
+pub use tungstenite::protocol::frame::coding::{Control, Data, OpCode};
