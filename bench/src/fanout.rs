@@ -159,6 +159,7 @@ pub fn run(args: Args) -> Result<(), String> {
     let mut seq = vec![0u64; args.topics];
     let mut summaries = Vec::new();
     let mut best: Option<u64> = None;
+    let mut plotted: Vec<(String, Histogram<u64>)> = Vec::new();
     let mut rate = args.rate;
     for _ in 0..if args.saturate { args.max_steps } else { 1 } {
         let before = seq.clone();
@@ -190,7 +191,13 @@ pub fn run(args: Args) -> Result<(), String> {
             pct.iter().map(|(_, v)| format!("{v:>9.3} ")).collect::<String>(),
             if passed { "" } else { " ← failed" }
         );
-        write_hlog(&args.out.join(format!("fanout-{rate}.hlog")), &hist, seconds)?;
+        report::write_hlog(
+            &args.out.join(format!("fanout-{rate}.hlog")),
+            &hist,
+            seconds,
+            "fanout publish → receipt",
+        )?;
+        plotted.push((format!("{rate}/s"), hist.clone()));
         summaries.push(StepSummary {
             rate_offered: rate,
             publications: published.iter().sum(),
@@ -236,26 +243,17 @@ pub fn run(args: Args) -> Result<(), String> {
         "saturation_publications_per_second": best,
         "steps": summaries,
     });
+    let series: Vec<(&str, &Histogram<u64>)> = plotted.iter().map(|(n, h)| (n.as_str(), h)).collect();
+    crate::plot::latency_distribution(
+        &args.out.join("fanout.svg"),
+        "fanout latency by publication rate",
+        &series,
+    )?;
     let path = args.out.join("fanout.json");
     std::fs::write(&path, serde_json::to_string_pretty(&json).expect("json"))
         .map_err(|e| format!("{}: {e}", path.display()))?;
-    println!("wrote {} and fanout-<rate>.hlog (HdrHistogram interval logs)", path.display());
+    println!("wrote {}, fanout-<rate>.hlog (HdrHistogram interval logs) and fanout.svg", path.display());
     Ok(())
-}
-
-fn write_hlog(path: &std::path::Path, h: &Histogram<u64>, seconds: f64) -> Result<(), String> {
-    use hdrhistogram::serialization::interval_log::IntervalLogWriterBuilder;
-    use hdrhistogram::serialization::V2Serializer;
-    let mut file = std::fs::File::create(path).map_err(|e| format!("{}: {e}", path.display()))?;
-    let mut serializer = V2Serializer::new();
-    let mut writer = IntervalLogWriterBuilder::new()
-        .add_comment("ringcast-bench fanout: end-to-end latency in microseconds")
-        .with_max_value_divisor(1000.0)
-        .begin_log_with(&mut file, &mut serializer)
-        .map_err(|e| e.to_string())?;
-    writer
-        .write_histogram(h, Duration::ZERO, Duration::from_secs_f64(seconds), None)
-        .map_err(|e| format!("{e:?}"))
 }
 
 /// Publishes `rate`/s for the step's duration, round-robin over topics, in

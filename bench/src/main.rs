@@ -1,9 +1,11 @@
 //! ringcast-bench: measurements for ringcast. Figures are reported as ratios
 //! against a baseline measured in the same run (this machine is noisy).
 
+mod connect;
 mod fanout;
 mod hold;
 mod json;
+mod plot;
 mod report;
 mod roundtrip;
 mod stub_backend;
@@ -22,6 +24,8 @@ struct Cli {
 enum Scenario {
     /// Parse client commands with simd-json and serde_json; prints ns/command and the ratio.
     Json(json::Args),
+    /// Ramp N connections at a target rate: connect + upgrade latency, failures, time to all connected.
+    Connect(connect::Args),
     /// N subscribers over T topics, a publisher at rate R: latency, deliveries/s, losses.
     Fanout(fanout::Args),
     /// Open N subscribed idle connections and report the server's memory per connection.
@@ -36,6 +40,7 @@ fn main() {
     let cli = Cli::parse();
     let result = match cli.scenario {
         Scenario::Json(a) => json::run(a),
+        Scenario::Connect(a) => connect::run(a),
         Scenario::Fanout(a) => fanout::run(a),
         Scenario::Hold(a) => hold::run(a),
         Scenario::Roundtrip(a) => roundtrip::run(a),

@@ -55,6 +55,28 @@ impl Delivery {
     }
 }
 
+/// Writes `h` (microseconds) as a one-interval HdrHistogram log, readable
+/// by HdrHistogram's standard tools (values shown in milliseconds).
+pub fn write_hlog(
+    path: &std::path::Path,
+    h: &Histogram<u64>,
+    seconds: f64,
+    what: &str,
+) -> Result<(), String> {
+    use hdrhistogram::serialization::interval_log::IntervalLogWriterBuilder;
+    use hdrhistogram::serialization::V2Serializer;
+    let mut file = std::fs::File::create(path).map_err(|e| format!("{}: {e}", path.display()))?;
+    let mut serializer = V2Serializer::new();
+    let mut writer = IntervalLogWriterBuilder::new()
+        .add_comment(&format!("ringcast-bench: {what} latency in microseconds"))
+        .with_max_value_divisor(1000.0)
+        .begin_log_with(&mut file, &mut serializer)
+        .map_err(|e| e.to_string())?;
+    writer
+        .write_histogram(h, std::time::Duration::ZERO, std::time::Duration::from_secs_f64(seconds), None)
+        .map_err(|e| format!("{}: {e:?}", path.display()))
+}
+
 /// Parses `"payload":"<seq>:<nanos>:` out of a roadrunner delivery frame.
 pub fn parse_stamp(frame_payload: &[u8]) -> Option<(u64, u64)> {
     const KEY: &[u8] = b"\"payload\":\"";

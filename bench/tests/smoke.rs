@@ -163,5 +163,40 @@ fn fanout_counts_every_delivery() {
     assert_eq!(step["lost"], 0);
     assert_eq!(step["out_of_order"], 0);
     assert!(out_dir.join("fanout-200.hlog").exists());
+    assert!(std::fs::read_to_string(out_dir.join("fanout.svg")).unwrap().starts_with("<svg"));
     assert!(out.contains("load generator CPU"), "{out}");
+}
+
+#[test]
+fn connect_ramp_reports_every_connection() {
+    let dir = tempfile::tempdir().unwrap();
+    let (_server, ws) = gateway("", &dir);
+    let out_dir = dir.path().join("out");
+    let out = bench(&[
+        "connect",
+        "--target",
+        &ws,
+        "--connections",
+        "300",
+        "--rate",
+        "1000",
+        "--out",
+        out_dir.to_str().unwrap(),
+    ]);
+    assert!(out.contains("connected 300 failed 0"), "{out}");
+    let summary: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(out_dir.join("connect.json")).unwrap()).unwrap();
+    assert_eq!(summary["connected"], 300);
+    assert!(out_dir.join("connect.hlog").exists() && out_dir.join("connect.svg").exists());
+    // A gateway that is not there: every connection fails, and says why.
+    let out = bench(&[
+        "connect",
+        "--target",
+        "127.0.0.1:1",
+        "--connections",
+        "5",
+        "--out",
+        out_dir.to_str().unwrap(),
+    ]);
+    assert!(out.contains("connected 0 failed 5") && out.contains("first error: connect:"), "{out}");
 }

@@ -1,0 +1,85 @@
+//! SVG plots (plotters): latency against percentile on the usual
+//! HdrHistogram axis, where each step right is another "9".
+
+use std::path::Path;
+
+use hdrhistogram::Histogram;
+use plotters::prelude::*;
+
+// x axis: log10(1 / (1 - q)), so 1 → p90, 2 → p99, 3 → p99.9, 4 → p99.99.
+pub fn latency_distribution(
+    path: &Path,
+    title: &str,
+    series: &[(&str, &Histogram<u64>)],
+) -> Result<(), String> {
+    let max_ms = series.iter().map(|(_, h)| h.max() as f64 / 1000.0).fold(0.1, f64::max) * 1.1;
+    let root = SVGBackend::new(path, (900, 520)).into_drawing_area();
+    let err = |e: &dyn std::fmt::Display| format!("{}: {e}", path.display());
+    root.fill(&WHITE).map_err(|e| err(&e))?;
+    let mut chart = ChartBuilder::on(&root)
+        .caption(title, ("sans-serif", 22))
+        .margin(16)
+        .x_label_area_size(40)
+        .y_label_area_size(60)
+        .build_cartesian_2d(0.0..4.0, 0.0..max_ms)
+        .map_err(|e| err(&e))?;
+    chart
+        .configure_mesh()
+        .x_desc("percentile")
+        .y_desc("latency (ms)")
+        .x_label_formatter(&|x: &f64| match x.round() as i32 {
+            0 => "0%".into(),
+            1 => "90%".into(),
+            2 => "99%".into(),
+            3 => "99.9%".into(),
+            4 => "99.99%".into(),
+            _ => String::new(),
+        })
+        .x_labels(5)
+        .draw()
+        .map_err(|e| err(&e))?;
+    for (i, (name, h)) in series.iter().enumerate() {
+        let color = Palette99::pick(i).to_rgba();
+        let points: Vec<(f64, f64)> = (0..=400)
+            .map(|k| {
+                let x = k as f64 / 100.0;
+                let q = 1.0 - 10f64.powf(-x);
+                (x, h.value_at_quantile(q.min(0.99999)) as f64 / 1000.0)
+            })
+            .collect();
+        chart
+            .draw_series(LineSeries::new(points, color.stroke_width(2)))
+            .map_err(|e| err(&e))?
+            .label(*name)
+            .legend(move |(x, y)| PathElement::new(vec![(x, y), (x + 20, y)], color.stroke_width(2)));
+    }
+    chart
+        .configure_series_labels()
+        .background_style(WHITE.mix(0.8))
+        .border_style(BLACK)
+        .draw()
+        .map_err(|e| err(&e))?;
+    root.present().map_err(|e| err(&e))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn writes_an_svg() {
+        let mut h = crate::report::latency_histogram();
+        for v in 1..1000u64 {
+            h.record(v * 10).unwrap();
+        }
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("p.svg");
+        latency_distribution(&path, "test", &[("a", &h)]).unwrap();
+        let svg = std::fs::read_to_string(&path).unwrap();
+        assert!(
+            svg.starts_with("<svg") && svg.contains("polyline") && svg.contains("99.9%"),
+            "{}",
+            &svg[..200]
+        );
+    }
+}
