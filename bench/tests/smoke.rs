@@ -164,6 +164,33 @@ fn fanout_counts_every_delivery() {
     assert_eq!(step["out_of_order"], 0);
     assert!(out_dir.join("fanout-200.hlog").exists());
     assert!(std::fs::read_to_string(out_dir.join("fanout.svg")).unwrap().starts_with("<svg"));
+
+    // The same through the HTTP API publisher (what peer servers also speak).
+    let out = bench(&[
+        "fanout",
+        "--target",
+        &field(&line, "websocket"),
+        "--publish-http",
+        &field(&line, "api"),
+        "--subscribers",
+        "100",
+        "--rate",
+        "50",
+        "--duration-secs",
+        "1",
+        "--drain-ms",
+        "500",
+        "--p99-bound-ms",
+        "1000",
+        "--out",
+        out_dir.to_str().unwrap(),
+    ]);
+    let summary: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(out_dir.join("fanout.json")).unwrap()).unwrap();
+    let step = &summary["steps"][0];
+    assert!(step["publications"].as_u64().unwrap() >= 45, "{out}");
+    assert_eq!(step["deliveries_received"], step["deliveries_expected"], "{out}");
+    assert_eq!(step["passed"], true, "{out}");
     assert!(out.contains("load generator CPU"), "{out}");
 }
 
