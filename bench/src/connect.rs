@@ -2,12 +2,10 @@
 //! latency histogram, failures, and the time until all are connected.
 
 use std::cell::RefCell;
-use std::net::{Ipv4Addr, SocketAddr, SocketAddrV4};
+use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::rc::Rc;
 use std::time::{Duration, Instant};
-
-use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
 use crate::report;
 use crate::wire::cpu_seconds;
@@ -67,14 +65,17 @@ async fn ramp(args: Args) -> Result<(), String> {
             (args.target, args.path.clone(), args.sources, args.timeout_ms);
         tokio::task::spawn_local(async move {
             let t0 = Instant::now();
-            let result =
-                tokio::time::timeout(Duration::from_millis(timeout), open(i, target, &path, sources)).await;
+            let result = tokio::time::timeout(
+                Duration::from_millis(timeout),
+                crate::wire::ws_connect(i, target, &path, sources),
+            )
+            .await;
             let mut t = tally.borrow_mut();
             match result {
-                Ok(Ok(stream)) => {
+                Ok(Ok(upgraded)) => {
                     let _ = hist.borrow_mut().record((t0.elapsed().as_micros() as u64).max(1));
                     t.connected += 1;
-                    let _ = tx.send(stream);
+                    let _ = tx.send(upgraded.stream);
                 }
                 Ok(Err(e)) => {
                     t.failed += 1;
@@ -148,36 +149,4 @@ fn report_ramp(
     )?;
     println!("wrote {}, connect.hlog and connect.svg", path.display());
     Ok(())
-}
-
-async fn open(
-    i: usize,
-    target: SocketAddr,
-    path: &str,
-    sources: u8,
-) -> Result<tokio::net::TcpStream, String> {
-    let source = Ipv4Addr::new(127, 0, 0, 1 + (i % sources.max(1) as usize) as u8);
-    let socket = tokio::net::TcpSocket::new_v4().map_err(|e| e.to_string())?;
-    socket.bind(SocketAddr::V4(SocketAddrV4::new(source, 0))).map_err(|e| format!("bind {source}: {e}"))?;
-    let mut s = socket.connect(target).await.map_err(|e| format!("connect: {e}"))?;
-    let req = format!(
-        "GET {path} HTTP/1.1\r\nHost: bench\r\nUpgrade: websocket\r\nConnection: Upgrade\r\nSec-WebSocket-Version: 13\r\nSec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\n\r\n"
-    );
-    s.write_all(req.as_bytes()).await.map_err(|e| e.to_string())?;
-    let mut head = [0u8; 512];
-    let mut filled = 0;
-    while !head[..filled].windows(4).any(|w| w == b"\r\n\r\n") {
-        if filled == head.len() {
-            return Err("oversized upgrade response".into());
-        }
-        let n = s.read(&mut head[filled..]).await.map_err(|e| e.to_string())?;
-        if n == 0 {
-            return Err("closed during the handshake".into());
-        }
-        filled += n;
-    }
-    if !head.starts_with(b"HTTP/1.1 101") {
-        return Err(String::from_utf8_lossy(&head[..filled]).to_string());
-    }
-    Ok(s)
 }

@@ -8,7 +8,7 @@
 //! per connection, with no allocation per message.
 
 use std::cell::RefCell;
-use std::net::{Ipv4Addr, SocketAddr, SocketAddrV4};
+use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::rc::Rc;
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
@@ -438,32 +438,8 @@ async fn subscriber(
     joined: &AtomicUsize,
     stats: &RefCell<ThreadReport>,
 ) -> Result<(), String> {
-    let source = Ipv4Addr::new(127, 0, 0, 1 + (i % args.sources.max(1) as usize) as u8);
-    let socket = tokio::net::TcpSocket::new_v4().map_err(|e| e.to_string())?;
-    socket.bind(SocketAddr::V4(SocketAddrV4::new(source, 0))).map_err(|e| format!("bind {source}: {e}"))?;
-    let mut s = socket.connect(args.target).await.map_err(|e| format!("connect: {e}"))?;
-    let req = format!(
-        "GET {} HTTP/1.1\r\nHost: bench\r\nUpgrade: websocket\r\nConnection: Upgrade\r\nSec-WebSocket-Version: 13\r\nSec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\n\r\n",
-        args.path
-    );
-    s.write_all(req.as_bytes()).await.map_err(|e| e.to_string())?;
-    let mut buf = vec![0u8; 16 * 1024];
-    let mut filled = 0;
-    let head_end = loop {
-        let n = s.read(&mut buf[filled..]).await.map_err(|e| e.to_string())?;
-        if n == 0 {
-            return Err("closed during the handshake".into());
-        }
-        filled += n;
-        if let Some(end) = buf[..filled].windows(4).position(|w| w == b"\r\n\r\n") {
-            break end + 4;
-        }
-    };
-    if !buf.starts_with(b"HTTP/1.1 101") {
-        return Err(String::from_utf8_lossy(&buf[..head_end]).to_string());
-    }
-    buf.copy_within(head_end..filled, 0);
-    filled -= head_end;
+    let crate::wire::Upgraded { stream: mut s, mut buf, mut filled } =
+        crate::wire::ws_connect(i, args.target, &args.path, args.sources).await?;
     let join = format!(r#"{{"command":"join","topics":["t{}"]}}"#, i % args.topics);
     let mut frame = Vec::with_capacity(join.len() + 8);
     masked_text(join.as_bytes(), &mut frame);

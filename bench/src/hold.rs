@@ -2,7 +2,7 @@
 //! and reads the server's resident memory from /proc before and after.
 
 use std::io::{Read, Write};
-use std::net::{Ipv4Addr, SocketAddr, SocketAddrV4, TcpStream};
+use std::net::{SocketAddr, SocketAddrV4, TcpStream};
 use std::time::{Duration, Instant};
 
 #[derive(clap::Args)]
@@ -46,7 +46,7 @@ fn memory_kib(pid: u32) -> Result<(u64, u64), String> {
 }
 
 fn open(args: &Args, i: usize) -> Result<TcpStream, String> {
-    let source = Ipv4Addr::new(127, 0, 0, 1 + (i % args.sources.max(1) as usize) as u8);
+    let source = crate::wire::source_addr(i, args.sources);
     let sock = socket2::Socket::new(socket2::Domain::IPV4, socket2::Type::STREAM, None)
         .map_err(|e| e.to_string())?;
     sock.bind(&SocketAddr::V4(SocketAddrV4::new(source, 0)).into())
@@ -54,10 +54,7 @@ fn open(args: &Args, i: usize) -> Result<TcpStream, String> {
     sock.connect(&args.target.into()).map_err(|e| format!("connection {i}: {e}"))?;
     let mut s: TcpStream = sock.into();
     s.set_read_timeout(Some(Duration::from_secs(10))).map_err(|e| e.to_string())?;
-    let req = format!(
-        "GET {} HTTP/1.1\r\nHost: bench\r\nUpgrade: websocket\r\nConnection: Upgrade\r\nSec-WebSocket-Version: 13\r\nSec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\n\r\n",
-        args.path
-    );
+    let req = crate::wire::upgrade_request(&args.path);
     s.write_all(req.as_bytes()).map_err(|e| e.to_string())?;
     let mut head = Vec::with_capacity(256);
     let mut byte = [0u8; 1];

@@ -5,13 +5,12 @@
 //! latency histogram, and the server's memory per connection.
 
 use std::cell::RefCell;
-use std::net::{Ipv4Addr, SocketAddr, SocketAddrV4};
+use std::net::SocketAddr;
 use std::rc::Rc;
 use std::time::{Duration, Instant};
 
 use hdrhistogram::Histogram;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
-use tokio::net::TcpStream;
 
 use crate::wire::{cpu_seconds, masked_text, parse_frame};
 
@@ -162,33 +161,9 @@ async fn client(
     stats: &RefCell<Stats>,
     measuring: &std::cell::Cell<bool>,
 ) -> Result<(), String> {
-    let source = Ipv4Addr::new(127, 0, 0, 1 + (i % args.sources.max(1) as usize) as u8);
-    let socket = tokio::net::TcpSocket::new_v4().map_err(|e| format!("connect: {e}"))?;
-    socket.bind(SocketAddr::V4(SocketAddrV4::new(source, 0))).map_err(|e| format!("connect: bind: {e}"))?;
-    let mut s: TcpStream = socket.connect(args.target).await.map_err(|e| format!("connect: {e}"))?;
-    let _ = s.set_nodelay(true);
-    let req = format!(
-        "GET {}bench-{i} HTTP/1.1\r\nHost: bench\r\nUpgrade: websocket\r\nConnection: Upgrade\r\nSec-WebSocket-Version: 13\r\nSec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\n\r\n",
-        args.prefix
-    );
-    s.write_all(req.as_bytes()).await.map_err(|e| format!("connect: {e}"))?;
-    let mut buf = vec![0u8; 4096];
-    let mut filled = 0;
-    loop {
-        let n = s.read(&mut buf[filled..]).await.map_err(|e| format!("connect: {e}"))?;
-        if n == 0 {
-            return Err("connect: closed during handshake".into());
-        }
-        filled += n;
-        if let Some(end) = buf[..filled].windows(4).position(|w| w == b"\r\n\r\n") {
-            if !buf.starts_with(b"HTTP/1.1 101") {
-                return Err(format!("connect: {}", String::from_utf8_lossy(&buf[..end])));
-            }
-            buf.copy_within(end + 4..filled, 0);
-            filled -= end + 4;
-            break;
-        }
-    }
+    let path = format!("{}bench-{i}", args.prefix);
+    let crate::wire::Upgraded { stream: mut s, mut buf, mut filled } =
+        crate::wire::ws_connect(i, args.target, &path, args.sources).await?;
     // Spread the first sends over one interval so the load is steady.
     let interval = Duration::from_millis(args.interval_ms);
     let offset = interval.mul_f64((i as f64 * 0.618_033_988_7).fract());

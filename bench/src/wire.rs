@@ -1,6 +1,66 @@
 //! What every scenario's client needs on the wire, without allocation per
-//! message: masked client frames, server frame boundaries, and the
-//! generator's own CPU time.
+//! message: the upgrade, masked client frames, server frame boundaries, and
+//! the generator's own CPU time.
+
+use std::net::{Ipv4Addr, SocketAddr, SocketAddrV4};
+
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::TcpStream;
+
+/// The upgrade request every scenario sends.
+pub fn upgrade_request(path: &str) -> String {
+    format!(
+        "GET {path} HTTP/1.1\r\nHost: bench\r\nUpgrade: websocket\r\nConnection: Upgrade\r\nSec-WebSocket-Version: 13\r\nSec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\n\r\n"
+    )
+}
+
+/// The source address for client `i`: 127.0.0.1 … 127.0.0.`sources`, so
+/// one destination port can take more than ~28,000 connections.
+pub fn source_addr(i: usize, sources: u8) -> Ipv4Addr {
+    Ipv4Addr::new(127, 0, 0, 1 + (i % sources.max(1) as usize) as u8)
+}
+
+/// An upgraded connection and a read buffer holding `filled` bytes that
+/// arrived after the 101 (frames the caller must not lose).
+pub struct Upgraded {
+    pub stream: TcpStream,
+    pub buf: Vec<u8>,
+    pub filled: usize,
+}
+
+/// Connects client `i` to `target` and upgrades on `path`. Every error
+/// starts with `connect:` so scenarios can tell connect failures apart.
+pub async fn ws_connect(i: usize, target: SocketAddr, path: &str, sources: u8) -> Result<Upgraded, String> {
+    let fail = |e: &dyn std::fmt::Display| format!("connect: {e}");
+    let source = source_addr(i, sources);
+    let socket = tokio::net::TcpSocket::new_v4().map_err(|e| fail(&e))?;
+    socket
+        .bind(SocketAddr::V4(SocketAddrV4::new(source, 0)))
+        .map_err(|e| fail(&format!("bind {source}: {e}")))?;
+    let mut stream = socket.connect(target).await.map_err(|e| fail(&e))?;
+    let _ = stream.set_nodelay(true);
+    stream.write_all(upgrade_request(path).as_bytes()).await.map_err(|e| fail(&e))?;
+    let mut buf = vec![0u8; 16 * 1024];
+    let mut filled = 0;
+    let head_end = loop {
+        if filled == buf.len() {
+            return Err(fail(&"oversized upgrade response"));
+        }
+        let n = stream.read(&mut buf[filled..]).await.map_err(|e| fail(&e))?;
+        if n == 0 {
+            return Err(fail(&"closed during the handshake"));
+        }
+        filled += n;
+        if let Some(end) = buf[..filled].windows(4).position(|w| w == b"\r\n\r\n") {
+            break end + 4;
+        }
+    };
+    if !buf.starts_with(b"HTTP/1.1 101") {
+        return Err(fail(&String::from_utf8_lossy(&buf[..head_end])));
+    }
+    buf.copy_within(head_end..filled, 0);
+    Ok(Upgraded { stream, buf, filled: filled - head_end })
+}
 
 /// Appends a masked text frame carrying `payload` (clients must mask).
 pub fn masked_text(payload: &[u8], out: &mut Vec<u8>) {
