@@ -75,16 +75,18 @@ impl ConnState {
         Ok(())
     }
 
-    /// Queues `close` as the last frame. False if already closing.
-    pub fn begin_close(&mut self, close: Bytes) -> bool {
+    /// Queues a Close (`code` and `reason`; none: an empty Close) as the last
+    /// frame and remembers the reason for the close hook. False if already closing.
+    pub fn begin_close(&mut self, code: Option<u16>, reason: &str) -> bool {
         if self.closing {
             return false;
         }
-        if self.close_reason.is_none() {
-            let reason = close.get(4..).map(String::from_utf8_lossy).unwrap_or_default();
-            self.close_reason = Some(reason.into());
-        }
-        self.queue.push_unbounded(close);
+        let frame = match code {
+            Some(code) => close_frame(code, reason),
+            None => data_frame(OpCode::Control(Control::Close), b""),
+        };
+        self.close_reason.get_or_insert_with(|| reason.into());
+        self.queue.push_unbounded(frame);
         self.closing = true;
         self.wake();
         true
@@ -563,7 +565,7 @@ impl Connection {
             Err(v) => {
                 metrics::inc(&shard.metrics.protocol_errors);
                 let mut st = state.borrow_mut();
-                shard.start_close(state, &mut st, close_frame(v.code, v.reason), CLOSE_LINGER);
+                shard.start_close(state, &mut st, Some(v.code), v.reason, CLOSE_LINGER);
             }
         }
     }
@@ -598,16 +600,11 @@ fn handle_event(shard: &Rc<Shard>, conn: &ConnRef, key: ConnKey, vhost: usize, e
         Event::Ping(payload) => Some(data_frame(OpCode::Control(Control::Pong), payload)),
         Event::Pong(_) => None,
         Event::Close(code, reason) => {
-            // Echo the status code, as RFC 6455 §5.5.1 suggests.
-            let close = match code {
-                Some(code) => close_frame(code, ""),
-                None => data_frame(OpCode::Control(Control::Close), b""),
-            };
+            // Echo the status code, as RFC 6455 §5.5.1 suggests; the close
+            // hook gets the client's reason.
             let mut st = conn.borrow_mut();
-            if st.close_reason.is_none() {
-                st.close_reason = Some(reason.into());
-            }
-            shard.start_close(conn, &mut st, close, CLOSE_LINGER);
+            st.close_reason.get_or_insert_with(|| reason.into());
+            shard.start_close(conn, &mut st, code, "", CLOSE_LINGER);
             return Flow::Stop;
         }
     };
@@ -737,7 +734,7 @@ fn forward(shard: &Rc<Shard>, conn: &ConnRef, vhost: usize, body: Bytes, is_text
                 metrics::inc(&shard.metrics.backend_errors);
                 tracing::debug!(client = %client, outcome = ?failed, "backend did not take a message");
                 if v.on_backend_error == OnBackendError::Close {
-                    shard.start_close(&conn, &mut st, close_frame(1011, "backend error"), CLOSE_LINGER);
+                    shard.start_close(&conn, &mut st, Some(1011), "backend error", CLOSE_LINGER);
                 }
             }
         }

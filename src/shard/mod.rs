@@ -27,7 +27,6 @@ use crate::hooks::{HookOutcome, HookRequest, HookSender};
 use crate::metrics::{self, ShardMetrics};
 use crate::publish::Delivery;
 use crate::rt;
-use crate::ws::close_frame;
 use conn::{ConnRef, ConnState};
 use topics::{ConnKey, TopicIndex};
 
@@ -154,13 +153,20 @@ impl Shard {
         metrics::inc(&self.metrics.slow_consumer_closes);
         debug!(shard = self.id, queued = st.queue.queued_bytes(), "closing slow consumer");
         st.queue.discard_unsent();
-        self.start_close(conn, st, close_frame(1013, "slow consumer"), CLOSE_LINGER);
+        self.start_close(conn, st, Some(1013), "slow consumer", CLOSE_LINGER);
     }
 
     /// Queues a Close after what is already queued; the connection is
     /// dropped when the peer closes too, or after `linger` at the latest.
-    pub(crate) fn start_close(&self, conn: &ConnRef, st: &mut ConnState, frame: Bytes, linger: Duration) {
-        if st.begin_close(frame) {
+    pub(crate) fn start_close(
+        &self,
+        conn: &ConnRef,
+        st: &mut ConnState,
+        code: Option<u16>,
+        reason: &str,
+        linger: Duration,
+    ) {
+        if st.begin_close(code, reason) {
             let conn = conn.clone();
             rt::spawn(async move {
                 rt::sleep(linger).await;
@@ -211,7 +217,7 @@ impl Shard {
     fn close_replaced(&self, owner: Owner) {
         if let Some(conn) = self.conn(owner) {
             let mut st = conn.borrow_mut();
-            self.start_close(&conn, &mut st, close_frame(1008, "replaced by a new connection"), CLOSE_LINGER);
+            self.start_close(&conn, &mut st, Some(1008), "replaced by a new connection", CLOSE_LINGER);
         }
     }
 
@@ -310,7 +316,7 @@ impl Shard {
         let timeout = Duration::from_millis(self.config.server.shutdown_timeout_ms);
         for (_, conn) in self.conns.borrow().iter() {
             let mut st = conn.borrow_mut();
-            self.start_close(conn, &mut st, close_frame(1001, "server shutting down"), timeout);
+            self.start_close(conn, &mut st, Some(1001), "server shutting down", timeout);
         }
         let deadline = Instant::now() + timeout;
         while !self.conns.borrow().is_empty() && Instant::now() < deadline {
@@ -386,7 +392,7 @@ async fn keepalive_loop(shard: Rc<Shard>) {
             let silent = now.saturating_sub(st.last_rx_ms);
             if silent >= close_after {
                 metrics::inc(&shard.metrics.idle_closes);
-                shard.start_close(conn, &mut st, close_frame(1001, "idle timeout"), CLOSE_LINGER);
+                shard.start_close(conn, &mut st, Some(1001), "idle timeout", CLOSE_LINGER);
             } else if silent >= ping_after && !st.ping_outstanding {
                 st.ping_outstanding = true;
                 if st.push(ping.clone(), budget).is_err() {
