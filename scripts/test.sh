@@ -1,8 +1,14 @@
 #!/usr/bin/env bash
 # Every test: unit and integration tests (real binary, real sockets), then the
-# Autobahn conformance cases. Installs what it needs (kosoku from PyPI).
+# Autobahn conformance cases. Installs what it needs (nginx + nchan and
+# nats-server from apt, kosoku from PyPI).
 set -euo pipefail
 cd "$(dirname "$0")/.."
+# The benchmark's peer adapters are tested against real Nchan and NATS.
+if ! { [ -e /usr/lib/nginx/modules/ngx_nchan_module.so ] && command -v nginx && command -v nats-server; } >/dev/null; then
+  echo "installing nginx-light, libnginx-mod-nchan, nats-server (apt) for bench/tests/peers.rs" >&2
+  apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq nginx-light libnginx-mod-nchan nats-server >/dev/null
+fi
 cargo test --workspace
 cargo build --quiet --release --bin ringcast
 RINGCAST_BIN=target/release/ringcast bash scripts/autobahn.sh

@@ -1,7 +1,9 @@
-//! Fanout: N subscribers over T topics (roadrunner dialect), a publisher at
-//! R publications/s over goridge RPC; end-to-end latency (a timestamp in each
-//! payload), deliveries/s and exact losses. `--saturate` steps the rate up
-//! until delivery drops below 99.9 % or p99 passes `--p99-bound-ms`.
+//! Fanout: N subscribers over T topics, a publisher at R publications/s
+//! (goridge RPC, HTTP, a WebSocket or NATS; see `publisher`); end-to-end
+//! latency (a timestamp in each payload), deliveries/s and exact losses.
+//! `--saturate` steps the rate up until delivery drops below 99.9 % or p99
+//! passes `--p99-bound-ms`. `--protocol` picks the server's subscribe
+//! protocol (ringcast's roadrunner dialect, nchan, NATS).
 //!
 //! Subscriber threads are pinned (core_affinity), each a single-threaded
 //! runtime with many connections; frames are parsed in place in one buffer
@@ -16,27 +18,40 @@ use std::sync::{mpsc, Arc};
 use std::time::{Duration, Instant};
 
 use hdrhistogram::Histogram;
-use prost::Message as _;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
+use crate::protocol::Protocol;
+use crate::publisher::{self, Via};
 use crate::report::{self, Delivery};
-use crate::wire::{cpu_seconds, masked_text, parse_frame};
+use crate::wire::{cpu_seconds, frame_opcode, masked_frame, parse_frame};
+
+/// Width of one bucket of the throughput-over-time series.
+const TIMELINE_BUCKET_MS: u64 = 100;
 
 #[derive(clap::Args, Clone)]
 pub struct Args {
-    /// The gateway's WebSocket address.
+    /// The server's WebSocket address.
     #[arg(long, default_value = "127.0.0.1:8080")]
     target: SocketAddr,
-    /// Path of a roadrunner vhost.
-    #[arg(long, default_value = "/ws")]
-    path: String,
-    /// The gateway's goridge RPC address (publisher).
-    #[arg(long, default_value = "127.0.0.1:6001")]
-    rpc: SocketAddr,
-    /// Publish with `POST /publish` (JSON) to this HTTP address instead of
-    /// RPC: ringcast's API listener, or a peer server that speaks the same.
+    /// How subscribers join: roadrunner (ringcast, bench/peers/*.js), nchan, nats.
+    #[arg(long, value_enum, default_value = "roadrunner")]
+    protocol: Protocol,
+    /// WebSocket path (default: /ws roadrunner, /sub nchan — the topic is
+    /// appended —, / nats).
     #[arg(long)]
-    publish_http: Option<SocketAddr>,
+    path: Option<String>,
+    /// How to publish: rpc (goridge, ringcast), http (ringcast's or a peer's
+    /// POST /publish; nchan POST /pub/<topic>), ws (nchan, NATS), nats (NATS
+    /// TCP). Default: rpc, http for nchan, nats for NATS.
+    #[arg(long, value_enum)]
+    publish_via: Option<Via>,
+    /// The publisher's address (default: 127.0.0.1:6001 for rpc,
+    /// 127.0.0.1:4222 for nats, --target otherwise).
+    #[arg(long)]
+    publish_addr: Option<SocketAddr>,
+    /// Path of a WebSocket publisher (default /pub for nchan, / for NATS).
+    #[arg(long)]
+    publish_path: Option<String>,
     #[arg(long, default_value_t = 1_000)]
     subscribers: usize,
     #[arg(long, default_value_t = 1)]
@@ -59,9 +74,12 @@ pub struct Args {
     /// Spread client sockets over this many 127.0.0.x source addresses.
     #[arg(long, default_value_t = 8)]
     sources: u8,
-    /// Step the rate up ×1.5 from --rate until a step fails.
+    /// Step the rate up by --step-factor from --rate until a step fails.
     #[arg(long)]
     saturate: bool,
+    /// Rate multiplier between --saturate steps (each step adds at least 1).
+    #[arg(long, default_value_t = 1.5)]
+    step_factor: f64,
     /// A step fails when its p99 passes this bound.
     #[arg(long, default_value_t = 50.0)]
     p99_bound_ms: f64,
@@ -78,6 +96,8 @@ struct ThreadReport {
     hist: Histogram<u64>,
     received: u64,
     out_of_order: u64,
+    /// Deliveries per TIMELINE_BUCKET_MS since the start (never reset).
+    timeline: Vec<u64>,
 }
 
 enum Command {
@@ -94,6 +114,7 @@ struct StepSummary {
     deliveries_expected: u64,
     deliveries_received: u64,
     lost: u64,
+    extra: u64,
     out_of_order: u64,
     deliveries_per_second: f64,
     latency_ms: std::collections::BTreeMap<String, f64>,
@@ -104,6 +125,21 @@ pub fn run(args: Args) -> Result<(), String> {
     if args.size < 32 || args.topics == 0 || args.subscribers == 0 || args.threads == 0 {
         return Err("--size must be ≥ 32 and --topics, --subscribers, --threads ≥ 1".into());
     }
+    if args.step_factor <= 1.0 {
+        return Err("--step-factor must be above 1".into());
+    }
+    let via = args.publish_via.unwrap_or(Via::default_for(args.protocol));
+    via.check(args.protocol)?;
+    let publish_addr = args.publish_addr.unwrap_or(match via {
+        Via::Rpc => SocketAddr::from(([127, 0, 0, 1], 6001)),
+        Via::Nats => SocketAddr::from(([127, 0, 0, 1], 4222)),
+        Via::Http | Via::Ws => args.target,
+    });
+    let publish_path = args.publish_path.clone().unwrap_or_else(|| match args.protocol {
+        Protocol::Nchan => "/pub".into(),
+        _ => "/".into(),
+    });
+    let topic_names: Vec<String> = (0..args.topics).map(|t| format!("t{t}")).collect();
     std::fs::create_dir_all(&args.out).map_err(|e| format!("{}: {e}", args.out.display()))?;
     let epoch = Instant::now();
     let cpu0 = cpu_seconds();
@@ -143,8 +179,8 @@ pub fn run(args: Args) -> Result<(), String> {
         .map(|t| (0..args.subscribers).filter(|i| i % args.topics == t).count() as u64)
         .collect();
     println!(
-        "ringcast-bench fanout: {} subscribers over {} topics, {}-byte payloads, {} s per step via goridge RPC",
-        args.subscribers, args.topics, args.size, args.duration_secs
+        "ringcast-bench fanout: {} {:?} subscribers over {} topics, {}-byte payloads, {} s per step, publishing via {:?} to {publish_addr}",
+        args.subscribers, args.protocol, args.topics, args.size, args.duration_secs, via
     );
     println!(
         "{:>10} {:>12} {:>14} {:>8} {:>9} {:>9} {:>9} {:>9} {:>9} {:>9}",
@@ -165,18 +201,30 @@ pub fn run(args: Args) -> Result<(), String> {
     let mut best: Option<u64> = None;
     let mut plotted: Vec<(String, Histogram<u64>)> = Vec::new();
     let mut rate = args.rate;
+    let mut timeline = Vec::new();
+    let mut step_starts = Vec::new();
     for _ in 0..if args.saturate { args.max_steps } else { 1 } {
         let before = seq.clone();
         let started = Instant::now();
-        match args.publish_http {
-            Some(addr) => rt.block_on(publish_http(&args, addr, rate, epoch, &mut seq))?,
-            None => rt.block_on(publish(&args, rate, epoch, &mut seq))?,
-        }
+        step_starts.push((started - epoch).as_secs_f64());
+        let plan = publisher::Plan {
+            protocol: args.protocol,
+            via,
+            addr: publish_addr,
+            ws_path: &publish_path,
+            topics: &topic_names,
+            size: args.size,
+            rate,
+            duration: Duration::from_secs(args.duration_secs),
+            epoch,
+        };
+        rt.block_on(publisher::run(&plan, &mut seq))?;
         let seconds = started.elapsed().as_secs_f64();
         std::thread::sleep(Duration::from_millis(args.drain_ms));
         let published: Vec<u64> = seq.iter().zip(&before).map(|(a, b)| a - b).collect();
         let mut hist = report::latency_histogram();
         let (mut received, mut out_of_order) = (0, 0);
+        timeline.clear();
         for c in &controls {
             let (tx, rx) = mpsc::channel();
             c.send(Command::Report(tx)).map_err(|_| "a subscriber thread died")?;
@@ -185,6 +233,10 @@ pub fn run(args: Args) -> Result<(), String> {
             hist.add(&r.hist).map_err(|e| e.to_string())?;
             received += r.received;
             out_of_order += r.out_of_order;
+            if timeline.len() < r.timeline.len() {
+                timeline.resize(r.timeline.len(), 0);
+            }
+            timeline.iter_mut().zip(&r.timeline).for_each(|(a, b)| *a += b);
         }
         let d = Delivery { expected: Delivery::expected_from(&published, &subscribers_per_topic), received };
         let pct = report::percentiles_ms(&hist);
@@ -193,7 +245,8 @@ pub fn run(args: Args) -> Result<(), String> {
         // publish answers down is not delivering the offered rate.
         let offered = rate as f64 * args.duration_secs as f64;
         let kept_up = published.iter().sum::<u64>() as f64 >= 0.99 * offered;
-        let passed = d.ratio() >= 0.999 && p99 <= args.p99_bound_ms && out_of_order == 0 && kept_up;
+        let passed =
+            d.ratio() >= 0.999 && d.extra() == 0 && p99 <= args.p99_bound_ms && out_of_order == 0 && kept_up;
         println!(
             "{rate:>10} {:>12} {:>14.0} {:>8} {}{}",
             published.iter().sum::<u64>(),
@@ -216,6 +269,7 @@ pub fn run(args: Args) -> Result<(), String> {
             deliveries_expected: d.expected,
             deliveries_received: d.received,
             lost: d.lost(),
+            extra: d.extra(),
             out_of_order,
             deliveries_per_second: report::per_second(received, seconds),
             latency_ms: pct.iter().map(|(n, v)| (n.to_string(), *v)).collect(),
@@ -225,7 +279,7 @@ pub fn run(args: Args) -> Result<(), String> {
             break;
         }
         best = Some(rate);
-        rate = rate * 3 / 2;
+        rate = ((rate as f64 * args.step_factor) as u64).max(rate + 1);
     }
     for c in &controls {
         let _ = c.send(Command::Stop);
@@ -246,13 +300,23 @@ pub fn run(args: Args) -> Result<(), String> {
     if let (Some(a), Some(b)) = (cpu0, cpu_seconds()) {
         println!("load generator CPU: {:.1} s over {:.1} s wall", b - a, epoch.elapsed().as_secs_f64());
     }
+    let per_second = 1000.0 / TIMELINE_BUCKET_MS as f64;
+    let throughput: Vec<(f64, f64)> = timeline
+        .iter()
+        .enumerate()
+        .map(|(i, n)| (i as f64 / per_second, *n as f64 * per_second))
+        .skip_while(|(t, _)| step_starts.first().is_some_and(|s| t < s))
+        .collect();
     let json = serde_json::json!({
         "scenario": "fanout",
+        "protocol": format!("{:?}", args.protocol).to_lowercase(),
+        "publish_via": format!("{via:?}").to_lowercase(),
         "subscribers": args.subscribers,
         "topics": args.topics,
         "payload_bytes": args.size,
         "saturation_publications_per_second": best,
         "steps": summaries,
+        "throughput_per_second": throughput.iter().map(|(t, v)| [*t, *v]).collect::<Vec<_>>(),
     });
     let series: Vec<(&str, &Histogram<u64>)> = plotted.iter().map(|(n, h)| (n.as_str(), h)).collect();
     crate::plot::latency_distribution(
@@ -260,125 +324,20 @@ pub fn run(args: Args) -> Result<(), String> {
         "fanout latency by publication rate",
         &series,
     )?;
+    crate::plot::throughput_over_time(
+        &args.out.join("fanout-throughput.svg"),
+        "fanout deliveries/s over time (steps start at the marks)",
+        &throughput,
+        &step_starts,
+    )?;
     let path = args.out.join("fanout.json");
     std::fs::write(&path, serde_json::to_string_pretty(&json).expect("json"))
         .map_err(|e| format!("{}: {e}", path.display()))?;
-    println!("wrote {}, fanout-<rate>.hlog (HdrHistogram interval logs) and fanout.svg", path.display());
+    println!(
+        "wrote {}, fanout-<rate>.hlog (HdrHistogram interval logs), fanout.svg and fanout-throughput.svg",
+        path.display()
+    );
     Ok(())
-}
-
-/// Publishes `rate`/s for the step's duration with one `POST /publish` per
-/// message over one kept-alive HTTP/1.1 connection, in order.
-async fn publish_http(
-    args: &Args,
-    addr: SocketAddr,
-    rate: u64,
-    epoch: Instant,
-    seq: &mut [u64],
-) -> Result<(), String> {
-    use http_body_util::{BodyExt, Full};
-    let stream = tokio::net::TcpStream::connect(addr).await.map_err(|e| format!("http {addr}: {e}"))?;
-    let _ = stream.set_nodelay(true);
-    let (mut sender, conn) = hyper::client::conn::http1::handshake(hyper_util::rt::TokioIo::new(stream))
-        .await
-        .map_err(|e| format!("http {addr}: {e}"))?;
-    tokio::spawn(conn);
-    let started = tokio::time::Instant::now();
-    let end = started + Duration::from_secs(args.duration_secs);
-    let mut sent = 0u64;
-    let mut tick = tokio::time::interval(Duration::from_millis(1));
-    while tokio::time::Instant::now() < end {
-        tick.tick().await;
-        let due = (started.elapsed().as_secs_f64() * rate as f64) as u64;
-        while sent < due {
-            let t = (sent % args.topics as u64) as usize;
-            let mut payload = format!("{}:{}:", seq[t], epoch.elapsed().as_nanos() as u64);
-            payload.extend(std::iter::repeat_n('x', args.size.saturating_sub(payload.len())));
-            seq[t] += 1;
-            sent += 1;
-            let body = format!(r#"{{"topics":["t{t}"],"payload":"{payload}"}}"#);
-            let req = hyper::Request::post("/publish")
-                .header("host", addr.to_string())
-                .header("content-type", "application/json")
-                .body(Full::new(bytes::Bytes::from(body)))
-                .map_err(|e| e.to_string())?;
-            let resp = sender.send_request(req).await.map_err(|e| format!("publish: {e}"))?;
-            let status = resp.status();
-            let text = resp.into_body().collect().await.map_err(|e| e.to_string())?.to_bytes();
-            if !status.is_success() {
-                return Err(format!("publish: {status}: {}", String::from_utf8_lossy(&text)));
-            }
-        }
-    }
-    Ok(())
-}
-
-/// Publishes `rate`/s for the step's duration, round-robin over topics, in
-/// one `broadcast.PublishAsync` per millisecond holding what is due.
-async fn publish(args: &Args, rate: u64, epoch: Instant, seq: &mut [u64]) -> Result<(), String> {
-    let stream =
-        tokio::net::TcpStream::connect(args.rpc).await.map_err(|e| format!("rpc {}: {e}", args.rpc))?;
-    let _ = stream.set_nodelay(true);
-    let (mut rd, mut wr) = stream.into_split();
-    // Replies are read and dropped; an error reply ends the run.
-    let reader = tokio::spawn(async move {
-        let mut buf = vec![0u8; 64 * 1024];
-        let mut pending = Vec::new();
-        loop {
-            let n = rd.read(&mut buf).await.map_err(|e| e.to_string())?;
-            if n == 0 {
-                return Ok::<_, String>(());
-            }
-            pending.extend_from_slice(&buf[..n]);
-            while let Ok(Some((f, used))) = ringcast::rpc::frame::decode(&pending, usize::MAX) {
-                if f.flags & ringcast::rpc::frame::ERROR != 0 {
-                    return Err(format!("publish failed: {}", String::from_utf8_lossy(f.payload)));
-                }
-                pending.drain(..used);
-            }
-        }
-    });
-    let topics: Vec<String> = (0..args.topics).map(|t| format!("t{t}")).collect();
-    let method = b"broadcast.PublishAsync";
-    let started = tokio::time::Instant::now();
-    let end = started + Duration::from_secs(args.duration_secs);
-    let (mut sent, mut call) = (0u64, 0u32);
-    let mut out = Vec::new();
-    let mut tick = tokio::time::interval(Duration::from_millis(1));
-    while tokio::time::Instant::now() < end {
-        tick.tick().await;
-        let due = (started.elapsed().as_secs_f64() * rate as f64) as u64;
-        if due <= sent {
-            continue;
-        }
-        let now = epoch.elapsed().as_nanos() as u64;
-        let messages = (sent..due)
-            .map(|n| {
-                let t = (n % args.topics as u64) as usize;
-                let mut payload = format!("{}:{now}:", seq[t]).into_bytes();
-                payload.resize(args.size, b'x');
-                seq[t] += 1;
-                ringcast::rpc::proto::broadcast::Message {
-                    command: String::new(),
-                    topics: vec![topics[t].clone()],
-                    payload,
-                }
-            })
-            .collect();
-        sent = due;
-        let body = ringcast::rpc::proto::broadcast::Request { messages }.encode_to_vec();
-        out.clear();
-        call += 1;
-        ringcast::rpc::frame::encode(
-            &mut out,
-            ringcast::rpc::frame::CODEC_PROTO,
-            &[call, method.len() as u32],
-            &[method, &body],
-        );
-        wr.write_all(&out).await.map_err(|e| e.to_string())?;
-    }
-    wr.shutdown().await.map_err(|e| e.to_string())?;
-    reader.await.map_err(|e| e.to_string())?
 }
 
 fn subscriber_thread(
@@ -395,6 +354,7 @@ fn subscriber_thread(
         hist: report::latency_histogram(),
         received: 0,
         out_of_order: 0,
+        timeline: Vec::new(),
     }));
     local.block_on(&rt, async {
         for i in (t..args.subscribers).step_by(args.threads) {
@@ -418,6 +378,7 @@ fn subscriber_thread(
                         hist: s.hist.clone(),
                         received: s.received,
                         out_of_order: s.out_of_order,
+                        timeline: s.timeline.clone(),
                     };
                     s.hist.reset();
                     s.received = 0;
@@ -438,36 +399,60 @@ async fn subscriber(
     joined: &AtomicUsize,
     stats: &RefCell<ThreadReport>,
 ) -> Result<(), String> {
+    let topic = format!("t{}", i % args.topics);
+    let path =
+        args.protocol.subscribe_path(args.path.as_deref().unwrap_or(args.protocol.default_path()), &topic);
     let crate::wire::Upgraded { stream: mut s, mut buf, mut filled } =
-        crate::wire::ws_connect(i, args.target, &args.path, args.sources).await?;
-    let join = format!(r#"{{"command":"join","topics":["t{}"]}}"#, i % args.topics);
-    let mut frame = Vec::with_capacity(join.len() + 8);
-    masked_text(join.as_bytes(), &mut frame);
-    s.write_all(&frame).await.map_err(|e| e.to_string())?;
-    let mut joined_yet = false;
+        crate::wire::ws_connect(i, args.target, &path, args.sources).await?;
+    let mut out = Vec::with_capacity(128);
+    args.protocol.subscribe_frames(&topic, &mut out);
+    s.write_all(&out).await.map_err(|e| e.to_string())?;
+    let mut sub = args.protocol.subscription();
+    if sub.joined() {
+        joined.fetch_add(1, Ordering::Relaxed);
+    }
     let mut last_seq: Option<u64> = None;
+    let mut on_delivery = |payload: &[u8]| {
+        if let Some((seq, sent_ns)) = report::parse_stamp(payload) {
+            let now = epoch.elapsed().as_nanos() as u64;
+            let mut st = stats.borrow_mut();
+            let _ = st.hist.record((now.saturating_sub(sent_ns) / 1000).max(1));
+            st.received += 1;
+            let bucket = (now / 1_000_000 / TIMELINE_BUCKET_MS) as usize;
+            if st.timeline.len() <= bucket {
+                st.timeline.resize(bucket + 1, 0);
+            }
+            st.timeline[bucket] += 1;
+            if last_seq.is_some_and(|l| seq <= l) {
+                st.out_of_order += 1;
+            }
+            last_seq = Some(seq);
+        }
+    };
     loop {
         // Consume every complete frame in the buffer.
         let mut pos = 0;
+        out.clear();
         while let Some((start, len)) = parse_frame(&buf[pos..filled]) {
             let payload = &buf[pos + start..pos + start + len];
-            if !joined_yet {
-                if !payload.starts_with(br#"{"topic":"@join""#) {
-                    return Err(format!("join refused: {}", String::from_utf8_lossy(payload)));
+            match frame_opcode(&buf[pos..]) {
+                0x8 => return Err(format!("closed by the server: {}", String::from_utf8_lossy(payload))),
+                0x9 => masked_frame(0xA, payload, &mut out),
+                0xA => {}
+                _ => {
+                    let r = sub.on_frame(payload, &mut on_delivery)?;
+                    if r.joined_now {
+                        joined.fetch_add(1, Ordering::Relaxed);
+                    }
+                    if r.pong {
+                        masked_frame(0x2, b"PONG\r\n", &mut out);
+                    }
                 }
-                joined_yet = true;
-                joined.fetch_add(1, Ordering::Relaxed);
-            } else if let Some((seq, sent_ns)) = report::parse_stamp(payload) {
-                let now = epoch.elapsed().as_nanos() as u64;
-                let mut st = stats.borrow_mut();
-                let _ = st.hist.record((now.saturating_sub(sent_ns) / 1000).max(1));
-                st.received += 1;
-                if last_seq.is_some_and(|l| seq <= l) {
-                    st.out_of_order += 1;
-                }
-                last_seq = Some(seq);
             }
             pos += start + len;
+        }
+        if !out.is_empty() {
+            s.write_all(&out).await.map_err(|e| e.to_string())?;
         }
         buf.copy_within(pos..filled, 0);
         filled -= pos;

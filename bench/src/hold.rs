@@ -10,9 +10,13 @@ pub struct Args {
     /// The server's WebSocket address.
     #[arg(long, default_value = "127.0.0.1:8080")]
     target: SocketAddr,
-    /// WebSocket path of a roadrunner vhost.
-    #[arg(long, default_value = "/ws")]
-    path: String,
+    /// How connections subscribe: roadrunner (ringcast, bench/peers/*.js), nchan, nats.
+    #[arg(long, value_enum, default_value = "roadrunner")]
+    protocol: crate::protocol::Protocol,
+    /// WebSocket path (default: /ws roadrunner, /sub nchan — the topic is
+    /// appended —, / nats).
+    #[arg(long)]
+    path: Option<String>,
     /// Connections to open.
     #[arg(long, default_value_t = 10_000)]
     connections: usize,
@@ -28,6 +32,9 @@ pub struct Args {
     /// Seconds to hold the connections after the measurement.
     #[arg(long, default_value_t = 0)]
     hold_secs: u64,
+    /// Also write the figures as JSON here.
+    #[arg(long)]
+    json: Option<std::path::PathBuf>,
 }
 
 /// (VmRSS, RssAnon) in KiB.
@@ -54,7 +61,11 @@ fn open(args: &Args, i: usize) -> Result<TcpStream, String> {
     sock.connect(&args.target.into()).map_err(|e| format!("connection {i}: {e}"))?;
     let mut s: TcpStream = sock.into();
     s.set_read_timeout(Some(Duration::from_secs(10))).map_err(|e| e.to_string())?;
-    let req = crate::wire::upgrade_request(&args.path);
+    let topic = format!("hold-{}", i % args.topics.max(1));
+    let p = args.protocol;
+    let req = crate::wire::upgrade_request(
+        &p.subscribe_path(args.path.as_deref().unwrap_or(p.default_path()), &topic),
+    );
     s.write_all(req.as_bytes()).map_err(|e| e.to_string())?;
     let mut head = Vec::with_capacity(256);
     let mut byte = [0u8; 1];
@@ -65,17 +76,31 @@ fn open(args: &Args, i: usize) -> Result<TcpStream, String> {
     if !head.starts_with(b"HTTP/1.1 101") {
         return Err(format!("connection {i}: {}", String::from_utf8_lossy(&head)));
     }
-    let join = format!(r#"{{"command":"join","topics":["hold-{}"]}}"#, i % args.topics.max(1));
-    let mut frame = Vec::new();
-    crate::wire::masked_text(join.as_bytes(), &mut frame);
-    s.write_all(&frame).map_err(|e| e.to_string())?;
-    // Read the @join reply: 2-byte header (short reply).
-    let mut hdr = [0u8; 2];
-    s.read_exact(&mut hdr).map_err(|e| format!("connection {i} join: {e}"))?;
-    let mut reply = vec![0u8; (hdr[1] & 0x7f) as usize];
-    s.read_exact(&mut reply).map_err(|e| e.to_string())?;
-    if !reply.starts_with(br#"{"topic":"@join""#) {
-        return Err(format!("connection {i}: join refused: {}", String::from_utf8_lossy(&reply)));
+    let mut frames = Vec::new();
+    p.subscribe_frames(&topic, &mut frames);
+    s.write_all(&frames).map_err(|e| e.to_string())?;
+    // Read until the protocol says the subscription is active.
+    let mut sub = p.subscription();
+    let (mut buf, mut filled) = (vec![0u8; 4096], 0);
+    while !sub.joined() {
+        if filled == buf.len() {
+            return Err(format!("connection {i}: oversized reply while joining"));
+        }
+        let n = s.read(&mut buf[filled..]).map_err(|e| format!("connection {i} join: {e}"))?;
+        if n == 0 {
+            return Err(format!("connection {i}: closed while joining"));
+        }
+        filled += n;
+        let mut pos = 0;
+        while let Some((start, len)) = crate::wire::parse_frame(&buf[pos..filled]) {
+            if crate::wire::frame_opcode(&buf[pos..]) < 0x8 {
+                sub.on_frame(&buf[pos + start..pos + start + len], |_| {})
+                    .map_err(|e| format!("connection {i}: {e}"))?;
+            }
+            pos += start + len;
+        }
+        buf.copy_within(pos..filled, 0);
+        filled -= pos;
     }
     Ok(s)
 }
@@ -105,6 +130,18 @@ pub fn run(args: Args) -> Result<(), String> {
             "server RssAnon: {anon0} KiB -> {anon1} KiB = {:.0} bytes per connection",
             per(anon0, anon1)
         );
+        if let Some(path) = &args.json {
+            let json = serde_json::json!({
+                "scenario": "hold",
+                "protocol": format!("{:?}", args.protocol).to_lowercase(),
+                "connections": args.connections,
+                "seconds_to_open": took.as_secs_f64(),
+                "rss_bytes_per_connection": per(rss0, rss1),
+                "rss_anon_bytes_per_connection": per(anon0, anon1),
+            });
+            std::fs::write(path, serde_json::to_string_pretty(&json).expect("json"))
+                .map_err(|e| format!("{}: {e}", path.display()))?;
+        }
     }
     std::thread::sleep(Duration::from_secs(args.hold_secs));
     drop(warm);

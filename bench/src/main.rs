@@ -6,6 +6,8 @@ mod fanout;
 mod hold;
 mod json;
 mod plot;
+mod protocol;
+mod publisher;
 mod report;
 mod roundtrip;
 mod stub_backend;

@@ -62,6 +62,41 @@ pub fn latency_distribution(
     root.present().map_err(|e| err(&e))
 }
 
+/// Deliveries/s against seconds since the run started, with a mark where
+/// each rate step began.
+pub fn throughput_over_time(
+    path: &Path,
+    title: &str,
+    points: &[(f64, f64)],
+    step_starts: &[f64],
+) -> Result<(), String> {
+    let t_max = points.last().map_or(1.0, |p| p.0).max(1.0);
+    let t_min = points.first().map_or(0.0, |p| p.0).min(t_max - 0.5);
+    let y_max = points.iter().map(|p| p.1).fold(1.0, f64::max) * 1.1;
+    let root = SVGBackend::new(path, (900, 420)).into_drawing_area();
+    let err = |e: &dyn std::fmt::Display| format!("{}: {e}", path.display());
+    root.fill(&WHITE).map_err(|e| err(&e))?;
+    let mut chart = ChartBuilder::on(&root)
+        .caption(title, ("sans-serif", 20))
+        .margin(16)
+        .x_label_area_size(40)
+        .y_label_area_size(80)
+        .build_cartesian_2d(t_min..t_max, 0.0..y_max)
+        .map_err(|e| err(&e))?;
+    chart
+        .configure_mesh()
+        .x_desc("seconds since start")
+        .y_desc("deliveries/s")
+        .y_label_formatter(&|y: &f64| format!("{:.0}", y))
+        .draw()
+        .map_err(|e| err(&e))?;
+    for s in step_starts {
+        chart.draw_series(LineSeries::new([(*s, 0.0), (*s, y_max)], BLACK.mix(0.25))).map_err(|e| err(&e))?;
+    }
+    chart.draw_series(LineSeries::new(points.iter().copied(), BLUE.stroke_width(2))).map_err(|e| err(&e))?;
+    root.present().map_err(|e| err(&e))
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -81,5 +116,8 @@ mod tests {
             "{}",
             &svg[..200]
         );
+        let path = dir.path().join("t.svg");
+        throughput_over_time(&path, "test", &[(0.0, 10.0), (0.1, 2000.0)], &[0.0]).unwrap();
+        assert!(std::fs::read_to_string(&path).unwrap().contains("deliveries/s"));
     }
 }

@@ -45,6 +45,12 @@ impl Delivery {
         self.expected.saturating_sub(self.received)
     }
 
+    /// Deliveries beyond what was published (duplicates, or old messages
+    /// replayed to new subscribers): as wrong as losses.
+    pub fn extra(&self) -> u64 {
+        self.received.saturating_sub(self.expected)
+    }
+
     /// Share delivered, 1.0 when nothing was expected.
     pub fn ratio(&self) -> f64 {
         if self.expected == 0 {
@@ -77,10 +83,15 @@ pub fn write_hlog(
         .map_err(|e| format!("{}: {e:?}", path.display()))
 }
 
-/// Parses `"payload":"<seq>:<nanos>:` out of a roadrunner delivery frame.
+/// Parses the publisher's `<seq>:<nanos>:` stamp: at the start of a raw
+/// delivery (nchan, NATS), or after `"payload":"` in a roadrunner frame.
 pub fn parse_stamp(frame_payload: &[u8]) -> Option<(u64, u64)> {
     const KEY: &[u8] = b"\"payload\":\"";
-    let start = frame_payload.windows(KEY.len()).position(|w| w == KEY)? + KEY.len();
+    let start = if frame_payload.first().is_some_and(u8::is_ascii_digit) {
+        0
+    } else {
+        frame_payload.windows(KEY.len()).position(|w| w == KEY)? + KEY.len()
+    };
     let mut fields = frame_payload[start..].splitn(3, |b| *b == b':');
     let num = |f: &[u8]| std::str::from_utf8(f).ok()?.parse::<u64>().ok();
     Some((num(fields.next()?)?, num(fields.next()?)?))
@@ -117,6 +128,8 @@ mod tests {
         assert!((d.ratio() - 0.9).abs() < 1e-9);
         assert_eq!(Delivery { expected: 0, received: 0 }.ratio(), 1.0);
         assert_eq!(Delivery { expected: 1, received: 2 }.lost(), 0);
+        assert_eq!(Delivery { expected: 1, received: 2 }.extra(), 1);
+        assert_eq!(d.extra(), 0);
     }
 
     #[test]
@@ -124,5 +137,7 @@ mod tests {
         assert_eq!(parse_stamp(br#"{"topic":"t0","payload":"42:123456:xxxx"}"#), Some((42, 123456)));
         assert_eq!(parse_stamp(br#"{"topic":"t0","payload":"oops"}"#), None);
         assert_eq!(parse_stamp(b"garbage"), None);
+        assert_eq!(parse_stamp(b"7:99:xxxx"), Some((7, 99)));
+        assert_eq!(parse_stamp(b"7:"), None);
     }
 }

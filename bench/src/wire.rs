@@ -64,8 +64,13 @@ pub async fn ws_connect(i: usize, target: SocketAddr, path: &str, sources: u8) -
 
 /// Appends a masked text frame carrying `payload` (clients must mask).
 pub fn masked_text(payload: &[u8], out: &mut Vec<u8>) {
+    masked_frame(0x1, payload, out)
+}
+
+/// Appends a final masked frame with `opcode` (1 text, 2 binary, 0xA pong).
+pub fn masked_frame(opcode: u8, payload: &[u8], out: &mut Vec<u8>) {
     let mask = [0x37, 0xfa, 0x21, 0x3d];
-    out.push(0x81);
+    out.push(0x80 | opcode);
     match payload.len() {
         n if n < 126 => out.push(0x80 | n as u8),
         n if n <= 0xffff => {
@@ -94,6 +99,11 @@ pub fn parse_frame(buf: &[u8]) -> Option<(usize, usize)> {
         n => (2, n as usize),
     };
     (buf.len() >= start + len).then_some((start, len))
+}
+
+/// The opcode of the frame at the start of `buf` (at least one byte).
+pub fn frame_opcode(buf: &[u8]) -> u8 {
+    buf[0] & 0x0f
 }
 
 /// This process's user + system CPU seconds (so a reader can tell whether

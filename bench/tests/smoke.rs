@@ -132,7 +132,7 @@ fn fanout_counts_every_delivery() {
         "fanout",
         "--target",
         &field(&line, "websocket"),
-        "--rpc",
+        "--publish-addr",
         &field(&line, "rpc"),
         "--subscribers",
         "200",
@@ -164,13 +164,19 @@ fn fanout_counts_every_delivery() {
     assert_eq!(step["out_of_order"], 0);
     assert!(out_dir.join("fanout-200.hlog").exists());
     assert!(std::fs::read_to_string(out_dir.join("fanout.svg")).unwrap().starts_with("<svg"));
+    assert!(std::fs::read_to_string(out_dir.join("fanout-throughput.svg")).unwrap().contains("deliveries/s"));
+    let series = summary["throughput_per_second"].as_array().unwrap();
+    let peak = series.iter().map(|p| p[1].as_f64().unwrap()).fold(0.0, f64::max);
+    assert!(peak > 1_000.0, "about 10,000 deliveries/s, seen at most {peak}: {out}");
 
     // The same through the HTTP API publisher (what peer servers also speak).
     let out = bench(&[
         "fanout",
         "--target",
         &field(&line, "websocket"),
-        "--publish-http",
+        "--publish-via",
+        "http",
+        "--publish-addr",
         &field(&line, "api"),
         "--subscribers",
         "100",
