@@ -1,0 +1,364 @@
+#!/usr/bin/env python3
+"""Side-by-side: each scenario against ringcast and every peer, each server
+pinned to core 0 with one worker, the load generator pinned to core 1.
+Prints one comparison table with ratios against ringcast and writes it
+(Markdown + JSON) to --out. A peer that cannot run is listed with the reason.
+
+    python3 bench/peers/compare.py                 # everything (~25 min)
+    python3 bench/peers/compare.py --servers ringcast,uws --scenarios hold
+
+Installs what it needs: npm packages in bench/peers (uwebsockets 3.0.6, ws),
+Debian nginx-light + libnginx-mod-nchan and nats-server.
+"""
+
+import argparse
+import json
+import os
+import resource
+import shutil
+import socket
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[2]
+PEERS = ROOT / "bench" / "peers"
+BENCH = ROOT / "target" / "release" / "ringcast-bench"
+RINGCAST = ROOT / "target" / "release" / "ringcast"
+SERVER_CORE, LOAD_CORE = "0", "1"
+
+
+def free_port():
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def wait_port(port, proc, seconds=15):
+    deadline = time.time() + seconds
+    while time.time() < deadline:
+        if proc.poll() is not None:
+            raise RuntimeError(f"exited with {proc.returncode} before listening on {port}")
+        try:
+            socket.create_connection(("127.0.0.1", port), timeout=0.2).close()
+            return
+        except OSError:
+            time.sleep(0.1)
+    raise RuntimeError(f"nothing listens on {port} after {seconds} s")
+
+
+def raise_fd_limit():
+    _, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    resource.setrlimit(resource.RLIMIT_NOFILE, (hard, hard))
+    return hard
+
+
+class Server:
+    """One server under test: how to install, start and measure it."""
+
+    name = ""
+    label = ""
+    protocol = "roadrunner"
+
+    def missing(self):
+        """Why this server cannot run here, or None."""
+        return None
+
+    def start(self, workdir):
+        """Starts pinned to SERVER_CORE; returns fanout/hold flags."""
+        raise NotImplementedError
+
+    def memory_pid(self):
+        return self.proc.pid
+
+    def stop(self):
+        if self.proc and self.proc.poll() is None:
+            self.proc.terminate()
+            try:
+                self.proc.wait(10)
+            except subprocess.TimeoutExpired:
+                self.proc.kill()
+                self.proc.wait()
+
+    def spawn(self, cmd, workdir, env=None):
+        log = open(Path(workdir) / f"{self.name}.log", "w")
+        self.proc = subprocess.Popen(
+            ["taskset", "-c", SERVER_CORE] + cmd, stdout=log, stderr=subprocess.STDOUT,
+            env={**os.environ, **(env or {})}, cwd=workdir)
+
+
+class Ringcast(Server):
+    name, label = "ringcast", "ringcast"
+
+    def start(self, workdir):
+        ws, api, rpc = free_port(), free_port(), free_port()
+        self.spawn([str(RINGCAST), "--shards", "1", "--listen", f"127.0.0.1:{ws}",
+                    "--api-listen", f"127.0.0.1:{api}", "--rpc-listen", f"127.0.0.1:{rpc}"],
+                   workdir, {"RUST_LOG": "warn"})
+        wait_port(ws, self.proc)
+        wait_port(api, self.proc)
+        # Published the way the peers are: POST /publish on the HTTP API.
+        return ["--target", f"127.0.0.1:{ws}", "--publish-via", "http", "--publish-addr", f"127.0.0.1:{api}"]
+
+
+class NodePeer(Server):
+    protocol = "roadrunner"
+
+    def __init__(self, name, label, script, module):
+        self.name, self.label, self.script, self.module = name, label, script, module
+
+    def missing(self):
+        if not shutil.which("node"):
+            return "node is not installed"
+        if not (PEERS / "node_modules" / self.module).exists():
+            r = subprocess.run(["npm", "install", "--no-audit", "--no-fund"], cwd=PEERS,
+                               capture_output=True, text=True)
+            if r.returncode != 0:
+                return f"npm install failed: {r.stderr.strip()[-300:]}"
+        return None
+
+    def start(self, workdir):
+        port = free_port()
+        self.spawn(["node", str(PEERS / self.script), str(port)], workdir)
+        wait_port(port, self.proc)
+        return ["--target", f"127.0.0.1:{port}", "--publish-via", "http"]
+
+
+def apt_install(*packages):
+    r = subprocess.run("apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq "
+                       + " ".join(packages), shell=True, capture_output=True, text=True)
+    return None if r.returncode == 0 else f"apt-get install {' '.join(packages)} failed: {r.stderr.strip()[-300:]}"
+
+
+def fill(template, out, values):
+    text = (PEERS / template).read_text()
+    for k, v in values.items():
+        text = text.replace(k, str(v))
+    Path(out).write_text(text)
+
+
+class Nchan(Server):
+    name, label, protocol = "nchan", "Nchan (nginx 1 worker)", "nchan"
+
+    def missing(self):
+        if not (shutil.which("nginx") and Path("/usr/lib/nginx/modules/ngx_nchan_module.so").exists()):
+            return apt_install("nginx-light", "libnginx-mod-nchan")
+        return None
+
+    def start(self, workdir):
+        port = free_port()
+        conf = Path(workdir) / "nchan.conf"
+        fill("nchan.conf", conf, {"@DIR@": workdir, "@PORT@": port})
+        self.spawn(["nginx", "-c", str(conf), "-p", workdir], workdir)
+        wait_port(port, self.proc)
+        return ["--protocol", "nchan", "--target", f"127.0.0.1:{port}", "--publish-via", "http"]
+
+    def memory_pid(self):
+        # The worker holds the connections; the master only watches it.
+        out = subprocess.run(["pgrep", "-P", str(self.proc.pid)], capture_output=True, text=True).stdout
+        # taskset execs nginx in place, so proc.pid is the master.
+        return int(out.split()[0])
+
+
+class Nats(Server):
+    name, label, protocol = "nats", "NATS (GOMAXPROCS=1)", "nats"
+
+    def missing(self):
+        if not shutil.which("nats-server"):
+            return apt_install("nats-server")
+        return None
+
+    def start(self, workdir):
+        port, ws = free_port(), free_port()
+        conf = Path(workdir) / "nats.conf"
+        fill("nats.conf", conf, {"@WS_PORT@": ws, "@PORT@": port})
+        self.spawn(["nats-server", "-c", str(conf)], workdir, {"GOMAXPROCS": "1"})
+        wait_port(port, self.proc)
+        wait_port(ws, self.proc)
+        return ["--protocol", "nats", "--target", f"127.0.0.1:{ws}", "--publish-via", "nats",
+                "--publish-addr", f"127.0.0.1:{port}"]
+
+
+SERVERS = [
+    Ringcast(),
+    NodePeer("uws", "uWebSockets.js 3.0.6", "uws.js", "uwebsockets"),
+    NodePeer("ws", "Node ws", "ws.js", "ws"),
+    Nchan(),
+    Nats(),
+]
+
+
+def bench(args, log):
+    cmd = ["taskset", "-c", LOAD_CORE, str(BENCH)] + args
+    print("  $", " ".join(cmd[3:]), flush=True)
+    r = subprocess.run(cmd, capture_output=True, text=True)
+    log.write(f"$ {' '.join(cmd)}\n{r.stdout}\n{r.stderr}\n")
+    log.flush()
+    if r.returncode != 0:
+        raise RuntimeError((r.stderr.strip() or r.stdout.strip()).splitlines()[-1])
+    return r.stdout
+
+
+def run_hold(server, flags, out, log, opts):
+    path = out / f"{server.name}-hold.json"
+    target = flags[flags.index("--target") + 1]
+    proto = ["--protocol", server.protocol]
+    bench(["hold", "--target", target, *proto, "--connections", str(opts.connections),
+           "--server-pid", str(server.memory_pid()), "--json", str(path)], log)
+    h = json.loads(path.read_text())
+    return {"bytes_per_connection": h["rss_anon_bytes_per_connection"],
+            "rss_bytes_per_connection": h["rss_bytes_per_connection"]}
+
+
+def run_fanout(server, flags, out, log, extra):
+    d = out / f"{server.name}-{extra[0]}"
+    stdout = bench(["fanout", *flags, "--size", "128", "--topics", "1", "--out", str(d), *extra[1:]], log)
+    summary = json.loads((d / "fanout.json").read_text())
+    cpu = [l for l in stdout.splitlines() if l.startswith("load generator CPU")]
+    return summary, (cpu[0] if cpu else "")
+
+
+def run_saturation(server, flags, out, log, opts):
+    s, cpu = run_fanout(server, flags, out, log, [
+        "saturate", "--subscribers", str(opts.subscribers), "--saturate", "--rate", str(opts.start_rate),
+        "--step-factor", "1.25", "--duration-secs", str(opts.step_secs), "--p99-bound-ms",
+        str(opts.p99_bound_ms)])
+    best = s["saturation_publications_per_second"]
+    step = next((x for x in s["steps"] if x["rate_offered"] == best), None)
+    failed = next((x for x in s["steps"] if not x["passed"]), None)
+    return {"deliveries_per_second": step["deliveries_per_second"] if step else 0,
+            "publications_per_second": best or 0,
+            "p99_ms": step["latency_ms"]["p99"] if step else None,
+            "first_failed": failed and {k: failed[k] for k in ("rate_offered", "lost", "extra", "out_of_order")}
+            | {"p99_ms": failed["latency_ms"]["p99"], "publications": failed["publications"]},
+            "generator": cpu}
+
+
+def run_fixed(server, flags, out, log, opts):
+    rate = opts.fixed_deliveries // opts.fixed_subscribers
+    s, cpu = run_fanout(server, flags, out, log, [
+        "fixed", "--subscribers", str(opts.fixed_subscribers), "--rate", str(rate), "--duration-secs",
+        str(opts.fixed_secs), "--p99-bound-ms", "100000"])
+    step = s["steps"][0]
+    lat = step["latency_ms"]
+    return {"deliveries_per_second": step["deliveries_per_second"], "lost": step["lost"],
+            "kept_up": step["publications"] >= 0.99 * rate * opts.fixed_secs,
+            "p50_ms": lat["p50"], "p99_ms": lat["p99"], "p99.9_ms": lat["p99.9"], "max_ms": lat["max"],
+            "generator": cpu}
+
+
+SCENARIOS = {"hold": run_hold, "saturate": run_saturation, "fixed": run_fixed}
+
+
+def ratio(value, base):
+    if value is None or not base:
+        return ""
+    return f" ({value / base:.2f}×)"
+
+
+def table(results, opts):
+    rows = []
+    head = ["server",
+            f"fanout at saturation, deliveries/s ({opts.subscribers:,} subs, 1 topic, 128 B, p99 ≤ {opts.p99_bound_ms:g} ms)",
+            f"p50 / p99 / p99.9 ms at {opts.fixed_deliveries:,} deliveries/s ({opts.fixed_subscribers:,} subs)",
+            f"memory per idle subscribed connection ({opts.connections:,}, RssAnon)"]
+    base = results.get("ringcast", {})
+    for s in SERVERS:
+        r = results.get(s.name)
+        if r is None:
+            continue
+        if "missing" in r:
+            rows.append([s.label, f"cannot run: {r['missing']}", "", ""])
+            continue
+        cells = [s.label]
+        sat = r.get("saturate")
+        if isinstance(sat, dict):
+            cells.append(f"{sat['deliveries_per_second']:,.0f}"
+                         + ratio(sat["deliveries_per_second"], base.get("saturate", {}).get("deliveries_per_second")
+                                 if isinstance(base.get("saturate"), dict) else None))
+        else:
+            cells.append(sat or "")
+        fx = r.get("fixed")
+        if isinstance(fx, dict):
+            b = base.get("fixed") if isinstance(base.get("fixed"), dict) else {}
+            cell = f"{fx['p50_ms']:.2f} / {fx['p99_ms']:.2f}{ratio(fx['p99_ms'], b.get('p99_ms'))} / {fx['p99.9_ms']:.2f}"
+            if fx["lost"] or not fx["kept_up"]:
+                cell += f" — {fx['lost']:,} lost" + ("" if fx["kept_up"] else ", publisher held back")
+            cells.append(cell)
+        else:
+            cells.append(fx or "")
+        hd = r.get("hold")
+        if isinstance(hd, dict):
+            b = base.get("hold") if isinstance(base.get("hold"), dict) else {}
+            cells.append(f"{hd['bytes_per_connection']:,.0f} B{ratio(hd['bytes_per_connection'], b.get('bytes_per_connection'))}")
+        else:
+            cells.append(hd or "")
+        rows.append(cells)
+    lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
+    lines += ["| " + " | ".join(r) + " |" for r in rows]
+    return "\n".join(lines)
+
+
+def main():
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--servers", default=",".join(s.name for s in SERVERS))
+    ap.add_argument("--scenarios", default="hold,saturate,fixed")
+    ap.add_argument("--out", default=str(ROOT / "target" / "bench" / "compare"))
+    ap.add_argument("--connections", type=int, default=15000, help="hold: idle subscribed connections")
+    ap.add_argument("--subscribers", type=int, default=10000, help="saturate: subscribers on one topic")
+    ap.add_argument("--start-rate", type=int, default=4, help="saturate: first step, publications/s")
+    ap.add_argument("--step-secs", type=int, default=5)
+    ap.add_argument("--p99-bound-ms", type=float, default=250.0)
+    ap.add_argument("--fixed-deliveries", type=int, default=200000, help="fixed: deliveries/s")
+    ap.add_argument("--fixed-subscribers", type=int, default=1000)
+    ap.add_argument("--fixed-secs", type=int, default=10)
+    opts = ap.parse_args()
+    wanted = opts.servers.split(",")
+    scenarios = opts.scenarios.split(",")
+    unknown = [w for w in wanted if w not in {s.name for s in SERVERS}] + \
+        [x for x in scenarios if x not in SCENARIOS]
+    if unknown:
+        sys.exit(f"unknown server or scenario: {', '.join(unknown)}")
+    if len(os.sched_getaffinity(0)) < 2:
+        sys.exit("needs two cores: the server on core 0, the load generator on core 1")
+    limit = raise_fd_limit()
+    if limit < opts.connections + 1000:
+        sys.exit(f"ulimit -n is {limit}: --connections {opts.connections} needs about {opts.connections + 1000}")
+    subprocess.run(["cargo", "build", "--release", "--quiet", "--workspace", "--bins"],
+                   cwd=ROOT, check=True)
+    out = Path(opts.out)
+    out.mkdir(parents=True, exist_ok=True)
+    log = open(out / "compare.log", "w")
+    results = {}
+    for server in [s for s in SERVERS if s.name in wanted]:
+        print(f"== {server.label}", flush=True)
+        why = server.missing()
+        if why:
+            print(f"  cannot run: {why}")
+            results[server.name] = {"missing": why}
+            continue
+        results[server.name] = {}
+        for sc in scenarios:
+            # A fresh server per scenario: memory and caches do not carry over.
+            with tempfile.TemporaryDirectory() as work:
+                server.proc = None
+                try:
+                    flags = server.start(work)
+                    results[server.name][sc] = SCENARIOS[sc](server, flags, out, log, opts)
+                except Exception as e:  # a peer that fails says why in the table
+                    results[server.name][sc] = f"failed: {e}"
+                finally:
+                    server.stop()
+                print(f"  {sc}: {json.dumps(results[server.name][sc])}", flush=True)
+    text = table(results, opts)
+    (out / "compare.md").write_text(text + "\n")
+    (out / "compare.json").write_text(json.dumps({"options": vars(opts), "results": results}, indent=2))
+    print()
+    print(text)
+    print(f"\nwrote {out / 'compare.md'}, {out / 'compare.json'}, per-run outputs and compare.log in {out}")
+
+
+if __name__ == "__main__":
+    main()
