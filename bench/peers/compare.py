@@ -214,7 +214,8 @@ def run_hold(server, flags, out, log, opts):
 
 def run_fanout(server, flags, out, log, extra):
     d = out / f"{server.name}-{extra[0]}"
-    stdout = bench(["fanout", *flags, "--size", "128", "--topics", "1", "--out", str(d), *extra[1:]], log)
+    stdout = bench(["fanout", *flags, "--size", "128", "--topics", "1", "--server-pid", str(server.memory_pid()),
+                    "--out", str(d), *extra[1:]], log)
     summary = json.loads((d / "fanout.json").read_text())
     cpu = [l for l in stdout.splitlines() if l.startswith("load generator CPU")]
     return summary, (cpu[0] if cpu else "")
@@ -223,14 +224,16 @@ def run_fanout(server, flags, out, log, extra):
 def run_saturation(server, flags, out, log, opts):
     s, cpu = run_fanout(server, flags, out, log, [
         "saturate", "--subscribers", str(opts.subscribers), "--saturate", "--rate", str(opts.start_rate),
-        "--step-factor", "1.25", "--duration-secs", str(opts.step_secs), "--p99-bound-ms",
-        str(opts.p99_bound_ms)])
+        "--step-factor", "1.25", "--max-steps", str(opts.max_steps), "--duration-secs", str(opts.step_secs),
+        "--p99-bound-ms", str(opts.p99_bound_ms)])
     best = s["saturation_publications_per_second"]
     step = next((x for x in s["steps"] if x["rate_offered"] == best), None)
     failed = next((x for x in s["steps"] if not x["passed"]), None)
     return {"deliveries_per_second": step["deliveries_per_second"] if step else 0,
             "publications_per_second": best or 0,
             "p99_ms": step["latency_ms"]["p99"] if step else None,
+            "server_cpu": step and step.get("server_cpu"), "generator_cpu": step and step.get("generator_cpu"),
+            "steps_exhausted": failed is None,
             "first_failed": failed and {k: failed[k] for k in ("rate_offered", "lost", "extra", "out_of_order")}
             | {"p99_ms": failed["latency_ms"]["p99"], "publications": failed["publications"]},
             "generator": cpu}
@@ -246,6 +249,7 @@ def run_fixed(server, flags, out, log, opts):
     return {"deliveries_per_second": step["deliveries_per_second"], "lost": step["lost"],
             "kept_up": step["publications"] >= 0.99 * rate * opts.fixed_secs,
             "p50_ms": lat["p50"], "p99_ms": lat["p99"], "p99.9_ms": lat["p99.9"], "max_ms": lat["max"],
+            "server_cpu": step.get("server_cpu"), "generator_cpu": step.get("generator_cpu"),
             "generator": cpu}
 
 
@@ -275,7 +279,7 @@ def table(results, opts):
         cells = [s.label]
         sat = r.get("saturate")
         if isinstance(sat, dict):
-            cells.append(f"{sat['deliveries_per_second']:,.0f}"
+            cells.append(("≥ " if sat.get("steps_exhausted") else "") + f"{sat['deliveries_per_second']:,.0f}"
                          + ratio(sat["deliveries_per_second"], base.get("saturate", {}).get("deliveries_per_second")
                                  if isinstance(base.get("saturate"), dict) else None))
         else:
@@ -310,6 +314,7 @@ def main():
     ap.add_argument("--subscribers", type=int, default=10000, help="saturate: subscribers on one topic")
     ap.add_argument("--start-rate", type=int, default=4, help="saturate: first step, publications/s")
     ap.add_argument("--step-secs", type=int, default=5)
+    ap.add_argument("--max-steps", type=int, default=25, help="saturate: ×1.25 each; 25 steps from 4 reach ~850/s")
     ap.add_argument("--p99-bound-ms", type=float, default=250.0)
     ap.add_argument("--fixed-deliveries", type=int, default=200000, help="fixed: deliveries/s")
     ap.add_argument("--fixed-subscribers", type=int, default=1000)

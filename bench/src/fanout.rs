@@ -23,7 +23,7 @@ use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use crate::protocol::Protocol;
 use crate::publisher::{self, Via};
 use crate::report::{self, Delivery};
-use crate::wire::{cpu_seconds, frame_opcode, masked_frame, parse_frame};
+use crate::wire::{cpu_seconds, frame_opcode, masked_frame, parse_frame, process_cpu_seconds};
 
 /// Width of one bucket of the throughput-over-time series.
 const TIMELINE_BUCKET_MS: u64 = 100;
@@ -86,6 +86,9 @@ pub struct Args {
     /// At most this many steps with --saturate.
     #[arg(long, default_value_t = 12)]
     max_steps: usize,
+    /// The server's PID (for nginx: the worker), to report its CPU per step.
+    #[arg(long)]
+    server_pid: Option<u32>,
     /// Directory for the JSON summary and HdrHistogram logs.
     #[arg(long, default_value = "target/bench/fanout")]
     out: PathBuf,
@@ -117,6 +120,9 @@ struct StepSummary {
     extra: u64,
     out_of_order: u64,
     deliveries_per_second: f64,
+    /// Cores' worth of CPU used while publishing: the generator, the server.
+    generator_cpu: Option<f64>,
+    server_cpu: Option<f64>,
     latency_ms: std::collections::BTreeMap<String, f64>,
     passed: bool,
 }
@@ -183,7 +189,7 @@ pub fn run(args: Args) -> Result<(), String> {
         args.subscribers, args.protocol, args.topics, args.size, args.duration_secs, via
     );
     println!(
-        "{:>10} {:>12} {:>14} {:>8} {:>9} {:>9} {:>9} {:>9} {:>9} {:>9}",
+        "{:>10} {:>12} {:>14} {:>8} {:>9} {:>9} {:>9} {:>9} {:>9} {:>9} {:>8} {:>8}",
         "rate",
         "publications",
         "deliveries/s",
@@ -193,7 +199,9 @@ pub fn run(args: Args) -> Result<(), String> {
         "p99 ms",
         "p99.9",
         "p99.99",
-        "max"
+        "max",
+        "gen cpu",
+        "srv cpu"
     );
     let rt = tokio::runtime::Builder::new_current_thread().enable_all().build().map_err(|e| e.to_string())?;
     let mut seq = vec![0u64; args.topics];
@@ -205,6 +213,9 @@ pub fn run(args: Args) -> Result<(), String> {
     let mut step_starts = Vec::new();
     for _ in 0..if args.saturate { args.max_steps } else { 1 } {
         let before = seq.clone();
+        let server_pid = args.server_pid.map(|p| p.to_string());
+        let server_cpu = || server_pid.as_deref().and_then(process_cpu_seconds);
+        let cpu_before = (cpu_seconds(), server_cpu());
         let started = Instant::now();
         step_starts.push((started - epoch).as_secs_f64());
         let plan = publisher::Plan {
@@ -220,6 +231,9 @@ pub fn run(args: Args) -> Result<(), String> {
         };
         rt.block_on(publisher::run(&plan, &mut seq))?;
         let seconds = started.elapsed().as_secs_f64();
+        let share = |a: Option<f64>, b: Option<f64>| Some((b? - a?) / seconds);
+        let (generator_cpu, server_cpu) =
+            (share(cpu_before.0, cpu_seconds()), share(cpu_before.1, server_cpu()));
         std::thread::sleep(Duration::from_millis(args.drain_ms));
         let published: Vec<u64> = seq.iter().zip(&before).map(|(a, b)| a - b).collect();
         let mut hist = report::latency_histogram();
@@ -247,12 +261,15 @@ pub fn run(args: Args) -> Result<(), String> {
         let kept_up = published.iter().sum::<u64>() as f64 >= 0.99 * offered;
         let passed =
             d.ratio() >= 0.999 && d.extra() == 0 && p99 <= args.p99_bound_ms && out_of_order == 0 && kept_up;
+        let cores = |c: Option<f64>| c.map_or("-".to_string(), |c| format!("{c:.2}"));
         println!(
-            "{rate:>10} {:>12} {:>14.0} {:>8} {}{}",
+            "{rate:>10} {:>12} {:>14.0} {:>8} {}{:>8} {:>8}{}",
             published.iter().sum::<u64>(),
             report::per_second(received, seconds),
             d.lost(),
             pct.iter().map(|(_, v)| format!("{v:>9.3} ")).collect::<String>(),
+            cores(generator_cpu),
+            cores(server_cpu),
             if passed { "" } else { " ← failed" }
         );
         report::write_hlog(
@@ -272,6 +289,8 @@ pub fn run(args: Args) -> Result<(), String> {
             extra: d.extra(),
             out_of_order,
             deliveries_per_second: report::per_second(received, seconds),
+            generator_cpu,
+            server_cpu,
             latency_ms: pct.iter().map(|(n, v)| (n.to_string(), *v)).collect(),
             passed,
         });

@@ -109,7 +109,13 @@ pub fn frame_opcode(buf: &[u8]) -> u8 {
 /// This process's user + system CPU seconds (so a reader can tell whether
 /// the generator was the bottleneck).
 pub fn cpu_seconds() -> Option<f64> {
-    let stat = std::fs::read_to_string("/proc/self/stat").ok()?;
+    process_cpu_seconds("self")
+}
+
+/// User + system CPU seconds of every thread of process `pid` ("self" or a
+/// number), from /proc.
+pub fn process_cpu_seconds(pid: &str) -> Option<f64> {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
     let fields: Vec<&str> = stat.rsplit(')').next()?.split_whitespace().collect();
     Some((fields.get(11)?.parse::<f64>().ok()? + fields.get(12)?.parse::<f64>().ok()?) / 100.0)
 }
