@@ -70,7 +70,8 @@ class Server:
         """Starts pinned to SERVER_CORE; returns fanout/hold flags."""
         raise NotImplementedError
 
-    def memory_pid(self):
+    def server_pid(self):
+        """The process that holds the connections (memory and CPU are read from it)."""
         return self.proc.pid
 
     def stop(self):
@@ -155,7 +156,7 @@ class Nchan(Server):
         wait_port(port, self.proc)
         return ["--protocol", "nchan", "--target", f"127.0.0.1:{port}", "--publish-via", "http"]
 
-    def memory_pid(self):
+    def server_pid(self):
         # The worker holds the connections; the master only watches it.
         out = subprocess.run(["pgrep", "-P", str(self.proc.pid)], capture_output=True, text=True).stdout
         # taskset execs nginx in place, so proc.pid is the master.
@@ -206,7 +207,7 @@ def run_hold(server, flags, out, log, opts):
     target = flags[flags.index("--target") + 1]
     proto = ["--protocol", server.protocol]
     bench(["hold", "--target", target, *proto, "--connections", str(opts.connections),
-           "--server-pid", str(server.memory_pid()), "--json", str(path)], log)
+           "--server-pid", str(server.server_pid()), "--json", str(path)], log)
     h = json.loads(path.read_text())
     return {"bytes_per_connection": h["rss_anon_bytes_per_connection"],
             "rss_bytes_per_connection": h["rss_bytes_per_connection"]}
@@ -214,7 +215,7 @@ def run_hold(server, flags, out, log, opts):
 
 def run_fanout(server, flags, out, log, extra):
     d = out / f"{server.name}-{extra[0]}"
-    stdout = bench(["fanout", *flags, "--size", "128", "--topics", "1", "--server-pid", str(server.memory_pid()),
+    stdout = bench(["fanout", *flags, "--size", "128", "--topics", "1", "--server-pid", str(server.server_pid()),
                     "--out", str(d), *extra[1:]], log)
     summary = json.loads((d / "fanout.json").read_text())
     cpu = [l for l in stdout.splitlines() if l.startswith("load generator CPU")]

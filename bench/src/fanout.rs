@@ -18,7 +18,7 @@ use std::sync::{mpsc, Arc};
 use std::time::{Duration, Instant};
 
 use hdrhistogram::Histogram;
-use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::io::AsyncWriteExt;
 
 use crate::protocol::Protocol;
 use crate::publisher::{self, Via};
@@ -211,10 +211,10 @@ pub fn run(args: Args) -> Result<(), String> {
     let mut rate = args.rate;
     let mut timeline = Vec::new();
     let mut step_starts = Vec::new();
+    let server_pid = args.server_pid.map(|p| p.to_string());
+    let server_cpu = || server_pid.as_deref().and_then(process_cpu_seconds);
     for _ in 0..if args.saturate { args.max_steps } else { 1 } {
         let before = seq.clone();
-        let server_pid = args.server_pid.map(|p| p.to_string());
-        let server_cpu = || server_pid.as_deref().and_then(process_cpu_seconds);
         let cpu_before = (cpu_seconds(), server_cpu());
         let started = Instant::now();
         step_starts.push((started - epoch).as_secs_f64());
@@ -473,15 +473,6 @@ async fn subscriber(
         if !out.is_empty() {
             s.write_all(&out).await.map_err(|e| e.to_string())?;
         }
-        buf.copy_within(pos..filled, 0);
-        filled -= pos;
-        if filled == buf.len() {
-            buf.resize(buf.len() * 2, 0);
-        }
-        let n = s.read(&mut buf[filled..]).await.map_err(|e| e.to_string())?;
-        if n == 0 {
-            return Err("closed by the server".into());
-        }
-        filled += n;
+        crate::wire::refill(&mut s, &mut buf, &mut filled, pos).await?;
     }
 }

@@ -411,16 +411,7 @@ async fn ws_replies(
             }
             pos += start + len;
         }
-        buf.copy_within(pos..filled, 0);
-        filled -= pos;
-        if filled == buf.len() {
-            buf.resize(buf.len() * 2, 0);
-        }
-        let n = rd.read(&mut buf[filled..]).await.map_err(|e| e.to_string())?;
-        if n == 0 {
-            return Err("the server closed the connection".into());
-        }
-        filled += n;
+        crate::wire::refill(&mut rd, &mut buf, &mut filled, pos).await?;
     }
 }
 

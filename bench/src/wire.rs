@@ -62,6 +62,28 @@ pub async fn ws_connect(i: usize, target: SocketAddr, path: &str, sources: u8) -
     Ok(Upgraded { stream, buf, filled: filled - head_end })
 }
 
+/// Drops the `consumed` bytes at the front of `buf[..*filled]`, doubles a
+/// full buffer, and reads more after what is left. Returns the bytes read;
+/// the end of the stream is an error.
+pub async fn refill<R: tokio::io::AsyncRead + Unpin>(
+    rd: &mut R,
+    buf: &mut Vec<u8>,
+    filled: &mut usize,
+    consumed: usize,
+) -> Result<usize, String> {
+    buf.copy_within(consumed..*filled, 0);
+    *filled -= consumed;
+    if *filled == buf.len() {
+        buf.resize(buf.len() * 2, 0);
+    }
+    let n = rd.read(&mut buf[*filled..]).await.map_err(|e| e.to_string())?;
+    if n == 0 {
+        return Err("closed by the server".into());
+    }
+    *filled += n;
+    Ok(n)
+}
+
 /// Appends a masked text frame carrying `payload` (clients must mask).
 pub fn masked_text(payload: &[u8], out: &mut Vec<u8>) {
     masked_frame(0x1, payload, out)
