@@ -5,8 +5,10 @@
 use std::collections::HashMap;
 use std::sync::Mutex;
 
-/// A connection, named across shards. `id` is unique for the process.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+/// A generation-checked handle to a connection, valid across shards and
+/// awaits: `key` is its slab slot (reused after it closes), `id` is unique
+/// for the process, so a handle never names a later connection in the slot.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
 pub struct Owner {
     pub shard: usize,
     pub key: usize,

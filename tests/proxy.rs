@@ -299,3 +299,51 @@ fn graceful_shutdown_tells_the_backend_about_every_client() {
     assert_eq!(deletes.len(), 20, "a DELETE for every client before the exit");
     assert!(deletes.iter().all(|d| d.body == "server shutting down"), "{deletes:?}");
 }
+
+/// A join hook that answers after its connection is gone must not subscribe
+/// whichever client got the connection's slot since.
+#[test]
+fn a_late_join_answer_never_subscribes_the_slots_next_client() {
+    let (release, gate) = std::sync::mpsc::channel::<()>();
+    let gate = std::sync::Mutex::new(gate);
+    let backend = Backend::start(move |s| {
+        if s.body.contains("secret") {
+            let _ = gate.lock().unwrap().recv_timeout(Duration::from_secs(30));
+        }
+        Answer::new(200, "")
+    });
+    let config = format!(
+        "[limits]\nmax_backpressure = 65536\n[[vhost]]\npath = \"/ws\"\ndialect = \"roadrunner\"\n\
+         [vhost.hooks]\njoin = \"{}/join\"\ntimeout_ms = 60000\n",
+        backend.url()
+    );
+    let s = Server::start(&config, 1);
+    let mut a = s.connect("/ws");
+    join(&mut a, &["firehose"]);
+    send_text(&mut a, r#"{"command":"join","topics":["secret"]}"#);
+    assert!(eventually(Duration::from_secs(5), || backend.seen().iter().any(|r| r.body.contains("secret"))));
+    // A stops reading: the firehose makes it a slow consumer, closed while its
+    // join hook is still out.
+    let big = format!(r#"{{"topics":["firehose"],"payload":"{}"}}"#, "x".repeat(60_000));
+    for _ in 0..2_000 {
+        if s.metric("ringcast_slow_consumer_closes_total") > 0 {
+            break;
+        }
+        s.publish_json(&big);
+    }
+    assert_eq!(s.metric("ringcast_slow_consumer_closes_total"), 1);
+    assert!(eventually(Duration::from_secs(5), || s.metric("ringcast_connections") == 0), "A is gone");
+    drop(a);
+    // B takes the freed slot (one shard; the slab reuses the key).
+    let mut b = s.connect("/ws");
+    release.send(()).unwrap();
+    assert!(eventually(Duration::from_secs(5), || {
+        s.metric("ringcast_hook_requests_total{hook=\"join\",outcome=\"2xx\"}") == 2
+    }));
+    // B's own join goes through the hook after A's answer was handled.
+    join(&mut b, &["probe"]);
+    s.publish_json(r#"{"topics":["secret"],"payload":"not for B"}"#);
+    s.publish_json(r#"{"topics":["probe"],"payload":"for B"}"#);
+    assert_eq!(recv_text(&mut b), r#"{"topic":"probe","payload":"for B"}"#);
+    assert_eq!(s.metric("ringcast_subscriptions"), 1, "only B's probe");
+}

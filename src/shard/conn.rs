@@ -36,8 +36,8 @@ pub type ConnRef = Rc<RefCell<ConnState>>;
 /// the keepalive pass pings, shutdown closes, hook tasks reply.
 #[derive(Debug, Default)]
 pub struct ConnState {
-    /// Process-wide id (`Owner::id`), set at registration.
-    pub id: u64,
+    /// This connection's handle (`Shard::conn` resolves it), set at registration.
+    pub owner: Owner,
     pub queue: SendQueue,
     waker: Option<Waker>,
     /// Topics joined; names shared with the shard's topic index.
@@ -565,7 +565,7 @@ impl Connection {
             Err(v) => {
                 metrics::inc(&shard.metrics.protocol_errors);
                 let mut st = state.borrow_mut();
-                shard.start_close(state, &mut st, Some(v.code), v.reason, CLOSE_LINGER);
+                shard.start_close(&mut st, Some(v.code), v.reason, CLOSE_LINGER);
             }
         }
     }
@@ -604,14 +604,14 @@ fn handle_event(shard: &Rc<Shard>, conn: &ConnRef, key: ConnKey, vhost: usize, e
             // hook gets the client's reason.
             let mut st = conn.borrow_mut();
             st.close_reason.get_or_insert_with(|| reason.into());
-            shard.start_close(conn, &mut st, code, "", CLOSE_LINGER);
+            shard.start_close(&mut st, code, "", CLOSE_LINGER);
             return Flow::Stop;
         }
     };
     let mut st = conn.borrow_mut();
     if let Some(frame) = reply {
         if st.push(frame, budget).is_err() {
-            shard.close_slow_consumer(conn, &mut st);
+            shard.close_slow_consumer(&mut st);
         }
     }
     if st.is_closing() {
@@ -641,10 +641,10 @@ fn roadrunner_message(
             match &v.hooks.join {
                 Some(url) if shard.acceptable(broker, &topics) => {
                     st.in_flight += 1;
-                    let conn_id = st.id;
+                    let owner = st.owner;
                     // No borrow may be held across a spawn.
                     drop(st);
-                    join_with_hook(shard, conn, conn_id, key, v, url, broker, &topics);
+                    join_with_hook(shard, owner, v, url, broker, &topics);
                     None
                 }
                 _ => {
@@ -664,36 +664,38 @@ fn roadrunner_message(
 
 /// Asks the join hook (`POST {"connection","topics"}`), then joins or
 /// refuses. The connection's input is held meanwhile, so its commands keep
-/// their order.
+/// their order. The task holds the connection's handle, not the connection:
+/// if it closed while the backend thought, the answer is dropped (its slab
+/// slot may already serve another client).
 /// The caller has counted the request in `in_flight`.
-#[allow(clippy::too_many_arguments)]
 fn join_with_hook(
     shard: &Rc<Shard>,
-    conn: &ConnRef,
-    conn_id: u64,
-    key: ConnKey,
+    owner: Owner,
     v: &VhostConfig,
     url: &str,
     broker: Option<&str>,
     topics: &[&str],
 ) {
     let mut request = hook_request(v, HookKind::Join, hyper::Method::POST, url.to_string(), 4096);
-    let body = serde_json::json!({ "connection": conn_id.to_string(), "topics": topics });
+    let body = serde_json::json!({ "connection": owner.id.to_string(), "topics": topics });
     request.body = Bytes::from(body.to_string());
     request.headers.push((CONTENT_TYPE, HeaderValue::from_static("application/json")));
     let topics: Vec<String> = topics.iter().map(|t| t.to_string()).collect();
     let broker = broker.map(str::to_string);
-    let (shard, conn) = (shard.clone(), conn.clone());
+    let shard = shard.clone();
     rt::spawn(async move {
         let outcome = shard.call_hook(request).await;
+        let Some(conn) = shard.conn(owner) else {
+            return;
+        };
         let allowed = matches!(outcome, HookOutcome::Response { status: 200..=299, .. });
         let mut st = conn.borrow_mut();
         st.in_flight -= 1;
         let names: Vec<&str> = topics.iter().map(String::as_str).collect();
-        let ok = allowed && shard.join(key, &mut st, broker.as_deref(), &names);
+        let ok = allowed && shard.join(owner.key, &mut st, broker.as_deref(), &names);
         let frame = roadrunner::reply_frame(if ok { Reply::Joined } else { Reply::JoinFailed }, &names);
         if st.push(frame, shard.config.limits.max_backpressure).is_err() {
-            shard.close_slow_consumer(&conn, &mut st);
+            shard.close_slow_consumer(&mut st);
         }
         st.wake();
     });
@@ -714,11 +716,16 @@ fn forward(shard: &Rc<Shard>, conn: &ConnRef, vhost: usize, body: Bytes, is_text
     request.headers.push((CONTENT_TYPE, HeaderValue::from_static(content_type)));
     request.body = body;
     st.in_flight += 1;
+    let owner = st.owner;
     // No borrow may be held across a spawn.
     drop(st);
-    let (shard, conn) = (shard.clone(), conn.clone());
+    let shard = shard.clone();
     rt::spawn(async move {
         let outcome = shard.call_hook(request).await;
+        // Gone meanwhile: nobody to answer (the slot may hold another client).
+        let Some(conn) = shard.conn(owner) else {
+            return;
+        };
         let v = &shard.config.vhosts[vhost];
         let mut st = conn.borrow_mut();
         st.in_flight -= 1;
@@ -727,14 +734,14 @@ fn forward(shard: &Rc<Shard>, conn: &ConnRef, vhost: usize, body: Bytes, is_text
                 if !body.is_empty()
                     && st.push(message_frame(&body), shard.config.limits.max_backpressure).is_err()
                 {
-                    shard.close_slow_consumer(&conn, &mut st);
+                    shard.close_slow_consumer(&mut st);
                 }
             }
             failed => {
                 metrics::inc(&shard.metrics.backend_errors);
                 tracing::debug!(client = %client, outcome = ?failed, "backend did not take a message");
                 if v.on_backend_error == OnBackendError::Close {
-                    shard.start_close(&conn, &mut st, Some(1011), "backend error", CLOSE_LINGER);
+                    shard.start_close(&mut st, Some(1011), "backend error", CLOSE_LINGER);
                 }
             }
         }

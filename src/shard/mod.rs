@@ -9,7 +9,7 @@ pub mod topics;
 
 use std::cell::{Cell, RefCell};
 use std::future::poll_fn;
-use std::rc::Rc;
+use std::rc::{Rc, Weak};
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::task::{Poll, Waker};
@@ -51,6 +51,8 @@ pub struct ShardSetup {
 }
 
 pub struct Shard {
+    /// This shard, for the timers it spawns.
+    me: Weak<Shard>,
     pub id: usize,
     pub config: Arc<Config>,
     pub metrics: Arc<ShardMetrics>,
@@ -75,7 +77,8 @@ pub struct Shard {
 /// Runs a shard until it has drained after a shutdown message.
 pub async fn run(setup: ShardSetup) {
     let listener = rt::adopt_listener(setup.listener);
-    let shard = Rc::new(Shard {
+    let shard = Rc::new_cyclic(|me| Shard {
+        me: me.clone(),
         id: setup.id,
         config: setup.config,
         metrics: setup.metrics,
@@ -124,6 +127,10 @@ impl Shard {
         due
     }
 
+    fn myself(&self) -> Rc<Shard> {
+        self.me.upgrade().expect("a shard outlives its methods' calls")
+    }
+
     /// Milliseconds since the shard started (monotonic).
     pub fn now_ms(&self) -> u64 {
         self.started.elapsed().as_millis() as u64
@@ -143,34 +150,30 @@ impl Shard {
                 };
                 let mut st = conn.borrow_mut();
                 if st.push(d.frame.clone(), budget).is_err() {
-                    self.close_slow_consumer(conn, &mut st);
+                    self.close_slow_consumer(&mut st);
                 }
             }
         }
     }
 
-    pub(crate) fn close_slow_consumer(&self, conn: &ConnRef, st: &mut ConnState) {
+    pub(crate) fn close_slow_consumer(&self, st: &mut ConnState) {
         metrics::inc(&self.metrics.slow_consumer_closes);
         debug!(shard = self.id, queued = st.queue.queued_bytes(), "closing slow consumer");
         st.queue.discard_unsent();
-        self.start_close(conn, st, Some(1013), "slow consumer", CLOSE_LINGER);
+        self.start_close(st, Some(1013), "slow consumer", CLOSE_LINGER);
     }
 
     /// Queues a Close after what is already queued; the connection is
     /// dropped when the peer closes too, or after `linger` at the latest.
-    pub(crate) fn start_close(
-        &self,
-        conn: &ConnRef,
-        st: &mut ConnState,
-        code: Option<u16>,
-        reason: &str,
-        linger: Duration,
-    ) {
+    pub(crate) fn start_close(&self, st: &mut ConnState, code: Option<u16>, reason: &str, linger: Duration) {
         if st.begin_close(code, reason) {
-            let conn = conn.clone();
+            let owner = st.owner;
+            let shard = self.myself();
             rt::spawn(async move {
                 rt::sleep(linger).await;
-                conn.borrow_mut().force_close();
+                if let Some(conn) = shard.conn(owner) {
+                    conn.borrow_mut().force_close();
+                }
             });
         }
     }
@@ -186,15 +189,16 @@ impl Shard {
         metrics::inc(&self.metrics.connections);
         metrics::inc(&self.metrics.connections_accepted);
         let id = self.next_conn_id();
-        conn.borrow_mut().id = id;
         let key = self.conns.borrow_mut().insert(conn.clone());
-        Owner { shard: self.id, key, id }
+        let owner = Owner { shard: self.id, key, id };
+        conn.borrow_mut().owner = owner;
+        owner
     }
 
     /// The connection `owner` names, if it is still the same one.
-    fn conn(&self, owner: Owner) -> Option<ConnRef> {
+    pub(crate) fn conn(&self, owner: Owner) -> Option<ConnRef> {
         let conns = self.conns.borrow();
-        conns.get(owner.key).filter(|c| c.borrow().id == owner.id).cloned()
+        conns.get(owner.key).filter(|c| c.borrow().owner == owner).cloned()
     }
 
     /// A backend push (proxy dialect): queued like any frame.
@@ -207,7 +211,7 @@ impl Shard {
             return PushOutcome::NotConnected;
         }
         if st.push(conn::message_frame(&body), self.config.limits.max_backpressure).is_err() {
-            self.close_slow_consumer(&conn, &mut st);
+            self.close_slow_consumer(&mut st);
             return PushOutcome::SlowConsumer;
         }
         metrics::inc(&self.metrics.pushes);
@@ -217,7 +221,7 @@ impl Shard {
     fn close_replaced(&self, owner: Owner) {
         if let Some(conn) = self.conn(owner) {
             let mut st = conn.borrow_mut();
-            self.start_close(&conn, &mut st, Some(1008), "replaced by a new connection", CLOSE_LINGER);
+            self.start_close(&mut st, Some(1008), "replaced by a new connection", CLOSE_LINGER);
         }
     }
 
@@ -316,7 +320,7 @@ impl Shard {
         let timeout = Duration::from_millis(self.config.server.shutdown_timeout_ms);
         for (_, conn) in self.conns.borrow().iter() {
             let mut st = conn.borrow_mut();
-            self.start_close(conn, &mut st, Some(1001), "server shutting down", timeout);
+            self.start_close(&mut st, Some(1001), "server shutting down", timeout);
         }
         let deadline = Instant::now() + timeout;
         while !self.conns.borrow().is_empty() && Instant::now() < deadline {
@@ -392,11 +396,11 @@ async fn keepalive_loop(shard: Rc<Shard>) {
             let silent = now.saturating_sub(st.last_rx_ms);
             if silent >= close_after {
                 metrics::inc(&shard.metrics.idle_closes);
-                shard.start_close(conn, &mut st, Some(1001), "idle timeout", CLOSE_LINGER);
+                shard.start_close(&mut st, Some(1001), "idle timeout", CLOSE_LINGER);
             } else if silent >= ping_after && !st.ping_outstanding {
                 st.ping_outstanding = true;
                 if st.push(ping.clone(), budget).is_err() {
-                    shard.close_slow_consumer(conn, &mut st);
+                    shard.close_slow_consumer(&mut st);
                 }
             }
         }
