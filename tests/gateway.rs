@@ -221,8 +221,12 @@ fn listen_flags_override_the_config_file() {
 }
 
 fn rss_anon_kib(pid: u32) -> u64 {
+    proc_status_kib(pid, "RssAnon")
+}
+
+fn proc_status_kib(pid: u32, field: &str) -> u64 {
     let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap();
-    let line = status.lines().find(|l| l.starts_with("RssAnon:")).unwrap();
+    let line = status.lines().find(|l| l.split(':').next() == Some(field)).unwrap();
     line.split_whitespace().nth(1).unwrap().parse().unwrap()
 }
 
@@ -274,4 +278,43 @@ fn idle_subscribed_connection_costs_under_4_kib() {
     assert!(per_conn < 4096, "{per_conn} bytes per idle connection");
     assert_eq!(s.metric("ringcast_connections"), (n + 100) as u64);
     eprintln!("user-space memory per idle subscribed connection: {per_conn} bytes");
+}
+
+/// Headers that claim large frames must not make the server reserve the
+/// claimed size: VmData (committed address space, what a strict-overcommit
+/// host or a cgroup limit counts) grows with the bytes that arrived.
+#[test]
+fn frame_headers_alone_do_not_commit_the_frame_size() {
+    raise_fd_limit();
+    const FRAME: u64 = 1_000_000;
+    let s = Server::start("[limits]\nmax_message_size = 1048576\n", 2);
+    let upgrade = upgrade_request("/ws");
+    // Binary frame, masked, 64-bit length, then 4 payload bytes.
+    let mut header = vec![0x82, 0x80 | 127];
+    header.extend_from_slice(&FRAME.to_be_bytes());
+    header.extend_from_slice(&[1, 2, 3, 4, 9, 9, 9, 9]);
+    let open = |n: usize| -> Vec<TcpStream> {
+        (0..n)
+            .map(|_| {
+                let mut c = TcpStream::connect(s.ws).unwrap();
+                c.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
+                c.write_all(upgrade.as_bytes()).unwrap();
+                let mut head = [0u8; 129];
+                c.read_exact(&mut head).unwrap();
+                c.write_all(&header).unwrap();
+                c
+            })
+            .collect()
+    };
+    let bytes_in = |s: &Server| s.metric("ringcast_bytes_in_total");
+    let _warm = open(100);
+    let sent_per_conn = (upgrade.len() + header.len()) as u64;
+    assert!(eventually(Duration::from_secs(10), || bytes_in(&s) == 100 * sent_per_conn));
+    let before = proc_status_kib(s.pid(), "VmData");
+    let n = 5000;
+    let _held = open(n);
+    assert!(eventually(Duration::from_secs(30), || bytes_in(&s) == (n as u64 + 100) * sent_per_conn));
+    let grown = (proc_status_kib(s.pid(), "VmData") - before) * 1024;
+    eprintln!("VmData grew {grown} bytes for {n} header-only connections");
+    assert!(grown < n as u64 * FRAME / 10, "VmData grew {grown} bytes for {n} header-only connections");
 }

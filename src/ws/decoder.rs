@@ -50,6 +50,18 @@ fn violation(code: u16, reason: &'static str) -> Violation {
 /// Buffers larger than this are freed, not kept, once their message is done.
 const KEEP_CAPACITY: usize = 4096;
 
+/// Makes room for `extra` more bytes of an incomplete frame of `frame_size`
+/// bytes (0: header not complete yet). Grows with what arrives, doubling up
+/// to the frame size, never to the size a header merely claims: a peer that
+/// sends headers only must not make the gateway commit memory for them.
+fn grow(buf: &mut Vec<u8>, extra: usize, frame_size: usize) {
+    let needed = buf.len() + extra;
+    if needed > buf.capacity() {
+        let target = needed.max((buf.capacity() * 2).min(frame_size));
+        buf.reserve_exact(target - buf.len());
+    }
+}
+
 #[derive(Debug, Default)]
 pub struct Decoder {
     /// Bytes of a frame that has not fully arrived.
@@ -89,13 +101,13 @@ impl Decoder {
         if self.partial.is_empty() {
             let (used, flow) = self.decode(input, max_message_size, on_event)?;
             if flow != Flow::Stop && used < input.len() {
-                // Reserve once for the whole frame instead of growing per read.
-                self.partial.reserve_exact(self.frame_size.max(input.len() - used));
+                grow(&mut self.partial, input.len() - used, self.frame_size);
                 self.partial.extend_from_slice(&input[used..]);
             }
             return Ok(flow);
         }
         let mut partial = std::mem::take(&mut self.partial);
+        grow(&mut partial, input.len(), self.frame_size);
         partial.extend_from_slice(input);
         let result = self.decode(&mut partial, max_message_size, on_event);
         if let Ok((used, Flow::Continue | Flow::Pause)) = result {
@@ -507,5 +519,23 @@ mod tests {
         assert_eq!((r, seen.len()), (Ok(Flow::Continue), 1));
         assert_eq!(dec.partial.capacity(), 0);
         assert_eq!(dec.message.capacity(), 0);
+    }
+
+    #[test]
+    fn a_header_alone_reserves_only_what_arrived() {
+        let frame = client_frame(0x82, &vec![7u8; 1_000_000]);
+        let mut dec = Decoder::new();
+        assert_eq!(run(&mut dec, frame[..20].to_vec(), 2_000_000).0, Ok(Flow::Continue));
+        assert!(dec.partial.capacity() < 64, "capacity {}", dec.partial.capacity());
+        // Growth follows the bytes, doubling but never past the frame.
+        let mut fed = 20;
+        while fed < frame.len() - 65_536 {
+            assert_eq!(run(&mut dec, frame[fed..fed + 65_536].to_vec(), 2_000_000).0, Ok(Flow::Continue));
+            fed += 65_536;
+            assert!(dec.partial.capacity() <= frame.len());
+            assert!(dec.partial.capacity() < 2 * fed + 64, "{} for {fed}", dec.partial.capacity());
+        }
+        let (r, seen) = run(&mut dec, frame[fed..].to_vec(), 2_000_000);
+        assert_eq!((r, seen.len()), (Ok(Flow::Continue), 1));
     }
 }
