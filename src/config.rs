@@ -36,6 +36,9 @@ pub struct ServerConfig {
     pub max_connections: usize,
     /// Listen backlog of each shard's socket.
     pub backlog: u32,
+    /// SO_SNDBUF of each client socket in bytes; 0 leaves the kernel's
+    /// autotuning (up to `net.ipv4.tcp_wmem`'s maximum per socket).
+    pub send_buffer: usize,
     /// On SIGINT/SIGTERM: how long clients get to close before the exit.
     pub shutdown_timeout_ms: u64,
     /// io_uring buffer memory per shard (locked memory; see docs/tuning).
@@ -193,6 +196,7 @@ impl Default for ServerConfig {
             shards: 0,
             max_connections: 1_000_000,
             backlog: 4096,
+            send_buffer: 0,
             shutdown_timeout_ms: 5_000,
             io_memory_kib: 512,
             shard_inbox: 4096,

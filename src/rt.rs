@@ -99,6 +99,13 @@ pub fn set_nodelay(stream: &TcpStream) {
     let _ = stream.set_nodelay(true);
 }
 
+/// SO_SNDBUF (the kernel doubles it for its bookkeeping).
+pub fn set_send_buffer(stream: &TcpStream, bytes: usize) {
+    // SAFETY: as in `send_vectored`.
+    let fd = unsafe { BorrowedFd::borrow_raw(stream.as_raw_fd()) };
+    let _ = socket2::SockRef::from(&fd).set_send_buffer_size(bytes);
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -318,3 +318,39 @@ fn frame_headers_alone_do_not_commit_the_frame_size() {
     eprintln!("VmData grew {grown} bytes for {n} header-only connections");
     assert!(grown < n as u64 * FRAME / 10, "VmData grew {grown} bytes for {n} header-only connections");
 }
+
+/// A client that floods pings and never reads: pongs are coalesced, so the
+/// server's memory stays within the queue budget and the client is not
+/// closed for what amounts to one pending answer.
+#[test]
+fn a_ping_flood_from_a_non_reading_client_stays_within_the_budget() {
+    const BUDGET: u64 = 1 << 20;
+    // A small send buffer: the kernel absorbs few pongs, the queue sees the rest.
+    let config = format!("[server]\nsend_buffer = 4096\n[limits]\nmax_backpressure = {BUDGET}\n");
+    let s = Server::start(&config, 1);
+    let mut c = TcpStream::connect(s.ws).unwrap();
+    socket2::SockRef::from(&c).set_recv_buffer_size(4096).unwrap();
+    c.write_all(upgrade_request("/ws").as_bytes()).unwrap();
+    let mut head = [0u8; 129];
+    c.read_exact(&mut head).unwrap();
+    assert!(eventually(Duration::from_secs(5), || s.metric("ringcast_connections") == 1));
+    let before_bytes = s.metric("ringcast_bytes_in_total");
+    let before = proc_status_kib(s.pid(), "VmHWM") * 1024;
+    // Masked empty pings, 1,000 to a write.
+    let chunk: Vec<u8> = [0x89u8, 0x80, 1, 2, 3, 4].repeat(1000);
+    let pings = 1_000_000;
+    for _ in 0..pings / 1000 {
+        c.write_all(&chunk).expect("the server keeps the connection");
+    }
+    let sent = (pings * 6) as u64;
+    eventually(Duration::from_secs(60), || {
+        s.metric("ringcast_bytes_in_total") - before_bytes == sent
+            || s.metric("ringcast_slow_consumer_closes_total") > 0
+    });
+    assert_eq!(s.metric("ringcast_slow_consumer_closes_total"), 0, "closed for its pongs");
+    assert_eq!(s.metric("ringcast_bytes_in_total") - before_bytes, sent, "the server read every ping");
+    let grown = proc_status_kib(s.pid(), "VmHWM") * 1024 - before;
+    eprintln!("peak RSS grew {grown} bytes over {pings} pings");
+    assert!(grown < BUDGET * 3 / 2, "peak RSS grew {grown} bytes over {pings} pings");
+    assert_eq!(s.metric("ringcast_connections"), 1);
+}

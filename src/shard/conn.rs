@@ -97,6 +97,19 @@ impl ConnState {
         self.wake();
     }
 
+    /// Queues the answer to a ping: replaces a pong not yet sent.
+    pub fn push_pong(&mut self, pong: Bytes, budget: usize) -> Result<(), OverBudget> {
+        if self.closing {
+            return Ok(());
+        }
+        let was_empty = self.queue.is_empty();
+        self.queue.push_pong(pong, budget)?;
+        if was_empty {
+            self.wake();
+        }
+        Ok(())
+    }
+
     fn wake(&mut self) {
         if let Some(w) = &self.waker {
             w.wake_by_ref();
@@ -155,6 +168,9 @@ pub async fn serve(shard: Rc<Shard>, stream: TcpStream) {
 /// Handshake, connect hook, registration, the 101: a running connection.
 async fn open(shard: Rc<Shard>, mut stream: TcpStream) -> Option<Connection> {
     rt::set_nodelay(&stream);
+    if shard.config.server.send_buffer > 0 {
+        rt::set_send_buffer(&stream, shard.config.server.send_buffer);
+    }
     let peer = stream.peer_addr().ok();
     let Accepted { vhost, upgrade, client, rest: mut leftover } = upgrade(&shard, &mut stream, peer).await?;
     // Registered before the 101 goes out: once a client sees the upgrade
@@ -597,7 +613,14 @@ fn handle_event(shard: &Rc<Shard>, conn: &ConnRef, key: ConnKey, vhost: usize, e
                 }
             }
         }
-        Event::Ping(payload) => Some(data_frame(OpCode::Control(Control::Pong), payload)),
+        Event::Ping(payload) => {
+            let pong = data_frame(OpCode::Control(Control::Pong), payload);
+            let mut st = conn.borrow_mut();
+            if st.push_pong(pong, budget).is_err() {
+                shard.close_slow_consumer(&mut st);
+            }
+            return if st.is_closing() { Flow::Stop } else { Flow::Continue };
+        }
         Event::Pong(_) => None,
         Event::Close(code, reason) => {
             // Echo the status code, as RFC 6455 §5.5.1 suggests; the close

@@ -1,5 +1,9 @@
 //! A connection's outgoing frames, bounded in bytes (`max_backpressure`).
 //! Frames are shared `Bytes`: queueing a publication copies nothing.
+//!
+//! The budget counts what a queued frame really costs this connection: its
+//! bytes plus its queue slot. Pongs are coalesced (RFC 6455 §5.5.3 allows
+//! answering only the latest ping), so a ping flood holds one pong at most.
 
 use std::collections::VecDeque;
 use std::io::IoSlice;
@@ -13,7 +17,15 @@ pub struct SendQueue {
     queued: usize,
     /// How much of the front frame has been written already.
     front_written: usize,
+    /// Frames popped from the front since the queue was made: with it, a
+    /// frame's position survives pops.
+    popped: u64,
+    /// Position (`popped`-based) of the queued pong, if one is queued.
+    pong_at: Option<u64>,
 }
+
+/// What a queue slot costs besides the frame's bytes (the `Bytes` handle).
+pub const SLOT_COST: usize = std::mem::size_of::<Bytes>();
 
 /// Pushing would exceed the budget; the frame was not queued.
 #[derive(Debug, PartialEq, Eq)]
@@ -28,12 +40,34 @@ impl SendQueue {
         self.queued
     }
 
-    /// Queues `frame` unless the queue would then hold more than `budget` bytes.
+    /// Memory the queue holds for this connection: unsent bytes plus slots.
+    pub fn cost(&self) -> usize {
+        self.queued + self.frames.len() * SLOT_COST
+    }
+
+    /// Queues `frame` unless the queue would then cost more than `budget` bytes.
     pub fn push(&mut self, frame: Bytes, budget: usize) -> Result<(), OverBudget> {
-        if self.queued + frame.len() > budget {
+        if self.cost() + frame.len() + SLOT_COST > budget {
             return Err(OverBudget);
         }
         self.push_unbounded(frame);
+        Ok(())
+    }
+
+    /// Queues a pong, replacing a queued one that has not started to go out:
+    /// only the latest ping needs an answer.
+    pub fn push_pong(&mut self, pong: Bytes, budget: usize) -> Result<(), OverBudget> {
+        if let Some(at) = self.pong_at {
+            let started = at == self.popped && self.front_written > 0;
+            if at >= self.popped && !started {
+                let slot = &mut self.frames[(at - self.popped) as usize];
+                self.queued = self.queued - slot.len() + pong.len();
+                *slot = pong;
+                return Ok(());
+            }
+        }
+        self.push(pong, budget)?;
+        self.pong_at = Some(self.popped + self.frames.len() as u64 - 1);
         Ok(())
     }
 
@@ -49,6 +83,7 @@ impl SendQueue {
         let keep = usize::from(self.front_written > 0);
         let dropped = self.frames.len().saturating_sub(keep);
         self.frames.truncate(keep);
+        self.pong_at = self.pong_at.filter(|&at| at < self.popped + keep as u64);
         self.queued = self.frames.front().map_or(0, |f| f.len() - self.front_written);
         if self.frames.capacity() > 64 {
             self.frames.shrink_to(keep);
@@ -80,6 +115,7 @@ impl SendQueue {
             }
             written -= left;
             self.frames.pop_front();
+            self.popped += 1;
             self.front_written = 0;
             done += 1;
         }
@@ -108,10 +144,12 @@ mod tests {
     #[test]
     fn budget_is_in_bytes() {
         let mut q = SendQueue::default();
-        assert_eq!(q.push(b("12345"), 8), Ok(()));
-        assert_eq!(q.push(b("1234"), 8), Err(OverBudget));
-        assert_eq!(q.push(b("123"), 8), Ok(()));
+        let budget = 8 + 2 * SLOT_COST;
+        assert_eq!(q.push(b("12345"), budget), Ok(()));
+        assert_eq!(q.push(b("1234"), budget), Err(OverBudget));
+        assert_eq!(q.push(b("123"), budget), Ok(()));
         assert_eq!(q.queued_bytes(), 8);
+        assert_eq!(q.cost(), budget);
     }
 
     #[test]
@@ -144,5 +182,41 @@ mod tests {
         assert_eq!(fresh.discard_unsent(), 1);
         assert!(fresh.is_empty());
         assert_eq!(fresh.queued_bytes(), 0);
+    }
+
+    #[test]
+    fn budget_counts_slots_too() {
+        let mut q = SendQueue::default();
+        let budget = 10 * (1 + SLOT_COST);
+        for _ in 0..10 {
+            q.push(b("x"), budget).unwrap();
+        }
+        assert_eq!(q.push(b("x"), budget), Err(OverBudget), "a 1-byte frame costs its slot");
+        assert_eq!(q.cost(), budget);
+    }
+
+    #[test]
+    fn pongs_coalesce_until_one_starts_going_out() {
+        let mut q = SendQueue::default();
+        q.push(b("data"), 1000).unwrap();
+        for p in ["p1", "p2", "p3"] {
+            q.push_pong(b(p), 1000).unwrap();
+        }
+        assert_eq!(pending(&q), b"datap3", "one pong, the latest");
+        assert_eq!(q.queued_bytes(), 6);
+        q.advance(5);
+        // The queued pong is partly out: a new ping gets a new pong.
+        q.push_pong(b("p4"), 1000).unwrap();
+        q.push_pong(b("p5"), 1000).unwrap();
+        assert_eq!(pending(&q), b"3p5");
+        q.advance(3);
+        assert!(q.is_empty());
+        q.push_pong(b("p6"), 1000).unwrap();
+        assert_eq!(pending(&q), b"p6");
+        // A slow-consumer discard drops the pong with the rest.
+        q.discard_unsent();
+        q.push_pong(b("p7"), 1000).unwrap();
+        q.push_pong(b("p8"), 1000).unwrap();
+        assert_eq!(pending(&q), b"p8");
     }
 }
