@@ -58,6 +58,11 @@ pub fn spawn<F: Future<Output = ()> + 'static>(fut: F) {
     glommio::spawn_local(fut).detach();
 }
 
+/// Lets every other ready task of this shard run before continuing.
+pub async fn yield_now() {
+    futures_lite::future::yield_now().await
+}
+
 pub async fn sleep(d: Duration) {
     glommio::timer::sleep(d).await
 }

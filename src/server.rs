@@ -123,6 +123,7 @@ pub fn run(config: Config) -> Result<(), StartError> {
         broker: broker.clone(),
         broker_name: config.broker.clone(),
         max_frame_size: config.rpc.max_frame_size,
+        publish_limits: config.publish_limits(),
         metrics: global_metrics.clone(),
     });
     let api_ctx = Arc::new(ApiContext {
@@ -131,6 +132,7 @@ pub fn run(config: Config) -> Result<(), StartError> {
         metrics: global_metrics,
         hook_metrics: hook_metrics.clone(),
         max_body: config.rpc.max_frame_size,
+        publish_limits: config.publish_limits(),
         router: router.clone(),
         clients,
     });
@@ -188,6 +190,7 @@ fn integration_thread(
         }
     };
     runtime.block_on(async move {
+        api_ctx.router.spawn_space_relays();
         let to_tokio = |l: std::net::TcpListener| {
             l.set_nonblocking(true).and_then(|()| tokio::net::TcpListener::from_std(l))
         };

@@ -217,3 +217,70 @@ fn corrupt_or_oversized_headers_close_without_allocating() {
     let (flags, _, _) = call(&mut c, 0x08, 1, "broadcast.Publish", br#"{"messages":[{"topics":["t"]}]}"#);
     assert_eq!(flags, 0x08);
 }
+
+/// A publisher flooding as fast as it can write must be slowed by the shard
+/// (its inbox full, the publisher parked), never the subscribers who read
+/// normally: the shard keeps writing to them between batches of work.
+#[test]
+fn a_publisher_flood_slows_the_publisher_not_the_readers() {
+    use prost::Message as _;
+    use ringcast::rpc::proto::broadcast;
+    const SUBSCRIBERS: usize = 1000;
+    const REQUESTS: usize = 40;
+    const PER_REQUEST: usize = 50;
+    let s = Server::start("[server]\nshard_inbox = 4\n[limits]\nmax_backpressure = 65536\n", 1);
+    let readers: Vec<_> = (0..SUBSCRIBERS)
+        .map(|_| {
+            let mut ws = subscriber(&s, &["flood"]);
+            set_timeout(&mut ws, Duration::from_secs(60));
+            std::thread::Builder::new()
+                .stack_size(128 * 1024)
+                .spawn(move || {
+                    for i in 0..REQUESTS * PER_REQUEST {
+                        let want = format!(r#"{{"topic":"flood","payload":"{i:0128}"}}"#);
+                        match ws.read() {
+                            Ok(tungstenite::Message::Text(t)) if *t == *want => {}
+                            other => return Err(format!("message {i}: {other:?}")),
+                        }
+                    }
+                    Ok(())
+                })
+                .unwrap()
+        })
+        .collect();
+    let mut c = rpc_conn(&s);
+    c.set_read_timeout(Some(Duration::from_secs(60))).unwrap();
+    let mut replies = c.try_clone().unwrap();
+    let reply_reader = std::thread::spawn(move || {
+        for _ in 0..REQUESTS {
+            let (flags, _, _) = read_frame(&mut replies);
+            assert_eq!(flags & 0x40, 0, "publish refused");
+        }
+    });
+    // Every request written at once, without waiting for replies.
+    for r in 0..REQUESTS {
+        let req = broadcast::Request {
+            messages: (0..PER_REQUEST)
+                .map(|m| broadcast::Message {
+                    command: String::new(),
+                    topics: vec!["flood".into()],
+                    payload: format!("{:0128}", r * PER_REQUEST + m).into_bytes(),
+                })
+                .collect(),
+        }
+        .encode_to_vec();
+        let mut payload = b"broadcast.Publish".to_vec();
+        payload.extend_from_slice(&req);
+        c.write_all(&frame(0x80, &[r as u32, 17], &payload)).unwrap();
+    }
+    reply_reader.join().unwrap();
+    let failed: Vec<String> = readers.into_iter().filter_map(|r| r.join().unwrap().err()).collect();
+    assert_eq!(
+        s.metric("ringcast_slow_consumer_closes_total"),
+        0,
+        "first failures: {:?}",
+        &failed[..failed.len().min(3)]
+    );
+    assert!(failed.is_empty(), "{} readers failed, e.g. {}", failed.len(), failed[0]);
+    assert!(s.metric("ringcast_publish_waits_total") > 0, "the publisher was slowed by the full inbox");
+}

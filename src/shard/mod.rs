@@ -32,6 +32,9 @@ use topics::{ConnKey, TopicIndex};
 
 /// Size of the per-shard read buffer every connection reads into.
 const READ_BUFFER: usize = 64 * 1024;
+/// Subscriber pushes (plus messages) the inbox loop does before it lets the
+/// connection tasks write what it queued.
+const WORK_PER_TURN: usize = 4096;
 /// Slow consumers and protocol violators get this long to take their Close.
 pub const CLOSE_LINGER: Duration = Duration::from_millis(1000);
 
@@ -100,9 +103,26 @@ pub async fn run(setup: ShardSetup) {
     rt::spawn(accept_loop(shard.clone(), listener));
     rt::spawn(keepalive_loop(shard.clone()));
     let inbox = setup.inbox;
+    // Work done since this loop last let the other tasks run: glommio never
+    // preempts, and an inbox that stays full would otherwise keep every
+    // connection from writing (their queues fill, they get closed as slow
+    // consumers) while the publisher is the one to slow down.
+    let mut work = 0;
     loop {
+        if work >= WORK_PER_TURN {
+            work = 0;
+            rt::yield_now().await;
+        }
         match poll_fn(|cx| inbox.poll_recv(cx)).await {
-            Some(ShardMsg::Deliver(batch)) => shard.deliver(&batch),
+            Some(ShardMsg::Deliver(batch)) => {
+                for d in batch.iter() {
+                    work += 1 + shard.deliver(d);
+                    if work >= WORK_PER_TURN {
+                        work = 0;
+                        rt::yield_now().await;
+                    }
+                }
+            }
             Some(ShardMsg::Push { to, body, reply }) => {
                 let _ = reply.send(shard.push_to(to, body));
             }
@@ -136,24 +156,26 @@ impl Shard {
         self.started.elapsed().as_millis() as u64
     }
 
-    /// Queues each delivery to this shard's subscribers of its topic: a
+    /// Queues a delivery to this shard's subscribers of its topic: a
     /// reference-counted clone of the frame, nothing copied or re-encoded.
-    fn deliver(&self, batch: &[Delivery]) {
+    /// Returns the number of subscribers.
+    fn deliver(&self, d: &Delivery) -> usize {
         let conns = self.conns.borrow();
         let topics = self.topics.borrow();
         let budget = self.config.limits.max_backpressure;
-        for d in batch {
-            for key in topics.subscribers(&d.topic) {
-                let Some(conn) = conns.get(key) else {
-                    debug_assert!(false, "topic index names a connection that is gone");
-                    continue;
-                };
-                let mut st = conn.borrow_mut();
-                if st.push(d.frame.clone(), budget).is_err() {
-                    self.close_slow_consumer(&mut st);
-                }
+        let mut n = 0;
+        for key in topics.subscribers(&d.topic) {
+            n += 1;
+            let Some(conn) = conns.get(key) else {
+                debug_assert!(false, "topic index names a connection that is gone");
+                continue;
+            };
+            let mut st = conn.borrow_mut();
+            if st.push(d.frame.clone(), budget).is_err() {
+                self.close_slow_consumer(&mut st);
             }
         }
+        n
     }
 
     pub(crate) fn close_slow_consumer(&self, st: &mut ConnState) {

@@ -2,10 +2,16 @@
 //! `AtomicWaker`, because crossbeam has no async receive and a shard must
 //! never block. Producers send, then wake; the shard registers its waker and
 //! re-checks before sleeping, so no message is left unseen.
+//!
+//! A full inbox parks the publisher (no polling): it waits on a tokio
+//! `Notify` that the integration thread's space relay fires once the shard
+//! has taken a message. The shard's side of that is lock-free (an atomic
+//! flag and an `AtomicWaker`), so shards never touch a lock here.
 
+use std::future::poll_fn;
+use std::sync::atomic::{fence, AtomicBool, AtomicU64, Ordering};
 use std::sync::Arc;
 use std::task::{Context, Poll};
-use std::time::Duration;
 
 use atomic_waker::AtomicWaker;
 pub use crossbeam_channel::TrySendError;
@@ -40,29 +46,43 @@ pub enum PushOutcome {
     SlowConsumer,
 }
 
+/// "The inbox has room again", from a shard to the publishers it parked.
+#[derive(Default)]
+struct Space {
+    /// A publisher found the inbox full and waits.
+    wanted: AtomicBool,
+    /// The shard took a message since `wanted` was set.
+    freed: AtomicBool,
+    /// The relay task (integration thread).
+    relay: AtomicWaker,
+    /// Parked publishers (touched by the integration thread only).
+    publishers: tokio::sync::Notify,
+}
+
 struct InboxTx {
     tx: Sender<ShardMsg>,
     waker: Arc<AtomicWaker>,
+    space: Arc<Space>,
 }
 
 /// The receiving end, owned by one shard.
 pub struct Inbox {
     rx: Receiver<ShardMsg>,
     waker: Arc<AtomicWaker>,
+    space: Arc<Space>,
 }
 
 /// Sends to shards from any thread.
 #[derive(Clone)]
 pub struct ShardRouter {
     inboxes: Arc<[InboxTx]>,
+    /// Times a publisher found an inbox full and waited.
+    waits: Arc<AtomicU64>,
 }
 
 /// The shards are gone (shutdown).
 #[derive(Debug, PartialEq, Eq)]
 pub struct Closed;
-
-/// How long a producer waits before retrying a full inbox.
-const FULL_BACKOFF: Duration = Duration::from_micros(200);
 
 impl ShardRouter {
     pub fn new(shards: usize, capacity: usize) -> (ShardRouter, Vec<Inbox>) {
@@ -70,37 +90,89 @@ impl ShardRouter {
             .map(|_| {
                 let (tx, rx) = crossbeam_channel::bounded(capacity);
                 let waker = Arc::new(AtomicWaker::new());
-                (InboxTx { tx, waker: waker.clone() }, Inbox { rx, waker })
+                let space = Arc::new(Space::default());
+                (InboxTx { tx, waker: waker.clone(), space: space.clone() }, Inbox { rx, waker, space })
             })
             .unzip::<_, _, Vec<_>, Vec<_>>();
-        (ShardRouter { inboxes: txs.into() }, rxs)
+        (ShardRouter { inboxes: txs.into(), waits: Arc::default() }, rxs)
+    }
+
+    /// How often publishers waited for a full shard inbox (a metric).
+    pub fn waits(&self) -> u64 {
+        self.waits.load(Ordering::Relaxed)
+    }
+
+    /// Starts the tasks that wake the publishers parked on full inboxes when
+    /// their shard makes room. Call once, inside the integration thread's
+    /// tokio runtime; they run for the process's life.
+    pub fn spawn_space_relays(&self) {
+        for inbox in self.inboxes.iter() {
+            let space = inbox.space.clone();
+            tokio::spawn(async move {
+                loop {
+                    poll_fn(|cx| {
+                        space.relay.register(cx.waker());
+                        if space.freed.swap(false, Ordering::AcqRel) {
+                            Poll::Ready(())
+                        } else {
+                            Poll::Pending
+                        }
+                    })
+                    .await;
+                    space.publishers.notify_waiters();
+                }
+            });
+        }
     }
 
     pub fn shard_count(&self) -> usize {
         self.inboxes.len()
     }
 
-    /// Hands `batch` to every shard, waiting (asynchronously, on the tokio
-    /// side) while a shard's inbox is full: publishers slow down instead of
-    /// memory growing.
+    /// Hands `batch` to every shard. Shards with room get it at once; then
+    /// the publisher parks on each full one in turn, so a busy shard delays
+    /// neither the others nor (beyond its own room) memory: publishers slow
+    /// down instead of queues growing.
     pub async fn dispatch(&self, batch: Batch) -> Result<(), Closed> {
+        let mut full = Vec::new();
         for shard in 0..self.inboxes.len() {
-            self.send(shard, ShardMsg::Deliver(batch.clone())).await?;
+            match self.try_send(shard, ShardMsg::Deliver(batch.clone())) {
+                Ok(()) => {}
+                Err(TrySendError::Full(msg)) => full.push((shard, msg)),
+                Err(TrySendError::Disconnected(_)) => return Err(Closed),
+            }
+        }
+        for (shard, msg) in full {
+            self.send(shard, msg).await?;
         }
         Ok(())
     }
 
-    /// Sends to one shard from the tokio side, waiting while its inbox is full.
+    /// Sends to one shard from the tokio side (the integration thread, where
+    /// `relay_space` runs), parked while its inbox is full.
     pub async fn send(&self, shard: usize, mut msg: ShardMsg) -> Result<(), Closed> {
+        let space = &self.inboxes[shard].space;
         loop {
+            // Listening before trying: room made after the try is not missed.
+            let notified = space.publishers.notified();
+            tokio::pin!(notified);
+            notified.as_mut().enable();
             match self.try_send(shard, msg) {
                 Ok(()) => return Ok(()),
-                Err(TrySendError::Full(back)) => {
-                    msg = back;
-                    tokio::time::sleep(FULL_BACKOFF).await;
-                }
+                Err(TrySendError::Full(back)) => msg = back,
                 Err(TrySendError::Disconnected(_)) => return Err(Closed),
             }
+            space.wanted.store(true, Ordering::SeqCst);
+            // Pairs with the fence after the shard's receive: either the
+            // shard sees `wanted`, or this retry sees the room it made.
+            fence(Ordering::SeqCst);
+            match self.try_send(shard, msg) {
+                Ok(()) => return Ok(()),
+                Err(TrySendError::Full(back)) => msg = back,
+                Err(TrySendError::Disconnected(_)) => return Err(Closed),
+            }
+            self.waits.fetch_add(1, Ordering::Relaxed);
+            notified.await;
         }
     }
 
@@ -126,6 +198,19 @@ impl ShardRouter {
 impl Inbox {
     /// `Ready(None)` when every sender is gone.
     pub fn poll_recv(&self, cx: &Context<'_>) -> Poll<Option<ShardMsg>> {
+        let got = self.poll_inner(cx);
+        if matches!(got, Poll::Ready(Some(_))) {
+            fence(Ordering::SeqCst);
+        }
+        if matches!(got, Poll::Ready(Some(_))) && self.space.wanted.load(Ordering::SeqCst) {
+            self.space.wanted.store(false, Ordering::SeqCst);
+            self.space.freed.store(true, Ordering::Release);
+            self.space.relay.wake();
+        }
+        got
+    }
+
+    fn poll_inner(&self, cx: &Context<'_>) -> Poll<Option<ShardMsg>> {
         match self.rx.try_recv() {
             Ok(m) => return Poll::Ready(Some(m)),
             Err(TryRecvError::Disconnected) => return Poll::Ready(None),
@@ -138,5 +223,47 @@ impl Inbox {
             Err(TryRecvError::Disconnected) => Poll::Ready(None),
             Err(TryRecvError::Empty) => Poll::Pending,
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::publish::Delivery;
+
+    fn recv(inbox: &Inbox) -> Option<ShardMsg> {
+        match inbox.poll_recv(&Context::from_waker(std::task::Waker::noop())) {
+            Poll::Ready(m) => m,
+            Poll::Pending => None,
+        }
+    }
+
+    fn batch(topic: &str) -> Batch {
+        Arc::from(vec![Delivery { topic: topic.into(), frame: Bytes::new() }])
+    }
+
+    #[test]
+    fn a_full_shard_parks_the_publisher_without_delaying_the_others() {
+        let (router, inboxes) = ShardRouter::new(2, 1);
+        router.try_send(0, ShardMsg::Deliver(batch("filler"))).unwrap();
+        let rt = tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap();
+        rt.block_on(async {
+            router.spawn_space_relays();
+            let publish = tokio::spawn({
+                let router = router.clone();
+                async move { router.dispatch(batch("news")).await }
+            });
+            // Shard 1 had room: it has the batch while shard 0 is still full.
+            while router.waits() == 0 {
+                tokio::task::yield_now().await;
+            }
+            assert!(matches!(recv(&inboxes[1]), Some(ShardMsg::Deliver(b)) if &*b[0].topic == "news"));
+            assert!(!publish.is_finished());
+            // Shard 0 takes its filler: the parked publisher is woken, not polled.
+            assert!(matches!(recv(&inboxes[0]), Some(ShardMsg::Deliver(b)) if &*b[0].topic == "filler"));
+            tokio::time::timeout(std::time::Duration::from_secs(5), publish).await.unwrap().unwrap().unwrap();
+            assert!(matches!(recv(&inboxes[0]), Some(ShardMsg::Deliver(b)) if &*b[0].topic == "news"));
+            assert_eq!(router.waits(), 1);
+        });
     }
 }
