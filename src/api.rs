@@ -30,6 +30,7 @@ pub struct ApiContext {
     pub metrics: Arc<GlobalMetrics>,
     pub hook_metrics: Arc<HookMetrics>,
     pub max_body: usize,
+    pub publish_limits: publish::Limits,
     pub router: ShardRouter,
     pub clients: Arc<ClientRegistry>,
 }
@@ -62,6 +63,16 @@ pub async fn serve(listener: TcpListener, ctx: Arc<ApiContext>) {
 
 type Reply = Response<Full<Bytes>>;
 
+fn render_router(router: &ShardRouter, out: &mut String) {
+    use std::fmt::Write;
+    let _ = writeln!(
+        out,
+        "# HELP ringcast_publish_waits_total Times a publisher waited for a shard's full inbox (backpressure).\n\
+         # TYPE ringcast_publish_waits_total counter\nringcast_publish_waits_total {}",
+        router.waits()
+    );
+}
+
 fn json(status: StatusCode, body: String) -> Reply {
     let mut r = Response::new(Full::new(Bytes::from(body)));
     *r.status_mut() = status;
@@ -79,6 +90,7 @@ async fn route(req: Request<Incoming>, ctx: &ApiContext) -> Reply {
         (&Method::GET, "/metrics") => {
             let mut text = metrics::render(&ctx.shard_metrics, &ctx.metrics);
             ctx.hook_metrics.render(&mut text);
+            render_router(&ctx.router, &mut text);
             let mut r = Response::new(Full::new(Bytes::from(text)));
             r.headers_mut().insert(CONTENT_TYPE, HeaderValue::from_static("text/plain; version=0.0.4"));
             r
@@ -170,8 +182,9 @@ async fn publish_route(req: Request<Incoming>, ctx: &ApiContext) -> Reply {
         Ok(m) => m,
         Err(e) => return error(StatusCode::BAD_REQUEST, &e),
     };
-    if let Err(e) = publish::validate(&messages) {
-        return error(StatusCode::BAD_REQUEST, &e.to_string());
+    if let Err(e) = publish::validate(&messages, &ctx.publish_limits) {
+        let status = StatusCode::from_u16(e.http_status()).unwrap_or(StatusCode::BAD_REQUEST);
+        return error(status, &e.to_string());
     }
     let count = messages.len() as u64;
     match ctx.broker.publish(messages).await {

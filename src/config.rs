@@ -63,6 +63,11 @@ pub struct Limits {
     pub idle_timeout_ms: u64,
     /// Backend hook requests in flight per shard; more are refused at once.
     pub max_hooks_in_flight: usize,
+    /// (message, topic) pairs in one publish request.
+    pub max_publish_topics: usize,
+    /// Frame bytes one publish request may make the gateway encode
+    /// (payload + topic + envelope, per topic).
+    pub max_publish_bytes: usize,
 }
 
 #[derive(Debug, Clone, Deserialize)]
@@ -214,6 +219,8 @@ impl Default for Limits {
             ping_interval_ms: 25_000,
             idle_timeout_ms: 60_000,
             max_hooks_in_flight: 1024,
+            max_publish_topics: 10_000,
+            max_publish_bytes: 64 * 1024 * 1024,
         }
     }
 }
@@ -246,6 +253,14 @@ impl std::error::Error for ConfigError {}
 pub const BROKERS: &[&str] = &["memory"];
 
 impl Config {
+    /// What one publish request may make the gateway encode.
+    pub fn publish_limits(&self) -> crate::publish::Limits {
+        crate::publish::Limits {
+            max_topics: self.limits.max_publish_topics,
+            max_bytes: self.limits.max_publish_bytes,
+        }
+    }
+
     pub fn from_toml(text: &str, origin: &str) -> Result<Config, ConfigError> {
         toml::from_str(text).map_err(|e| ConfigError(format!("{origin}: {e}")))
     }
@@ -294,6 +309,12 @@ impl Config {
                 "limits.idle_timeout_ms",
                 "must be above limits.ping_interval_ms, which must be above 0",
             );
+        }
+        if l.max_publish_topics == 0 {
+            return fail("limits.max_publish_topics", "must be at least 1");
+        }
+        if l.max_publish_bytes < 1024 {
+            return fail("limits.max_publish_bytes", "must be at least 1024 bytes");
         }
         if l.max_hooks_in_flight == 0 {
             return fail("limits.max_hooks_in_flight", "must be at least 1");

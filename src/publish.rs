@@ -26,9 +26,43 @@ pub enum PublishError {
         topic: String,
     },
     UnknownBroker(String),
+    /// More (message, topic) pairs than `limits.max_publish_topics`.
+    TooManyTopics {
+        topics: usize,
+        limit: usize,
+    },
+    /// The frames to encode would pass `limits.max_publish_bytes`.
+    TooLarge {
+        bytes: usize,
+        limit: usize,
+    },
     /// The gateway is shutting down.
     Unavailable,
 }
+
+impl PublishError {
+    /// The HTTP status that answers it.
+    pub fn http_status(&self) -> u16 {
+        match self {
+            PublishError::TooLarge { .. } => 413,
+            PublishError::Unavailable => 503,
+            _ => 400,
+        }
+    }
+}
+
+/// Bounds on what one publish request may make the gateway build: each
+/// (message, topic) pair is encoded as its own frame (the topic is inside
+/// the frame), so a large payload to many topics multiplies.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Limits {
+    pub max_topics: usize,
+    pub max_bytes: usize,
+}
+
+/// Envelope bytes of a delivery frame besides topic and payload (header,
+/// `{"topic":…,"payload":…}`), rounded up.
+const ENVELOPE: usize = 40;
 
 impl std::fmt::Display for PublishError {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
@@ -39,6 +73,16 @@ impl std::fmt::Display for PublishError {
                 write!(f, "message {message}: invalid topic {topic:?} (1-255 bytes, no control characters)")
             }
             PublishError::UnknownBroker(b) => write!(f, "unknown broker {b:?}"),
+            PublishError::TooManyTopics { topics, limit } => write!(
+                f,
+                "request names {topics} (message, topic) pairs; at most {limit} per request \
+                 (limits.max_publish_topics): split it"
+            ),
+            PublishError::TooLarge { bytes, limit } => write!(
+                f,
+                "request would encode {bytes} bytes of frames (payload size × topics); at most {limit} \
+                 per request (limits.max_publish_bytes): split it or use fewer topics"
+            ),
             PublishError::Unavailable => f.write_str("gateway is shutting down"),
         }
     }
@@ -47,9 +91,18 @@ impl std::fmt::Display for PublishError {
 impl std::error::Error for PublishError {}
 
 /// Checks a whole request before anything of it is published.
-pub fn validate(messages: &[Message]) -> Result<(), PublishError> {
+pub fn validate(messages: &[Message], limits: &Limits) -> Result<(), PublishError> {
     if messages.is_empty() {
         return Err(PublishError::NoMessages);
+    }
+    let topics: usize = messages.iter().map(|m| m.topics.len()).sum();
+    if topics > limits.max_topics {
+        return Err(PublishError::TooManyTopics { topics, limit: limits.max_topics });
+    }
+    let bytes: usize =
+        messages.iter().flat_map(|m| m.topics.iter().map(|t| m.payload.len() + t.len() + ENVELOPE)).sum();
+    if bytes > limits.max_bytes {
+        return Err(PublishError::TooLarge { bytes, limit: limits.max_bytes });
     }
     for (i, m) in messages.iter().enumerate() {
         if m.topics.is_empty() {
@@ -92,12 +145,29 @@ mod tests {
         Message { topics: topics.iter().map(|t| t.to_string()).collect(), payload: Bytes::from_static(b"x") }
     }
 
+    const LIMITS: Limits = Limits { max_topics: 100, max_bytes: 1 << 20 };
+
     #[test]
     fn validation_refuses_the_whole_request() {
-        assert_eq!(validate(&[]), Err(PublishError::NoMessages));
-        assert_eq!(validate(&[msg(&["a"]), msg(&[])]), Err(PublishError::NoTopics { message: 1 }));
-        assert!(matches!(validate(&[msg(&["a", ""])]), Err(PublishError::InvalidTopic { message: 0, .. })));
-        assert_eq!(validate(&[msg(&["a", "b"])]), Ok(()));
+        assert_eq!(validate(&[], &LIMITS), Err(PublishError::NoMessages));
+        assert_eq!(validate(&[msg(&["a"]), msg(&[])], &LIMITS), Err(PublishError::NoTopics { message: 1 }));
+        assert!(matches!(
+            validate(&[msg(&["a", ""])], &LIMITS),
+            Err(PublishError::InvalidTopic { message: 0, .. })
+        ));
+        assert_eq!(validate(&[msg(&["a", "b"])], &LIMITS), Ok(()));
+    }
+
+    #[test]
+    fn amplification_is_bounded_before_anything_is_encoded() {
+        let many: Vec<String> = (0..101).map(|i| format!("t{i}")).collect();
+        let m = Message { topics: many, payload: Bytes::from_static(b"x") };
+        assert_eq!(validate(&[m], &LIMITS), Err(PublishError::TooManyTopics { topics: 101, limit: 100 }));
+        let big = Message { topics: vec!["a".into(), "b".into()], payload: Bytes::from(vec![b'x'; 600_000]) };
+        let err = validate(&[big], &LIMITS).unwrap_err();
+        assert!(matches!(err, PublishError::TooLarge { bytes, .. } if bytes > 1_200_000), "{err:?}");
+        assert_eq!(err.http_status(), 413);
+        assert!(err.to_string().contains("limits.max_publish_bytes"));
     }
 
     #[test]

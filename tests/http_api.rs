@@ -75,3 +75,24 @@ fn health_and_metrics() {
     }
     assert_eq!(s.metric("ringcast_connections"), 1);
 }
+
+/// One large payload to many topics would be encoded once per topic: the
+/// request is refused whole, with the limit named, before anything is built.
+#[test]
+fn publish_amplification_is_refused_with_the_limit_named() {
+    let s = Server::start("[limits]\nmax_publish_topics = 5\nmax_publish_bytes = 1048576\n", 1);
+    let mut ws = s.connect("/ws");
+    join(&mut ws, &["t0"]);
+    let topics: Vec<String> = (0..4).map(|i| format!("t{i}")).collect();
+    let big = serde_json::json!({"topics": topics, "payload": "x".repeat(300_000)}).to_string();
+    let (status, body) = s.publish_json(&big);
+    assert_eq!(status, 413, "{body}");
+    assert!(body.contains("limits.max_publish_bytes"), "{body}");
+    let six = serde_json::json!({"topics": ["a", "b", "c", "d", "e", "f"], "payload": "x"}).to_string();
+    let (status, body) = s.publish_json(&six);
+    assert_eq!(status, 400, "{body}");
+    assert!(body.contains("limits.max_publish_topics"), "{body}");
+    // Within the limits it goes through, and nothing of the refused ones did.
+    assert_eq!(s.publish_json(r#"{"topics":["t0"],"payload":"ok"}"#).0, 200);
+    assert_eq!(recv_text(&mut ws), r#"{"topic":"t0","payload":"ok"}"#);
+}

@@ -18,6 +18,7 @@ pub struct RpcContext {
     pub broker: Arc<dyn Broker>,
     pub broker_name: String,
     pub max_frame_size: usize,
+    pub publish_limits: crate::publish::Limits,
     pub metrics: Arc<GlobalMetrics>,
 }
 
@@ -58,7 +59,7 @@ async fn connection(mut stream: TcpStream, ctx: &RpcContext) -> std::io::Result<
             let Some((f, used)) = decoded else { break };
             start += used;
             metrics::inc(&ctx.metrics.rpc_requests);
-            let mut call = service::interpret(&f, &ctx.broker_name);
+            let mut call = service::interpret(&f, &ctx.broker_name, &ctx.publish_limits);
             out.clear();
             match std::mem::replace(&mut call.action, Action::Fail(String::new())) {
                 Action::Fail(e) => {

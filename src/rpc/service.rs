@@ -41,7 +41,7 @@ enum Api {
 
 /// Interprets one frame. `broker` is the configured broker's name, which a
 /// `websockets.v1beta` message's `broker` field must match when set.
-pub fn interpret(f: &Frame<'_>, broker: &str) -> Call {
+pub fn interpret(f: &Frame<'_>, broker: &str, limits: &publish::Limits) -> Call {
     let codec_flag = f.flags & !(frame::ERROR | frame::CONTROL);
     let seq = f.options.first().copied().unwrap_or(0);
     let mut call = Call { seq, method: String::new(), codec_flag, action: Action::Fail(String::new()) };
@@ -62,14 +62,20 @@ pub fn interpret(f: &Frame<'_>, broker: &str) -> Call {
         return call;
     };
     call.method = method.to_string();
-    call.action = match action(method, codec_flag, body, broker) {
+    call.action = match action(method, codec_flag, body, broker, limits) {
         Ok(a) => a,
         Err(e) => Action::Fail(e),
     };
     call
 }
 
-fn action(method: &str, codec_flag: u8, body: &[u8], broker: &str) -> Result<Action, String> {
+fn action(
+    method: &str,
+    codec_flag: u8,
+    body: &[u8],
+    broker: &str,
+    limits: &publish::Limits,
+) -> Result<Action, String> {
     let (api, wait) = match method {
         "websockets.Publish" => (Api::Websockets, true),
         "websockets.PublishAsync" => (Api::Websockets, false),
@@ -92,7 +98,7 @@ fn action(method: &str, codec_flag: u8, body: &[u8], broker: &str) -> Result<Act
         Codec::Proto => decode_proto(&api, body, broker)?,
         Codec::Json => decode_json(body, broker)?,
     };
-    publish::validate(&messages).map_err(|e| e.to_string())?;
+    publish::validate(&messages, limits).map_err(|e| e.to_string())?;
     Ok(Action::Publish { messages, wait })
 }
 
@@ -186,7 +192,11 @@ mod tests {
     use super::*;
 
     fn call(flags: u8, options: &[u32], payload: &[u8]) -> Call {
-        interpret(&Frame { flags, options: options.to_vec(), payload }, "memory")
+        interpret(
+            &Frame { flags, options: options.to_vec(), payload },
+            "memory",
+            &crate::config::Config::default().publish_limits(),
+        )
     }
 
     fn with_method(method: &str, body: &[u8]) -> Vec<u8> {
