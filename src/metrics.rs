@@ -21,6 +21,8 @@ pub struct ShardMetrics {
     pub subscriptions: AtomicU64,
     pub pushes: AtomicU64,
     pub backend_errors: AtomicU64,
+    pub close_backlog: AtomicU64,
+    pub close_hooks_dropped: AtomicU64,
 }
 
 #[derive(Debug, Default)]
@@ -52,6 +54,10 @@ pub fn inc(c: &AtomicU64) {
 
 pub fn add(c: &AtomicU64, n: u64) {
     c.fetch_add(n, Relaxed);
+}
+
+pub fn sub(c: &AtomicU64, n: u64) {
+    c.fetch_sub(n, Relaxed);
 }
 
 pub fn dec(c: &AtomicU64) {
@@ -103,6 +109,18 @@ const SHARD_SERIES: &[(&str, &str, &str, Field)] = &[
         "counter",
         "Client messages the backend did not take (proxy dialect).",
         |m| &m.backend_errors,
+    ),
+    (
+        "ringcast_close_hook_backlog",
+        "gauge",
+        "Close notifications waiting for room in the backend hook queue.",
+        |m| &m.close_backlog,
+    ),
+    (
+        "ringcast_close_hooks_dropped_total",
+        "counter",
+        "Close notifications never sent: backlog full, or still waiting at the shutdown deadline.",
+        |m| &m.close_hooks_dropped,
     ),
 ];
 

@@ -156,14 +156,15 @@ pub fn run(config: Config) -> Result<(), StartError> {
 
     wait_for_signal()?;
     info!(timeout_ms = config.server.shutdown_timeout_ms, "shutting down: closing connections with 1001");
+    // One deadline for the whole shutdown: shards drain within it, and the
+    // close notifications they queued go out within what is left of it.
+    let deadline = std::time::Instant::now() + Duration::from_millis(config.server.shutdown_timeout_ms);
     router.shutdown();
     for (id, ex) in executors.into_iter().enumerate() {
         if let Err(e) = ex.join() {
             error!(shard = id, error = %e, "shard ended with an error");
         }
     }
-    // Close notifications of the drained connections go out before the exit.
-    let deadline = std::time::Instant::now() + Duration::from_millis(config.server.shutdown_timeout_ms);
     while hook_metrics.pending() > 0 && std::time::Instant::now() < deadline {
         std::thread::sleep(Duration::from_millis(10));
     }

@@ -347,3 +347,101 @@ fn a_late_join_answer_never_subscribes_the_slots_next_client() {
     assert_eq!(recv_text(&mut b), r#"{"topic":"probe","payload":"for B"}"#);
     assert_eq!(s.metric("ringcast_subscriptions"), 1, "only B's probe");
 }
+
+fn cpu_seconds(pid: u32) -> f64 {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap();
+    let fields: Vec<&str> = stat.rsplit(')').next().unwrap().split_whitespace().collect();
+    let ticks: u64 = fields[11].parse::<u64>().unwrap() + fields[12].parse::<u64>().unwrap();
+    ticks as f64 / 100.0
+}
+
+/// A mass disconnect while the backend is stuck: close notifications wait
+/// in one per-shard backlog (no timer per connection, no spinning), and
+/// every one of them reaches the backend once it answers again.
+#[test]
+fn close_notifications_wait_in_a_backlog_while_the_backend_is_stuck() {
+    const CLIENTS: usize = 1500;
+    // Close notifications hang until the gate opens.
+    let gate = std::sync::Arc::new((std::sync::Mutex::new(false), std::sync::Condvar::new()));
+    let backend = Backend::start({
+        let gate = gate.clone();
+        move |s| {
+            if s.path == "/close" {
+                let (open, changed) = &*gate;
+                let guard = open.lock().unwrap();
+                drop(changed.wait_timeout_while(guard, Duration::from_secs(60), |open| !*open).unwrap());
+            }
+            Answer::new(200, "")
+        }
+    });
+    let config = format!(
+        "[limits]\nmax_hooks_in_flight = 4\n[[vhost]]\npath = \"/ws\"\ndialect = \"roadrunner\"\n\
+         [vhost.hooks]\nclose = \"{}/close\"\ntimeout_ms = 120000\n",
+        backend.url()
+    );
+    let s = Server::start(&config, 1);
+    let clients: Vec<std::net::TcpStream> = (0..CLIENTS)
+        .map(|_| {
+            let mut c = std::net::TcpStream::connect(s.ws).unwrap();
+            std::io::Write::write_all(&mut c, upgrade_request("/ws").as_bytes()).unwrap();
+            c
+        })
+        .collect();
+    assert!(eventually(Duration::from_secs(20), || s.metric("ringcast_connections") == CLIENTS as u64));
+    drop(clients);
+    assert!(eventually(Duration::from_secs(20), || s.metric("ringcast_connections") == 0));
+    let backlog = s.metric("ringcast_close_hook_backlog");
+    assert!(backlog > 1000, "backlog {backlog}: the hook queue took the rest");
+    // While nothing can be sent the shard stays quiet: no per-connection timers.
+    let before = cpu_seconds(s.pid());
+    let window = Instant::now();
+    while window.elapsed() < Duration::from_secs(1) {
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    let busy = (cpu_seconds(s.pid()) - before) / window.elapsed().as_secs_f64();
+    assert!(busy < 0.2, "the stuck backlog used {busy:.2} of a core");
+    *gate.0.lock().unwrap() = true;
+    gate.1.notify_all();
+    assert!(
+        eventually(Duration::from_secs(60), || backend.requests("POST", "/close").len() == CLIENTS),
+        "{} of {CLIENTS} close notifications arrived",
+        backend.requests("POST", "/close").len()
+    );
+    assert_eq!(s.metric("ringcast_close_hook_backlog"), 0);
+    assert_eq!(s.metric("ringcast_close_hooks_dropped_total"), 0);
+}
+
+/// Shutdown keeps to one deadline: clients that never answer the Close and a
+/// backend that never answers the close notifications together get
+/// `shutdown_timeout_ms`, not that twice over.
+#[test]
+fn shutdown_keeps_to_one_deadline_with_stuck_clients_and_backend() {
+    let backend = Backend::start(|s| {
+        if s.path == "/close" {
+            return Answer::new(200, "").after(Duration::from_secs(30));
+        }
+        Answer::new(200, "")
+    });
+    let config = format!(
+        "[server]\nshutdown_timeout_ms = 1000\n[[vhost]]\npath = \"/ws\"\ndialect = \"roadrunner\"\n\
+         [vhost.hooks]\nclose = \"{}/close\"\ntimeout_ms = 60000\n",
+        backend.url()
+    );
+    let mut s = Server::start(&config, 2);
+    // Raw clients that never read, so never answer the server's Close.
+    let _clients: Vec<std::net::TcpStream> = (0..10)
+        .map(|_| {
+            let mut c = std::net::TcpStream::connect(s.ws).unwrap();
+            std::io::Write::write_all(&mut c, upgrade_request("/ws").as_bytes()).unwrap();
+            c
+        })
+        .collect();
+    assert!(eventually(Duration::from_secs(5), || s.metric("ringcast_connections") == 10));
+    let signalled = Instant::now();
+    s.signal("TERM");
+    let status = s.wait_exit(Duration::from_secs(5)).expect("exits");
+    let took = signalled.elapsed();
+    assert!(status.success());
+    assert!(took < Duration::from_millis(1700), "shutdown took {took:?} for a 1 s timeout");
+    assert!(s.log().contains("exiting with backend hook requests unfinished"), "{}", s.log());
+}

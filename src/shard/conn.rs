@@ -443,21 +443,9 @@ impl Connection {
         }
         let v = &shard.config.vhosts[self.vhost];
         if let Some(request) = close_hook(v, self.owner.id, client.as_deref(), reason.as_deref()) {
-            // Not awaited (the outcome is counted in the hook metrics), but
-            // never dropped for a full queue: a mass disconnect waits its turn.
-            // At most one per closed connection is pending.
-            if let Err(mut request) = shard.hooks.try_submit(request) {
-                let hooks = shard.hooks.clone();
-                rt::spawn(async move {
-                    loop {
-                        rt::sleep(Duration::from_millis(5)).await;
-                        match hooks.try_submit(*request) {
-                            Ok(_) => break,
-                            Err(back) => request = back,
-                        }
-                    }
-                });
-            }
+            // Not awaited (the outcome is counted in the hook metrics); a
+            // full hook queue puts it in the shard's backlog, not a timer.
+            shard.notify_closed(request);
         }
     }
 

@@ -8,6 +8,7 @@ pub mod send_queue;
 pub mod topics;
 
 use std::cell::{Cell, RefCell};
+use std::collections::VecDeque;
 use std::future::poll_fn;
 use std::rc::{Rc, Weak};
 use std::sync::atomic::{AtomicUsize, Ordering};
@@ -32,6 +33,12 @@ use topics::{ConnKey, TopicIndex};
 
 /// Size of the per-shard read buffer every connection reads into.
 const READ_BUFFER: usize = 64 * 1024;
+/// Close notifications a shard keeps while the hook queue is full; past
+/// this they are dropped and counted (a backend down through a mass
+/// disconnect of more clients than this).
+const CLOSE_BACKLOG_MAX: usize = 100_000;
+/// Close notifications handed to the hook queue per retry pass.
+const CLOSE_RETRY_BATCH: usize = 1024;
 /// Subscriber pushes (plus messages) the inbox loop does before it lets the
 /// connection tasks write what it queued.
 const WORK_PER_TURN: usize = 4096;
@@ -71,6 +78,10 @@ pub struct Shard {
     pub hooks: HookSender,
     pub clients: Arc<ClientRegistry>,
     hooks_in_flight: Cell<usize>,
+    /// Close notifications the full hook queue could not take yet, oldest
+    /// first; one retry task works through them (`close_retry_running`).
+    close_backlog: RefCell<VecDeque<HookRequest>>,
+    close_retry_running: Cell<bool>,
     /// Connections ever registered here; part of each connection's id.
     registered: Cell<u64>,
     /// When a rate-limited warning was last logged (ms since start).
@@ -97,6 +108,8 @@ pub async fn run(setup: ShardSetup) {
         hooks: setup.hooks,
         clients: setup.clients,
         hooks_in_flight: Cell::new(0),
+        close_backlog: RefCell::new(VecDeque::new()),
+        close_retry_running: Cell::new(false),
         registered: Cell::new(0),
         last_warning_ms: Cell::new(None),
     });
@@ -277,6 +290,53 @@ impl Shard {
         outcome.unwrap_or(HookOutcome::Unreachable("gateway shutting down".into()))
     }
 
+    /// Sends a close notification, never dropping it for a full hook queue:
+    /// it waits in the shard's backlog (in order) for one retry task.
+    pub(crate) fn notify_closed(&self, request: HookRequest) {
+        let mut backlog = self.close_backlog.borrow_mut();
+        let request = if backlog.is_empty() {
+            match self.hooks.try_submit(request) {
+                Ok(_) => return,
+                Err(back) => *back,
+            }
+        } else {
+            request
+        };
+        if backlog.len() >= CLOSE_BACKLOG_MAX {
+            metrics::inc(&self.metrics.close_hooks_dropped);
+            if self.log_allowed() {
+                warn!(
+                    shard = self.id,
+                    "close hook backlog full ({CLOSE_BACKLOG_MAX}); dropping close notifications"
+                );
+            }
+            return;
+        }
+        backlog.push_back(request);
+        metrics::inc(&self.metrics.close_backlog);
+        drop(backlog);
+        if !self.close_retry_running.replace(true) {
+            rt::spawn(retry_close_notifications(self.myself()));
+        }
+    }
+
+    /// Hands backlog entries to the hook queue while it takes them (at most
+    /// a batch); true if any went.
+    fn submit_close_backlog(&self) -> bool {
+        let mut backlog = self.close_backlog.borrow_mut();
+        let mut sent = 0;
+        while sent < CLOSE_RETRY_BATCH {
+            let Some(request) = backlog.pop_front() else { break };
+            if let Err(back) = self.hooks.try_submit(request) {
+                backlog.push_front(*back);
+                break;
+            }
+            sent += 1;
+        }
+        metrics::sub(&self.metrics.close_backlog, sent as u64);
+        sent > 0
+    }
+
     fn unregister(&self, key: ConnKey) {
         let conn = self.conns.borrow_mut().remove(key);
         let mut topics = self.topics.borrow_mut();
@@ -345,8 +405,16 @@ impl Shard {
             self.start_close(&mut st, Some(1001), "server shutting down", timeout);
         }
         let deadline = Instant::now() + timeout;
-        while !self.conns.borrow().is_empty() && Instant::now() < deadline {
+        while !(self.conns.borrow().is_empty() && self.close_backlog.borrow().is_empty())
+            && Instant::now() < deadline
+        {
             rt::sleep(Duration::from_millis(10)).await;
+        }
+        let unsent = std::mem::take(&mut *self.close_backlog.borrow_mut()).len() as u64;
+        if unsent > 0 {
+            metrics::add(&self.metrics.close_hooks_dropped, unsent);
+            metrics::sub(&self.metrics.close_backlog, unsent);
+            warn!(shard = self.id, unsent, "shutdown deadline passed with close notifications unsent");
         }
         debug!(shard = self.id, left = self.conns.borrow().len(), "shard drained");
     }
@@ -362,6 +430,22 @@ impl Shard {
             }
         })
         .await
+    }
+}
+
+/// Works through the close backlog: retries as soon as the hook queue took
+/// something, backing off (5 ms doubling to 500 ms) while it takes nothing.
+async fn retry_close_notifications(shard: Rc<Shard>) {
+    let mut delay = Duration::from_millis(5);
+    loop {
+        rt::sleep(delay).await;
+        let progressed = shard.submit_close_backlog();
+        if shard.close_backlog.borrow().is_empty() {
+            shard.close_retry_running.set(false);
+            return;
+        }
+        delay =
+            if progressed { Duration::from_millis(5) } else { (delay * 2).min(Duration::from_millis(500)) };
     }
 }
 
