@@ -10,7 +10,7 @@ use http_body_util::{BodyExt, Full, Limited};
 use hyper::body::Incoming;
 use hyper::header::{HeaderValue, CONTENT_TYPE};
 use hyper::{Method, Request, Response, StatusCode};
-use hyper_util::rt::TokioIo;
+use hyper_util::rt::{TokioIo, TokioTimer};
 use prost::Message as _;
 use serde::Deserialize;
 use tokio::net::TcpListener;
@@ -30,6 +30,8 @@ pub struct ApiContext {
     pub metrics: Arc<GlobalMetrics>,
     pub hook_metrics: Arc<HookMetrics>,
     pub max_body: usize,
+    /// Head and body of a request must arrive within this.
+    pub request_timeout: std::time::Duration,
     pub publish_limits: publish::Limits,
     pub router: ShardRouter,
     pub clients: Arc<ClientRegistry>,
@@ -46,12 +48,16 @@ pub async fn serve(listener: TcpListener, ctx: Arc<ApiContext>) {
             }
         };
         let ctx = ctx.clone();
+        let ctx_timeout = ctx.request_timeout;
         tokio::spawn(async move {
             let service = hyper::service::service_fn(move |req| {
                 let ctx = ctx.clone();
                 async move { Ok::<_, Infallible>(route(req, &ctx).await) }
             });
+            // Without a timer hyper silently skips its header-read timeout.
             if let Err(e) = hyper::server::conn::http1::Builder::new()
+                .timer(TokioTimer::new())
+                .header_read_timeout(ctx_timeout)
                 .serve_connection(TokioIo::new(stream), service)
                 .await
             {
@@ -124,12 +130,9 @@ fn text(status: StatusCode, body: &'static str) -> Reply {
 /// ws2api push (PROTOCOLS.md §4): `POST /<ClientId>`, the body goes to that
 /// client as one message. 200 `ok` once queued, 404 when not connected.
 async fn push_route(req: Request<Incoming>, client: &str, ctx: &ApiContext) -> Reply {
-    let body = match Limited::new(req.into_body(), ctx.max_body).collect().await {
-        Ok(b) => b.to_bytes(),
-        Err(e) if e.is::<http_body_util::LengthLimitError>() => {
-            return error(StatusCode::PAYLOAD_TOO_LARGE, &format!("body exceeds {} bytes", ctx.max_body))
-        }
-        Err(e) => return error(StatusCode::BAD_REQUEST, &format!("cannot read body: {e}")),
+    let body = match read_body(req, ctx).await {
+        Ok(b) => b,
+        Err(reply) => return reply,
     };
     let outcome = match ctx.clients.lookup(client) {
         None => PushOutcome::NotConnected,
@@ -151,6 +154,27 @@ async fn push_route(req: Request<Incoming>, client: &str, ctx: &ApiContext) -> R
     }
 }
 
+/// The whole body, within `max_body` bytes and the request timeout (a
+/// client dribbling its body must not hold a task forever).
+async fn read_body(req: Request<Incoming>, ctx: &ApiContext) -> Result<Bytes, Reply> {
+    let collect = Limited::new(req.into_body(), ctx.max_body).collect();
+    match tokio::time::timeout(ctx.request_timeout, collect).await {
+        Err(_) => Err(error(
+            StatusCode::REQUEST_TIMEOUT,
+            &format!(
+                "body not received within {} ms (server.api_request_timeout_ms)",
+                ctx.request_timeout.as_millis()
+            ),
+        )),
+        Ok(Ok(b)) => Ok(b.to_bytes()),
+        Ok(Err(e)) if e.is::<http_body_util::LengthLimitError>() => Err(error(
+            StatusCode::PAYLOAD_TOO_LARGE,
+            &format!("body exceeds {} bytes (rpc.max_frame_size)", ctx.max_body),
+        )),
+        Ok(Err(e)) => Err(error(StatusCode::BAD_REQUEST, &format!("cannot read body: {e}"))),
+    }
+}
+
 /// `{"topics": [...], "payload": "text"}` or with `"payload_base64"`.
 #[derive(Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -168,15 +192,9 @@ async fn publish_route(req: Request<Incoming>, ctx: &ApiContext) -> Reply {
         .get(CONTENT_TYPE)
         .and_then(|v| v.to_str().ok())
         .is_some_and(|v| v.starts_with("application/x-protobuf"));
-    let body = match Limited::new(req.into_body(), ctx.max_body).collect().await {
-        Ok(b) => b.to_bytes(),
-        Err(e) if e.is::<http_body_util::LengthLimitError>() => {
-            return error(
-                StatusCode::PAYLOAD_TOO_LARGE,
-                &format!("body exceeds {} bytes (rpc.max_frame_size)", ctx.max_body),
-            )
-        }
-        Err(e) => return error(StatusCode::BAD_REQUEST, &format!("cannot read body: {e}")),
+    let body = match read_body(req, ctx).await {
+        Ok(b) => b,
+        Err(reply) => return reply,
     };
     let messages = match if is_proto { decode_proto(&body) } else { decode_json(&body) } {
         Ok(m) => m,

@@ -45,6 +45,8 @@ pub struct ServerConfig {
     pub io_memory_kib: usize,
     /// Capacity of each shard's inbox of publication batches.
     pub shard_inbox: usize,
+    /// An HTTP API request's head and body must arrive within this.
+    pub api_request_timeout_ms: u64,
 }
 
 #[derive(Debug, Clone, Deserialize)]
@@ -75,6 +77,9 @@ pub struct Limits {
 pub struct RpcConfig {
     /// Largest goridge frame payload; a header claiming more closes the connection.
     pub max_frame_size: usize,
+    /// A frame must arrive whole within this of its first byte; a connection
+    /// that stalls mid-frame is closed. Idle connections between calls stay.
+    pub frame_timeout_ms: u64,
 }
 
 #[derive(Debug, Clone, Deserialize)]
@@ -205,6 +210,7 @@ impl Default for ServerConfig {
             shutdown_timeout_ms: 5_000,
             io_memory_kib: 512,
             shard_inbox: 4096,
+            api_request_timeout_ms: 10_000,
         }
     }
 }
@@ -227,7 +233,7 @@ impl Default for Limits {
 
 impl Default for RpcConfig {
     fn default() -> Self {
-        RpcConfig { max_frame_size: 16 * 1024 * 1024 }
+        RpcConfig { max_frame_size: 16 * 1024 * 1024, frame_timeout_ms: 10_000 }
     }
 }
 
@@ -318,6 +324,12 @@ impl Config {
         }
         if l.max_hooks_in_flight == 0 {
             return fail("limits.max_hooks_in_flight", "must be at least 1");
+        }
+        if self.rpc.frame_timeout_ms == 0 {
+            return fail("rpc.frame_timeout_ms", "must be above 0");
+        }
+        if self.server.api_request_timeout_ms == 0 {
+            return fail("server.api_request_timeout_ms", "must be above 0");
         }
         if self.rpc.max_frame_size < 64 {
             return fail("rpc.max_frame_size", "must be at least 64 bytes");

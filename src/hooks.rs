@@ -13,7 +13,7 @@ use http_body_util::{BodyExt, Full, Limited};
 use hyper::header::{HeaderName, HeaderValue, CONTENT_TYPE};
 use hyper_util::client::legacy::connect::HttpConnector;
 use hyper_util::client::legacy::Client;
-use hyper_util::rt::TokioExecutor;
+use hyper_util::rt::{TokioExecutor, TokioTimer};
 use tokio::sync::mpsc;
 use tracing::debug;
 
@@ -231,7 +231,10 @@ const MAX_CONCURRENT_REQUESTS: usize = 256;
 pub async fn run(mut receiver: HookReceiver, metrics: Arc<HookMetrics>) {
     let mut connector = HttpConnector::new();
     connector.set_nodelay(true);
+    // The idle timeout needs the pool timer; without it idle connections
+    // to the backend were never closed.
     let client: HttpClient = Client::builder(TokioExecutor::new())
+        .pool_timer(TokioTimer::new())
         .pool_idle_timeout(Duration::from_secs(60))
         .pool_max_idle_per_host(1024)
         .build(connector);

@@ -123,6 +123,7 @@ pub fn run(config: Config) -> Result<(), StartError> {
         broker: broker.clone(),
         broker_name: config.broker.clone(),
         max_frame_size: config.rpc.max_frame_size,
+        frame_timeout: Duration::from_millis(config.rpc.frame_timeout_ms),
         publish_limits: config.publish_limits(),
         metrics: global_metrics.clone(),
     });
@@ -132,6 +133,7 @@ pub fn run(config: Config) -> Result<(), StartError> {
         metrics: global_metrics,
         hook_metrics: hook_metrics.clone(),
         max_body: config.rpc.max_frame_size,
+        request_timeout: Duration::from_millis(config.server.api_request_timeout_ms),
         publish_limits: config.publish_limits(),
         router: router.clone(),
         clients,

@@ -96,3 +96,52 @@ fn publish_amplification_is_refused_with_the_limit_named() {
     assert_eq!(s.publish_json(r#"{"topics":["t0"],"payload":"ok"}"#).0, 200);
     assert_eq!(recv_text(&mut ws), r#"{"topic":"t0","payload":"ok"}"#);
 }
+
+/// Sends `head` then one byte of `tail` every 100 ms until the server closes
+/// the connection; returns how long after the first byte it closed and what
+/// it answered. Panics if the server is still there after 10 s.
+pub fn slowloris(addr: std::net::SocketAddr, head: &[u8], tail: &[u8]) -> (std::time::Duration, String) {
+    use std::io::{Read, Write};
+    use std::time::{Duration, Instant};
+    let mut c = std::net::TcpStream::connect(addr).unwrap();
+    c.set_read_timeout(Some(Duration::from_millis(100))).unwrap();
+    let started = Instant::now();
+    c.write_all(head).unwrap();
+    let mut answer = Vec::new();
+    let mut drip = tail.iter().cycle();
+    while started.elapsed() < Duration::from_secs(10) {
+        let mut buf = [0u8; 1024];
+        match c.read(&mut buf) {
+            Ok(0) => return (started.elapsed(), String::from_utf8_lossy(&answer).into()),
+            Ok(n) => answer.extend_from_slice(&buf[..n]),
+            Err(e) if matches!(e.kind(), std::io::ErrorKind::WouldBlock | std::io::ErrorKind::TimedOut) => {}
+            Err(_) => return (started.elapsed(), String::from_utf8_lossy(&answer).into()),
+        }
+        if c.write_all(&[*drip.next().unwrap()]).is_err() {
+            return (started.elapsed(), String::from_utf8_lossy(&answer).into());
+        }
+    }
+    panic!("still connected after 10 s; answer so far: {}", String::from_utf8_lossy(&answer));
+}
+
+#[test]
+fn slow_request_heads_and_bodies_are_cut_off_at_the_request_timeout() {
+    use std::time::Duration;
+    let s = Server::start("[server]\napi_request_timeout_ms = 1000\n", 1);
+    let (took, _) =
+        slowloris(s.api, b"POST /publish HTTP/1.1\r\nHost: x\r\n", b"X-Slow: aaaaaaaaaaaaaaaa\r\n");
+    assert!(
+        took >= Duration::from_millis(900) && took < Duration::from_millis(2500),
+        "head: closed after {took:?}"
+    );
+    let (took, answer) = slowloris(
+        s.api,
+        b"POST /publish HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\nContent-Length: 100000\r\n\r\n",
+        b"{",
+    );
+    assert!(took < Duration::from_millis(2500), "body: closed after {took:?}");
+    assert!(answer.starts_with("HTTP/1.1 408"), "{answer}");
+    assert!(answer.contains("server.api_request_timeout_ms"), "{answer}");
+    // The API still serves.
+    assert_eq!(http_get(&s.url("/health")).0, 200);
+}

@@ -284,3 +284,47 @@ fn a_publisher_flood_slows_the_publisher_not_the_readers() {
     assert!(failed.is_empty(), "{} readers failed, e.g. {}", failed.len(), failed[0]);
     assert!(s.metric("ringcast_publish_waits_total") > 0, "the publisher was slowed by the full inbox");
 }
+
+/// A frame that stalls or dribbles is cut off at `rpc.frame_timeout_ms`;
+/// a connection idle between calls is not.
+#[test]
+fn a_dribbled_frame_is_cut_off_at_the_frame_timeout() {
+    let s = Server::start("[rpc]\nframe_timeout_ms = 1000\n", 1);
+    let idle = rpc_conn(&s);
+    let whole = frame(0x08, &[1, 17], &[b'x'; 1000]);
+    let mut c = rpc_conn(&s);
+    c.set_read_timeout(Some(Duration::from_millis(100))).unwrap();
+    let started = std::time::Instant::now();
+    c.write_all(&whole[..20]).unwrap();
+    let mut closed = false;
+    for byte in &whole[20..] {
+        let mut buf = [0u8; 64];
+        match c.read(&mut buf) {
+            Ok(0) => {
+                closed = true;
+                break;
+            }
+            Ok(_) => panic!("no answer expected for an incomplete frame"),
+            Err(e) if matches!(e.kind(), std::io::ErrorKind::WouldBlock | std::io::ErrorKind::TimedOut) => {}
+            Err(_) => {
+                closed = true;
+                break;
+            }
+        }
+        if c.write_all(&[*byte]).is_err() {
+            closed = true;
+            break;
+        }
+    }
+    let took = started.elapsed();
+    assert!(closed, "still open after {took:?}");
+    assert!(
+        took >= Duration::from_millis(900) && took < Duration::from_millis(2500),
+        "closed after {took:?}"
+    );
+    // The idle connection (no partial frame) still works.
+    let mut idle = idle;
+    let (flags, _, _) =
+        call(&mut idle, 0x08, 2, "broadcast.Publish", br#"{"messages":[{"topics":["a"],"payload":"aGk="}]}"#);
+    assert_eq!(flags & 0x40, 0);
+}

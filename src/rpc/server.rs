@@ -18,6 +18,8 @@ pub struct RpcContext {
     pub broker: Arc<dyn Broker>,
     pub broker_name: String,
     pub max_frame_size: usize,
+    /// A frame must arrive whole within this of its first byte.
+    pub frame_timeout: std::time::Duration,
     pub publish_limits: crate::publish::Limits,
     pub metrics: Arc<GlobalMetrics>,
 }
@@ -45,6 +47,7 @@ async fn connection(mut stream: TcpStream, ctx: &RpcContext) -> std::io::Result<
     let _ = stream.set_nodelay(true);
     let mut buf: Vec<u8> = Vec::with_capacity(4096);
     let mut out = Vec::with_capacity(256);
+    let mut frame_started: Option<tokio::time::Instant> = None;
     loop {
         // Handle every complete frame in the buffer.
         let mut start = 0;
@@ -93,11 +96,33 @@ async fn connection(mut stream: TcpStream, ctx: &RpcContext) -> std::io::Result<
             }
         }
         buf.drain(..start);
+        // Part of a frame is here: the rest must follow within the frame
+        // timeout (a stalled or dribbling sender is cut off). Between frames
+        // an idle connection may wait as long as it likes.
+        if buf.is_empty() {
+            frame_started = None;
+        } else {
+            frame_started.get_or_insert_with(tokio::time::Instant::now);
+        }
         // Read more; the decoder has already refused oversized claims.
         if buf.capacity() - buf.len() < 4096 {
             buf.reserve(4096);
         }
-        if stream.read_buf(&mut buf).await? == 0 {
+        let read = stream.read_buf(&mut buf);
+        let n = match frame_started {
+            None => read.await?,
+            Some(t) => match tokio::time::timeout_at(t + ctx.frame_timeout, read).await {
+                Ok(n) => n?,
+                Err(_) => {
+                    warn!(
+                        timeout_ms = ctx.frame_timeout.as_millis() as u64,
+                        "closing rpc connection: frame not completed within rpc.frame_timeout_ms"
+                    );
+                    return Ok(());
+                }
+            },
+        };
+        if n == 0 {
             return Ok(());
         }
     }
