@@ -1,9 +1,15 @@
-//! Where each proxy ClientId lives: one map for the node, touched when a
-//! client connects or leaves (never per message), so a push goes straight
-//! to the owning shard without scanning connections.
+//! Where each proxy ClientId lives: one map for the node, so a push goes
+//! straight to the owning shard without scanning connections. The map lives
+//! on the integration thread: shards never lock it, they send their claims
+//! and releases to `run` (a non-blocking channel send) and await a claim's
+//! answer. Pushes look the owner up there too, so its lock is never
+//! contended.
 
 use std::collections::HashMap;
-use std::sync::Mutex;
+use std::sync::{Arc, Mutex};
+
+use futures_channel::oneshot;
+use tokio::sync::mpsc;
 
 /// A generation-checked handle to a connection, valid across shards and
 /// awaits: `key` is its slab slot (reused after it closes), `id` is unique
@@ -50,6 +56,69 @@ impl ClientRegistry {
 
     pub fn lookup(&self, client: &str) -> Option<Owner> {
         self.map().get(client).copied()
+    }
+}
+
+/// What a claim got: `Ok(None)` registered; `Ok(Some(old))` registered,
+/// `old` is to be closed; `Err(owner)` refused (the id is live); `Err` with
+/// no owner: the registry is gone (shutting down).
+pub type ClaimResult = Result<Option<Owner>, Option<Owner>>;
+
+enum Op {
+    Claim {
+        client: Box<str>,
+        owner: Owner,
+        replace: bool,
+        reply: oneshot::Sender<Result<Option<Owner>, Owner>>,
+    },
+    Release {
+        client: Box<str>,
+        owner: Owner,
+    },
+}
+
+/// A shard's way to the registry: sending never blocks.
+#[derive(Clone)]
+pub struct RegistryHandle {
+    tx: mpsc::UnboundedSender<Op>,
+}
+
+pub struct RegistryOps {
+    rx: mpsc::UnboundedReceiver<Op>,
+}
+
+pub fn handle() -> (RegistryHandle, RegistryOps) {
+    let (tx, rx) = mpsc::unbounded_channel();
+    (RegistryHandle { tx }, RegistryOps { rx })
+}
+
+impl RegistryHandle {
+    pub async fn claim(&self, client: &str, owner: Owner, replace: bool) -> ClaimResult {
+        let (reply, answer) = oneshot::channel();
+        let op = Op::Claim { client: client.into(), owner, replace, reply };
+        if self.tx.send(op).is_err() {
+            return Err(None);
+        }
+        match answer.await {
+            Ok(r) => r.map_err(Some),
+            Err(_) => Err(None),
+        }
+    }
+
+    pub fn release(&self, client: &str, owner: Owner) {
+        let _ = self.tx.send(Op::Release { client: client.into(), owner });
+    }
+}
+
+/// Applies the shards' claims and releases in order (integration thread).
+pub async fn run(mut ops: RegistryOps, registry: Arc<ClientRegistry>) {
+    while let Some(op) = ops.rx.recv().await {
+        match op {
+            Op::Claim { client, owner, replace, reply } => {
+                let _ = reply.send(registry.claim(&client, owner, replace));
+            }
+            Op::Release { client, owner } => registry.release(&client, owner),
+        }
     }
 }
 

@@ -66,9 +66,13 @@ fn main() -> ExitCode {
         Err(e) => return fail(&format!("invalid `log.level` {:?}: {e}", config.log.level)),
     };
     use std::io::IsTerminal;
+    // Shards log through a buffer drained by a writer thread, so a slow or
+    // blocked stderr never stalls a shard; lines past the buffer are dropped
+    // (the writer reports how many). The guard flushes at exit.
+    let (writer, _flush_on_exit) = tracing_appender::non_blocking(std::io::stderr());
     tracing_subscriber::fmt()
         .with_env_filter(filter)
-        .with_writer(std::io::stderr)
+        .with_writer(writer)
         .with_ansi(std::io::stderr().is_terminal())
         .init();
     match ringcast::server::run(config) {

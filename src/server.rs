@@ -73,6 +73,7 @@ pub fn run(config: Config) -> Result<(), StartError> {
     let global_metrics = Arc::new(GlobalMetrics::default());
     let open_connections = Arc::new(AtomicUsize::new(0));
     let clients = Arc::new(ClientRegistry::default());
+    let (registry_handle, registry_ops) = crate::clients::handle();
     let hook_metrics = Arc::new(HookMetrics::default());
     let (hook_sender, hook_receiver) =
         hooks::channel(shards * config.limits.max_hooks_in_flight, hook_metrics.clone());
@@ -90,7 +91,7 @@ pub fn run(config: Config) -> Result<(), StartError> {
             listener,
             router: router.clone(),
             hooks: hook_sender.clone(),
-            clients: clients.clone(),
+            clients: registry_handle.clone(),
         };
         let cpu = (!cores.is_empty()).then(|| cores[id % cores.len()].id);
         let ready = ready_tx.clone();
@@ -144,7 +145,14 @@ pub fn run(config: Config) -> Result<(), StartError> {
         .spawn({
             let hook_metrics = hook_metrics.clone();
             move || {
-                integration_thread(api_listener, rpc_listener, api_ctx, rpc_ctx, hook_receiver, hook_metrics)
+                integration_thread(
+                    api_listener,
+                    rpc_listener,
+                    api_ctx,
+                    rpc_ctx,
+                    (hook_receiver, hook_metrics),
+                    registry_ops,
+                )
             }
         })
         .map_err(|e| StartError(format!("cannot start the integration thread: {e}")))?;
@@ -182,8 +190,8 @@ fn integration_thread(
     rpc_listener: std::net::TcpListener,
     api_ctx: Arc<ApiContext>,
     rpc_ctx: Arc<RpcContext>,
-    hook_receiver: HookReceiver,
-    hook_metrics: Arc<HookMetrics>,
+    (hook_receiver, hook_metrics): (HookReceiver, Arc<HookMetrics>),
+    registry_ops: crate::clients::RegistryOps,
 ) {
     let runtime = match tokio::runtime::Builder::new_current_thread().enable_all().build() {
         Ok(r) => r,
@@ -194,6 +202,7 @@ fn integration_thread(
     };
     runtime.block_on(async move {
         api_ctx.router.spawn_space_relays();
+        tokio::spawn(crate::clients::run(registry_ops, api_ctx.clients.clone()));
         let to_tokio = |l: std::net::TcpListener| {
             l.set_nonblocking(true).and_then(|()| tokio::net::TcpListener::from_std(l))
         };

@@ -354,3 +354,19 @@ fn a_ping_flood_from_a_non_reading_client_stays_within_the_budget() {
     assert!(grown < BUDGET * 3 / 2, "peak RSS grew {grown} bytes over {pings} pings");
     assert_eq!(s.metric("ringcast_connections"), 1);
 }
+
+/// Logging never blocks a shard: with debug logs going to a stderr pipe that
+/// nobody reads any more (full after 64 KiB), the gateway keeps serving.
+#[test]
+fn a_stalled_log_pipe_does_not_stall_the_shards() {
+    let s = Server::start_with("", 1, "ringcast=debug", true);
+    // Each refused upgrade logs a line on the shard: far more than the pipe holds.
+    for _ in 0..2000 {
+        let answer = raw_exchange(s.ws, b"GET /nowhere HTTP/1.1\r\nHost: x\r\n\r\n", Duration::from_secs(5));
+        assert!(answer.starts_with(b"HTTP/1.1 4"), "{}", String::from_utf8_lossy(&answer));
+    }
+    let mut ws = s.connect("/ws");
+    join(&mut ws, &["still"]);
+    assert_eq!(s.publish_json(r#"{"topics":["still"],"payload":"serving"}"#).0, 200);
+    assert_eq!(recv_text(&mut ws), r#"{"topic":"still","payload":"serving"}"#);
+}

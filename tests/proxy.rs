@@ -404,8 +404,14 @@ fn close_notifications_wait_in_a_backlog_while_the_backend_is_stuck() {
     gate.1.notify_all();
     assert!(
         eventually(Duration::from_secs(60), || backend.requests("POST", "/close").len() == CLIENTS),
-        "{} of {CLIENTS} close notifications arrived",
-        backend.requests("POST", "/close").len()
+        "{} of {CLIENTS} close notifications arrived; metrics:\n{}",
+        backend.requests("POST", "/close").len(),
+        http_get(&s.url("/metrics"))
+            .1
+            .lines()
+            .filter(|l| l.contains("hook=\"close\"") || l.contains("close_hook"))
+            .collect::<Vec<_>>()
+            .join("\n")
     );
     assert_eq!(s.metric("ringcast_close_hook_backlog"), 0);
     assert_eq!(s.metric("ringcast_close_hooks_dropped_total"), 0);

@@ -179,13 +179,16 @@ async fn open(shard: Rc<Shard>, mut stream: TcpStream) -> Option<Connection> {
     let owner = shard.register(&state);
     let v = &shard.config.vhosts[vhost];
     if let Some(id) = &client {
-        match shard.clients.claim(id, owner, v.duplicate_client == DuplicateClient::Replace) {
+        match shard.clients.claim(id, owner, v.duplicate_client == DuplicateClient::Replace).await {
             Ok(None) => {}
             Ok(Some(old)) => shard.replace(old).await,
-            Err(_) => {
+            Err(live) => {
                 shard.unregister(owner.key);
                 metrics::inc(&shard.metrics.handshake_failures);
-                let e = HttpError::new(409, format!("client {id} is already connected"));
+                let e = match live {
+                    Some(_) => HttpError::new(409, format!("client {id} is already connected")),
+                    None => HttpError::new(503, "gateway shutting down"),
+                };
                 write_with_timeout(&mut stream, &e.response()).await;
                 return None;
             }
@@ -252,6 +255,10 @@ async fn upgrade(shard: &Shard, stream: &mut TcpStream, peer: Option<SocketAddr>
         Ok(accepted) => Some(accepted),
         Err(end) => {
             metrics::inc(&shard.metrics.handshake_failures);
+            if let HandshakeEnd::Refused(resp) = &end {
+                let status = String::from_utf8_lossy(resp.split(|&b| b == b'\r').next().unwrap_or_default());
+                tracing::debug!(shard = shard.id, ?peer, %status, "upgrade refused");
+            }
             if let HandshakeEnd::Refused(resp) = end {
                 write_with_timeout(stream, &resp).await;
             }

@@ -22,7 +22,7 @@ use tracing::{debug, warn};
 
 pub use router::{Closed, Inbox, PushOutcome, ShardMsg, ShardRouter, TrySendError};
 
-use crate::clients::{ClientRegistry, Owner};
+use crate::clients::{Owner, RegistryHandle};
 use crate::config::Config;
 use crate::hooks::{HookOutcome, HookRequest, HookSender};
 use crate::metrics::{self, ShardMetrics};
@@ -57,7 +57,7 @@ pub struct ShardSetup {
     /// To reach other shards (taking over a ClientId).
     pub router: ShardRouter,
     pub hooks: HookSender,
-    pub clients: Arc<ClientRegistry>,
+    pub clients: RegistryHandle,
 }
 
 pub struct Shard {
@@ -76,7 +76,7 @@ pub struct Shard {
     drain_waker: RefCell<Option<Waker>>,
     router: ShardRouter,
     pub hooks: HookSender,
-    pub clients: Arc<ClientRegistry>,
+    pub clients: RegistryHandle,
     hooks_in_flight: Cell<usize>,
     /// Close notifications the full hook queue could not take yet, oldest
     /// first; one retry task works through them (`close_retry_running`).

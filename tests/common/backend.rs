@@ -1,4 +1,4 @@
-//! A real HTTP backend for hook tests (tiny_http on a loopback port): it
+//! A real HTTP backend for hook tests (hyper on a loopback port): it
 //! records every request and answers with what the test's handler says.
 #![allow(dead_code)]
 
@@ -43,42 +43,84 @@ type Handler = dyn Fn(&Seen) -> Answer + Send + Sync;
 pub struct Backend {
     pub addr: SocketAddr,
     seen: Arc<Mutex<Vec<Seen>>>,
-    server: Arc<tiny_http::Server>,
+    stop: Option<tokio::sync::oneshot::Sender<()>>,
 }
 
 impl Backend {
+    /// A hyper HTTP/1.1 server on its own thread; each request's handler
+    /// runs on a blocking thread of its own, so a handler may wait.
     pub fn start(handler: impl Fn(&Seen) -> Answer + Send + Sync + 'static) -> Backend {
-        let server = Arc::new(tiny_http::Server::http("127.0.0.1:0").unwrap());
-        let addr = server.server_addr().to_ip().unwrap();
+        use http_body_util::{BodyExt, Full};
+        // A deep backlog: the gateway may open hundreds of connections at once.
+        let socket = socket2::Socket::new(socket2::Domain::IPV4, socket2::Type::STREAM, None).unwrap();
+        socket.bind(&"127.0.0.1:0".parse::<SocketAddr>().unwrap().into()).unwrap();
+        socket.listen(4096).unwrap();
+        socket.set_nonblocking(true).unwrap();
+        let listener: std::net::TcpListener = socket.into();
+        let addr = listener.local_addr().unwrap();
         let seen = Arc::new(Mutex::new(Vec::new()));
         let handler: Arc<Handler> = Arc::new(handler);
-        let (srv, log) = (server.clone(), seen.clone());
+        let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
+        let log = seen.clone();
         std::thread::spawn(move || {
-            for mut req in srv.incoming_requests() {
-                let mut body = String::new();
-                let _ = req.as_reader().read_to_string(&mut body);
-                let s = Seen {
-                    method: req.method().to_string(),
-                    path: req.url().to_string(),
-                    headers: req
-                        .headers()
-                        .iter()
-                        .map(|h| (h.field.to_string(), h.value.to_string()))
-                        .collect(),
-                    body,
-                };
-                log.lock().unwrap().push(s.clone());
-                let handler = handler.clone();
-                std::thread::spawn(move || {
-                    let a = handler(&s);
-                    if let Some(d) = a.delay {
-                        std::thread::sleep(d);
+            let rt = tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap();
+            rt.block_on(async move {
+                let listener = tokio::net::TcpListener::from_std(listener).unwrap();
+                let accept = async {
+                    loop {
+                        let Ok((stream, _)) = listener.accept().await else { continue };
+                        let (handler, log) = (handler.clone(), log.clone());
+                        tokio::spawn(async move {
+                            let service = hyper::service::service_fn(
+                                move |req: hyper::Request<hyper::body::Incoming>| {
+                                    let (handler, log) = (handler.clone(), log.clone());
+                                    async move {
+                                        let (parts, body) = req.into_parts();
+                                        let body =
+                                            body.collect().await.map(|b| b.to_bytes()).unwrap_or_default();
+                                        let s = Seen {
+                                            method: parts.method.to_string(),
+                                            path: parts.uri.to_string(),
+                                            headers: parts
+                                                .headers
+                                                .iter()
+                                                .map(|(k, v)| {
+                                                    (k.to_string(), v.to_str().unwrap_or("").to_string())
+                                                })
+                                                .collect(),
+                                            body: String::from_utf8_lossy(&body).into_owned(),
+                                        };
+                                        log.lock().unwrap().push(s.clone());
+                                        let a = tokio::task::spawn_blocking(move || {
+                                            let a = handler(&s);
+                                            if let Some(d) = a.delay {
+                                                std::thread::sleep(d);
+                                            }
+                                            a
+                                        })
+                                        .await
+                                        .unwrap();
+                                        let mut resp =
+                                            hyper::Response::new(Full::new(bytes::Bytes::from(a.body)));
+                                        *resp.status_mut() = hyper::StatusCode::from_u16(a.status).unwrap();
+                                        Ok::<_, std::convert::Infallible>(resp)
+                                    }
+                                },
+                            );
+                            let io = hyper_util::rt::TokioIo::new(stream);
+                            let _ = hyper::server::conn::http1::Builder::new()
+                                .serve_connection(io, service)
+                                .await;
+                        });
                     }
-                    let _ = req.respond(tiny_http::Response::from_string(a.body).with_status_code(a.status));
-                });
-            }
+                };
+                tokio::select! {
+                    _ = accept => {}
+                    _ = stopped => {}
+                }
+            });
         });
-        Backend { addr, seen, server }
+        Backend { addr, seen, stop: Some(stop) }
     }
 
     pub fn url(&self) -> String {
@@ -97,6 +139,8 @@ impl Backend {
 
 impl Drop for Backend {
     fn drop(&mut self) {
-        self.server.unblock();
+        if let Some(stop) = self.stop.take() {
+            let _ = stop.send(());
+        }
     }
 }

@@ -28,6 +28,12 @@ pub struct Server {
 impl Server {
     /// Starts ringcast with `config` (TOML) and `shards` shards.
     pub fn start(config: &str, shards: usize) -> Server {
+        Server::start_with(config, shards, &std::env::var("TEST_LOG").unwrap_or("info".into()), false)
+    }
+
+    /// Starts ringcast with log filter `log`; with `stall_log`, its stderr is
+    /// no longer read once it listens (a log pipe that has stopped draining).
+    pub fn start_with(config: &str, shards: usize, log: &str, stall_log: bool) -> Server {
         let dir = tempfile::tempdir().unwrap();
         let path = dir.path().join("ringcast.toml");
         std::fs::write(&path, config).unwrap();
@@ -36,7 +42,7 @@ impl Server {
             .arg(&path)
             .args(["--listen", "127.0.0.1:0", "--api-listen", "127.0.0.1:0", "--rpc-listen", "127.0.0.1:0"])
             .args(["--shards", &shards.to_string()])
-            .env("RUST_LOG", std::env::var("TEST_LOG").unwrap_or("info".into()))
+            .env("RUST_LOG", log)
             .stdout(Stdio::null())
             .stderr(Stdio::piped())
             .spawn()
@@ -50,6 +56,12 @@ impl Server {
                 let Ok(line) = line else { break };
                 if line.contains("ringcast listening:") {
                     let _ = tx.send(line.clone());
+                    if stall_log {
+                        // Keep the pipe open, never read it again.
+                        loop {
+                            std::thread::park();
+                        }
+                    }
                 }
                 let mut l = sink.lock().unwrap();
                 l.push_str(&line);
