@@ -7,6 +7,7 @@ use std::path::Path;
 use serde::Deserialize;
 
 use crate::dialect::Dialect;
+use crate::ws::origin::OriginPolicy;
 
 #[derive(Debug, Clone, Deserialize)]
 #[serde(deny_unknown_fields, default)]
@@ -95,9 +96,10 @@ pub struct VhostConfig {
     /// Exact path; for `proxy`, the prefix before `<ClientId>` (ends with `/`).
     pub path: String,
     pub dialect: Dialect,
-    /// `*`, `*suffix`, `prefix*` or an exact origin; others get HTTP 403.
-    #[serde(default = "any_origin")]
-    pub allowed_origin: String,
+    /// Browser origins that may connect (`*`, exact origins, `https://*.domain`);
+    /// others get HTTP 403. See `ws::origin`.
+    #[serde(default = "any_origin", deserialize_with = "origin_policy")]
+    pub allowed_origin: OriginPolicy,
     /// `proxy`: the backend base URL; ringcast calls `{backend}/<ClientId>`.
     #[serde(default)]
     pub backend: Option<String>,
@@ -171,8 +173,13 @@ impl Default for HooksConfig {
     }
 }
 
-fn any_origin() -> String {
-    "*".into()
+fn any_origin() -> OriginPolicy {
+    OriginPolicy::Any
+}
+
+fn origin_policy<'de, D: serde::Deserializer<'de>>(d: D) -> Result<OriginPolicy, D::Error> {
+    let text = String::deserialize(d)?;
+    OriginPolicy::parse(&text).map_err(serde::de::Error::custom)
 }
 
 impl Default for Config {
@@ -377,16 +384,6 @@ impl Config {
             }
             if self.vhosts[..i].iter().any(|o| o.path == v.path) {
                 return fail(&format!("vhost[{i}].path"), &format!("{:?} is used twice", v.path));
-            }
-            if v.allowed_origin.matches('*').count() > 1
-                || (v.allowed_origin.contains('*')
-                    && !v.allowed_origin.starts_with('*')
-                    && !v.allowed_origin.ends_with('*'))
-            {
-                return fail(
-                    &format!("vhost[{i}].allowed_origin"),
-                    "one `*` at most, at the start or the end",
-                );
             }
         }
         Ok(())

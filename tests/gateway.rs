@@ -193,6 +193,10 @@ fn invalid_config_fails_at_start_naming_the_key() {
         ("[server]\nshards = \"two\"\n", "shards"),
         ("[limits]\nmax_backpressure = 10\n", "limits.max_backpressure"),
         ("[[vhost]]\npath = \"ws\"\ndialect = \"echo\"\n", "vhost[0].path"),
+        (
+            "[[vhost]]\npath = \"/ws\"\ndialect = \"echo\"\nallowed_origin = \"https://app.example.com*\"\n",
+            "`https://*.example.com` for its subdomains",
+        ),
     ] {
         let path = dir.path().join("bad.toml");
         std::fs::write(&path, text).unwrap();

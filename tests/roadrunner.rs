@@ -154,13 +154,17 @@ fn oversized_message_is_closed_with_1009() {
 #[test]
 fn origin_policy_and_http_errors() {
     let s = Server::start(
-        "[[vhost]]\npath = \"/ws\"\ndialect = \"roadrunner\"\nallowed_origin = \"*.example.com\"\n",
+        "[[vhost]]\npath = \"/ws\"\ndialect = \"roadrunner\"\n\
+         allowed_origin = \"https://*.example.com, http://localhost:3000\"\n",
         1,
     );
     s.connect_with("/ws", &[("Origin", "https://app.example.com")]);
-    match try_connect(s.ws, "/ws", &[("Origin", "https://evil.test")]) {
-        Err(tungstenite::Error::Http(r)) => assert_eq!(r.status(), 403),
-        other => panic!("expected 403, got {:?}", other.map(|_| ())),
+    s.connect_with("/ws", &[("Origin", "http://localhost:3000")]);
+    for evil in ["https://evil.test", "https://app.example.com.evil.io", "http://app.example.com", "null"] {
+        match try_connect(s.ws, "/ws", &[("Origin", evil)]) {
+            Err(tungstenite::Error::Http(r)) => assert_eq!(r.status(), 403, "{evil}"),
+            other => panic!("{evil}: expected 403, got {:?}", other.map(|_| ())),
+        }
     }
     match try_connect(s.ws, "/nope", &[]) {
         Err(tungstenite::Error::Http(r)) => assert_eq!(r.status(), 404),

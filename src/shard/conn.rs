@@ -282,7 +282,7 @@ async fn read_upgrade(shard: &Shard, stream: &mut TcpStream) -> Result<Accepted,
             continue;
         };
         let (vhost, client) = route(&shard.config.vhosts, &upgrade.path)?;
-        if !handshake::origin_allowed(&shard.config.vhosts[vhost].allowed_origin, upgrade.origin.as_deref()) {
+        if !shard.config.vhosts[vhost].allowed_origin.allows(upgrade.origin.as_deref()) {
             return Err(HttpError::new(403, "origin not allowed").into());
         }
         return Ok(Accepted { vhost, upgrade, client, rest: buf.split_off(used) });

@@ -4,6 +4,7 @@
 pub mod decoder;
 pub mod encode;
 pub mod handshake;
+pub mod origin;
 
 pub use decoder::{Decoder, Event, Flow, Violation};
 pub use encode::{close_frame, data_frame, FrameBuilder};
