@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
-# Every test: unit and integration tests (real binary, real sockets), then the
-# Autobahn conformance cases. Installs what it needs (nginx + nchan and
+# Every test: unit and integration tests (real binary, real sockets), a build
+# of the fuzz targets, then the Autobahn conformance cases. Installs what it needs (nginx + nchan and
 # nats-server from apt, kosoku from PyPI).
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -10,5 +10,7 @@ if ! { [ -e /usr/lib/nginx/modules/ngx_nchan_module.so ] && command -v nginx && 
   apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq nginx-light libnginx-mod-nchan nats-server >/dev/null
 fi
 cargo test --workspace
+# The fuzz targets live outside the workspace; build them so they cannot rot.
+cargo build --quiet --manifest-path fuzz/Cargo.toml --bins
 cargo build --quiet --release --bin ringcast
 RINGCAST_BIN=target/release/ringcast bash scripts/autobahn.sh

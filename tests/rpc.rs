@@ -198,6 +198,8 @@ fn error_frames_keep_the_connection_usable() {
 #[test]
 fn corrupt_or_oversized_headers_close_without_allocating() {
     let s = Server::start("[rpc]\nmax_frame_size = 1024\n", 1);
+    let vm_data = || proc_status_kib(s.pid(), "VmData") * 1024;
+    let before = vm_data();
     let mut bad_crc = frame(0x80, &[1, 17], b"broadcast.Publish");
     bad_crc[6] ^= 0xff;
     let out = raw_exchange(s.rpc, &bad_crc, Duration::from_secs(3));
@@ -212,6 +214,10 @@ fn corrupt_or_oversized_headers_close_without_allocating() {
     let out = raw_exchange(s.rpc, &huge, Duration::from_secs(3));
     assert!(out.is_empty());
     assert!(started.elapsed() < Duration::from_secs(2), "closed promptly");
+    // Not even address space was reserved for the claim (VmData counts it
+    // whether or not the pages are touched).
+    let grown = vm_data().saturating_sub(before);
+    assert!(grown < 64 << 20, "VmData grew {grown} bytes after a 1 GiB claim");
     // The server is fine.
     let mut c = rpc_conn(&s);
     let (flags, _, _) = call(&mut c, 0x08, 1, "broadcast.Publish", br#"{"messages":[{"topics":["t"]}]}"#);

@@ -80,7 +80,11 @@ fn roundtrip_through_the_stub_backend() {
             .spawn()
             .unwrap(),
     );
-    std::thread::sleep(Duration::from_millis(300));
+    let deadline = std::time::Instant::now() + Duration::from_secs(10);
+    while std::net::TcpStream::connect(("127.0.0.1", port)).is_err() {
+        assert!(std::time::Instant::now() < deadline, "the stub backend does not listen on {port}");
+        std::thread::sleep(Duration::from_millis(20));
+    }
     let config =
         format!("[[vhost]]\npath = \"/\"\ndialect = \"proxy\"\nbackend = \"http://127.0.0.1:{port}\"\n");
     let (server, ws) = gateway(&config, &dir);

@@ -237,6 +237,30 @@ pub fn upgrade_request(path: &str) -> String {
     )
 }
 
+/// A `/proc/PID/status` field in KiB (VmData, VmHWM, RssAnon, ...).
+pub fn proc_status_kib(pid: u32, field: &str) -> u64 {
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap();
+    let line = status.lines().find(|l| l.split(':').next() == Some(field)).unwrap();
+    line.split_whitespace().nth(1).unwrap().parse().unwrap()
+}
+
+/// Connects until every one of `shards` shards holds a connection (the
+/// kernel spreads connections by hash, so a fixed count could land on one);
+/// `connect(i)` opens the i-th. At most 200.
+pub fn connect_until_spread<T>(s: &Server, shards: usize, mut connect: impl FnMut(usize) -> T) -> Vec<T> {
+    let mut held = Vec::new();
+    for i in 0..200 {
+        held.push(connect(i));
+        let text = http_get(&s.url("/metrics")).1;
+        let busy =
+            text.lines().filter(|l| l.starts_with("ringcast_connections{") && !l.ends_with(" 0")).count();
+        if busy == shards {
+            return held;
+        }
+    }
+    panic!("200 connections did not reach all {shards} shards");
+}
+
 /// Polls `f` until it returns true or `within` passes.
 pub fn eventually(within: Duration, mut f: impl FnMut() -> bool) -> bool {
     let deadline = Instant::now() + within;
