@@ -1,4 +1,4 @@
-//! The backend HTTP API (PROTOCOLS.md §7): `POST /publish`, `GET /metrics`,
+//! The backend HTTP API (docs/protocols.md §6): `POST /publish`, `GET /metrics`,
 //! `GET /health`. hyper on the integration-side tokio thread.
 
 use std::convert::Infallible;
@@ -127,7 +127,7 @@ fn text(status: StatusCode, body: &'static str) -> Reply {
     r
 }
 
-/// ws2api push (PROTOCOLS.md §4): `POST /<ClientId>`, the body goes to that
+/// ws2api push (docs/protocols.md §4): `POST /<ClientId>`, the body goes to that
 /// client as one message. 200 `ok` once queued, 404 when not connected.
 async fn push_route(req: Request<Incoming>, client: &str, ctx: &ApiContext) -> Reply {
     let body = match read_body(req, ctx).await {

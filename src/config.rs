@@ -139,7 +139,7 @@ pub enum OnBackendError {
     Close,
 }
 
-/// Backend HTTP hooks of a vhost (PROTOCOLS.md §6). For `proxy` vhosts the
+/// Backend HTTP hooks of a vhost (docs/protocols.md §5). For `proxy` vhosts the
 /// connect, message and close calls go to `backend`; these URLs are for the
 /// other dialects.
 #[derive(Debug, Clone, Deserialize)]

@@ -1,4 +1,4 @@
-//! Backend HTTP hooks (PROTOCOLS.md §4, §6). Shards hand requests to the
+//! Backend HTTP hooks (docs/protocols.md §4, §5). Shards hand requests to the
 //! integration thread over a bounded channel and await a oneshot reply; the
 //! requests run on hyper's pooled keep-alive client there. A slow or dead
 //! backend costs a shard nothing but the waiting connections.

@@ -1,4 +1,4 @@
-//! PROTOCOLS.md §7: the HTTP API listener.
+//! docs/protocols.md §6: the HTTP API listener.
 
 mod common;
 

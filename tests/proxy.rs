@@ -1,4 +1,4 @@
-//! PROTOCOLS.md §4 and §6: the proxy dialect and backend hooks, against a
+//! docs/protocols.md §4 and §5: the proxy dialect and backend hooks, against a
 //! real HTTP backend on loopback.
 
 mod common;

@@ -1,4 +1,4 @@
-//! PROTOCOLS.md §2 (the roadrunner dialect) against the real binary.
+//! docs/protocols.md §2 (the roadrunner dialect) against the real binary.
 
 mod common;
 

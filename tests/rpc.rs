@@ -1,4 +1,4 @@
-//! PROTOCOLS.md §3: goridge v3 RPC, byte for byte, against the real binary.
+//! docs/protocols.md §3: goridge v3 RPC, byte for byte, against the real binary.
 
 mod common;
 

@@ -18,12 +18,12 @@ pub struct Args {
     rounds: u32,
 }
 
-/// Commands as browsers send them (seed 000's samples and larger joins).
+/// Commands as browsers send them (RoadRunner's documented samples and larger joins).
 fn commands() -> Vec<(&'static str, String)> {
     let topics: Vec<String> = (0..20).map(|i| format!("\"chat.room.{i:04}\"")).collect();
     vec![
         ("join 1 topic", r#"{"command":"join","topics":["news"]}"#.to_string()),
-        ("seed sample", r#"{"command":"join","broker":"memory","topics":["foo","foo2"],"payload":""}"#.to_string()),
+        ("RoadRunner sample", r#"{"command":"join","broker":"memory","topics":["foo","foo2"],"payload":""}"#.to_string()),
         ("join 20 topics", format!(r#"{{"command":"join","broker":"memory","topics":[{}],"payload":""}}"#, topics.join(","))),
         ("escaped + payload", r#"{"command":"leave","topics":["a\"b","caf\u00e9"],"payload":{"user":"joe","token":"abcdefghijklmnopqrstuvwxyz0123456789"}}"#.to_string()),
     ]

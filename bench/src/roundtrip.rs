@@ -1,4 +1,4 @@
-//! ws2api round trips (seed 003's workload, scaled): N connections to a
+//! ws2api round trips (ws2api's published workload, scaled): N connections to a
 //! proxy vhost, ramped up at a target rate, each sending one message every
 //! `--interval-ms`; the backend (e.g. `stub-backend`) echoes it and the
 //! gateway brings the reply back. Reports messages/s and the round-trip

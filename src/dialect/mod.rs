@@ -9,7 +9,7 @@ use serde::Deserialize;
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
 #[serde(rename_all = "lowercase")]
 pub enum Dialect {
-    /// RoadRunner websockets plugin protocol (PROTOCOLS.md §2).
+    /// RoadRunner websockets plugin protocol (docs/protocols.md §2).
     #[serde(rename = "roadrunner")]
     RoadRunner,
     /// Echoes every message back; for conformance testing.

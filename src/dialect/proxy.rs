@@ -1,4 +1,4 @@
-//! The ws2api proxy dialect (seed 003, PROTOCOLS.md §4): a client at
+//! The ws2api proxy dialect (docs/protocols.md §4): a client at
 //! `ws://gateway/<ClientId>` is authorized by `GET {backend}/<ClientId>`, its
 //! messages become `POST {backend}/<ClientId>`, its end `DELETE`. The rules
 //! here are pure; the shard does the calls.

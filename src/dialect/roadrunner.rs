@@ -1,4 +1,4 @@
-//! The RoadRunner websockets dialect (PROTOCOLS.md §2).
+//! The RoadRunner websockets dialect (docs/protocols.md §2).
 //!
 //! Client → server: `{"command": C, "broker": B, "topics": [T...], "payload": P}`.
 //! Server → client: `{"topic": "@join"|"#join"|..., "payload": [...]}` replies
@@ -131,7 +131,7 @@ mod tests {
     }
 
     #[test]
-    fn parses_the_seed_samples() {
+    fn parses_roadrunners_documented_samples() {
         assert_eq!(
             parse(r#"{"command":"join","broker":"memory","topics":["foo","foo2"],"payload":""}"#).unwrap(),
             r#"Join { broker: Some("memory"), topics: ["foo", "foo2"] }"#

@@ -120,7 +120,7 @@ mod tests {
         s.split_whitespace().map(|b| u8::from_str_radix(b, 16).unwrap()).collect()
     }
 
-    /// The worked example of PROTOCOLS.md §3.
+    /// The worked example of docs/protocols.md §3.
     fn example_request() -> Vec<u8> {
         let mut v = hex("15 80 1a 00 00 00 e2 35 9b 6c 00 00 01 00 00 00 11 00 00 00");
         v.extend_from_slice(b"broadcast.Publish");

@@ -1,4 +1,4 @@
-//! RoadRunner's RPC: goridge v3 frames over TCP (PROTOCOLS.md §3), so PHP's
+//! RoadRunner's RPC: goridge v3 frames over TCP (docs/protocols.md §3), so PHP's
 //! `$rpc->call('broadcast.Publish', ...)` works against ringcast unchanged.
 
 pub mod frame;

@@ -1,9 +1,9 @@
-//! Client frame decoder: bytes in, events out (RFC 6455 §5, PROTOCOLS.md §1).
+//! Client frame decoder: bytes in, events out (RFC 6455 §5, docs/protocols.md §1).
 //!
 //! Complete frames are unmasked and handed out in place from the caller's
 //! buffer; only an incomplete frame's bytes and a fragmented message are kept
-//! per connection, and both buffers are released once used, so an idle
-//! connection holds no buffer at all.
+//! per connection. Once used, a buffer of up to 4 KiB is kept for reuse
+//! (an idle connection may hold that much) and a larger one is freed.
 
 use std::io::Cursor;
 
