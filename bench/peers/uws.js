@@ -1,11 +1,16 @@
-// uWebSockets.js peer for ringcast-bench: the roadrunner join protocol on /ws
-// and POST /publish {"topics":[...],"payload":"..."} on the same port, using
-// uWS's own topic pub/sub (its idiomatic broadcast). One thread.
+// uWebSockets.js peer for ringcast-bench: the roadrunner join protocol on /ws;
+// publications {"topics":[...],"payload":"..."} as WebSocket messages on /pub
+// (its fastest idiomatic path: many publishes per event-loop turn, which
+// uWS's topic tree drains per subscriber in one write) or as POST /publish,
+// both into uWS's own topic pub/sub. One thread.
 // Usage: node bench/peers/uws.js PORT
 const uWS = require('uwebsockets');
 const port = Number(process.argv[2] || 9101);
 
 const app = uWS.App();
+const publish = (body) => {
+  for (const t of body.topics) app.publish(t, JSON.stringify({ topic: t, payload: body.payload }));
+};
 app
   .ws('/ws', {
     maxPayloadLength: 64 * 1024,
@@ -20,14 +25,19 @@ app
       }
     },
   })
+  .ws('/pub', {
+    maxPayloadLength: 1024 * 1024,
+    maxBackpressure: 64 * 1024 * 1024,
+    idleTimeout: 0,
+    message: (ws, message) => publish(JSON.parse(Buffer.from(message).toString())),
+  })
   .post('/publish', (res) => {
     let chunks = [];
     res.onAborted(() => { chunks = null; });
     res.onData((chunk, last) => {
       chunks.push(Buffer.from(chunk));
       if (!last) return;
-      const body = JSON.parse(Buffer.concat(chunks).toString());
-      for (const t of body.topics) app.publish(t, JSON.stringify({ topic: t, payload: body.payload }));
+      publish(JSON.parse(Buffer.concat(chunks).toString()));
       res.end('{"ok":true}');
     });
   })

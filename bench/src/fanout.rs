@@ -122,6 +122,8 @@ struct StepSummary {
     deliveries_per_second: f64,
     /// Cores' worth of CPU used while publishing: the generator, the server.
     generator_cpu: Option<f64>,
+    /// Of which the publisher's thread.
+    publisher_cpu: Option<f64>,
     server_cpu: Option<f64>,
     latency_ms: std::collections::BTreeMap<String, f64>,
     passed: bool,
@@ -142,8 +144,8 @@ pub fn run(args: Args) -> Result<(), String> {
         Via::Http | Via::Ws => args.target,
     });
     let publish_path = args.publish_path.clone().unwrap_or_else(|| match args.protocol {
-        Protocol::Nchan => "/pub".into(),
-        _ => "/".into(),
+        Protocol::Nchan | Protocol::Roadrunner => "/pub".into(),
+        Protocol::Nats => "/".into(),
     });
     let topic_names: Vec<String> = (0..args.topics).map(|t| format!("t{t}")).collect();
     std::fs::create_dir_all(&args.out).map_err(|e| format!("{}: {e}", args.out.display()))?;
@@ -189,7 +191,7 @@ pub fn run(args: Args) -> Result<(), String> {
         args.subscribers, args.protocol, args.topics, args.size, args.duration_secs, via
     );
     println!(
-        "{:>10} {:>12} {:>14} {:>8} {:>9} {:>9} {:>9} {:>9} {:>9} {:>9} {:>8} {:>8}",
+        "{:>10} {:>12} {:>14} {:>8} {:>9} {:>9} {:>9} {:>9} {:>9} {:>9} {:>8} {:>8} {:>8}",
         "rate",
         "publications",
         "deliveries/s",
@@ -201,6 +203,7 @@ pub fn run(args: Args) -> Result<(), String> {
         "p99.99",
         "max",
         "gen cpu",
+        "pub cpu",
         "srv cpu"
     );
     let rt = tokio::runtime::Builder::new_current_thread().enable_all().build().map_err(|e| e.to_string())?;
@@ -216,6 +219,9 @@ pub fn run(args: Args) -> Result<(), String> {
     for _ in 0..if args.saturate { args.max_steps } else { 1 } {
         let before = seq.clone();
         let cpu_before = (cpu_seconds(), server_cpu());
+        // The publisher runs on this thread alone: its CPU shows whether it
+        // could have been the limit.
+        let publisher_before = process_cpu_seconds("thread-self");
         let started = Instant::now();
         step_starts.push((started - epoch).as_secs_f64());
         let plan = publisher::Plan {
@@ -234,6 +240,7 @@ pub fn run(args: Args) -> Result<(), String> {
         let share = |a: Option<f64>, b: Option<f64>| Some((b? - a?) / seconds);
         let (generator_cpu, server_cpu) =
             (share(cpu_before.0, cpu_seconds()), share(cpu_before.1, server_cpu()));
+        let publisher_cpu = share(publisher_before, process_cpu_seconds("thread-self"));
         std::thread::sleep(Duration::from_millis(args.drain_ms));
         let published: Vec<u64> = seq.iter().zip(&before).map(|(a, b)| a - b).collect();
         let mut hist = report::latency_histogram();
@@ -263,12 +270,13 @@ pub fn run(args: Args) -> Result<(), String> {
             d.ratio() >= 0.999 && d.extra() == 0 && p99 <= args.p99_bound_ms && out_of_order == 0 && kept_up;
         let cores = |c: Option<f64>| c.map_or("-".to_string(), |c| format!("{c:.2}"));
         println!(
-            "{rate:>10} {:>12} {:>14.0} {:>8} {}{:>8} {:>8}{}",
+            "{rate:>10} {:>12} {:>14.0} {:>8} {}{:>8} {:>8} {:>8}{}",
             published.iter().sum::<u64>(),
             report::per_second(received, seconds),
             d.lost(),
             pct.iter().map(|(_, v)| format!("{v:>9.3} ")).collect::<String>(),
             cores(generator_cpu),
+            cores(publisher_cpu),
             cores(server_cpu),
             if passed { "" } else { " ← failed" }
         );
@@ -290,6 +298,7 @@ pub fn run(args: Args) -> Result<(), String> {
             out_of_order,
             deliveries_per_second: report::per_second(received, seconds),
             generator_cpu,
+            publisher_cpu,
             server_cpu,
             latency_ms: pct.iter().map(|(n, v)| (n.to_string(), *v)).collect(),
             passed,

@@ -6,7 +6,7 @@
 //! |--------|-------------------------------------------|----------------------------|---------------------------|
 //! | `rpc`  | goridge `broadcast.PublishAsync`          | —                          | —                         |
 //! | `http` | `POST /publish` JSON                      | `POST /pub/<topic>` raw    | —                         |
-//! | `ws`   | — (no client publish in this dialect)     | WebSocket on `/pub/<topic>`| `PUB` over its WebSocket  |
+//! | `ws`   | peers' `/pub`: `{"topics":[T],"payload":P}` text frames, pipelined | WebSocket on `/pub/<topic>`| `PUB` over its WebSocket  |
 //! | `nats` | —                                         | —                          | `PUB` over its TCP port   |
 
 use std::net::SocketAddr;
@@ -39,13 +39,12 @@ impl Via {
 
     /// Whether this server can be published to this way; the reason if not.
     pub fn check(self, p: Protocol) -> Result<(), String> {
+        // Roadrunner over `ws`: the peers' publish endpoint (uWS.js, ws); the
+        // dialect itself has no client publish, so ringcast refuses it.
         match (p, self) {
-            (Protocol::Roadrunner, Via::Rpc | Via::Http)
+            (Protocol::Roadrunner, Via::Rpc | Via::Http | Via::Ws)
             | (Protocol::Nchan, Via::Http | Via::Ws)
             | (Protocol::Nats, Via::Ws | Via::Nats) => Ok(()),
-            (Protocol::Roadrunner, Via::Ws) => {
-                Err("the roadrunner dialect has no client publish: use --publish-via rpc or http".into())
-            }
             (p, v) => Err(format!("--protocol {p:?} cannot be published to via {v:?}").to_lowercase()),
         }
     }
@@ -115,6 +114,9 @@ enum Sink {
     /// One WebSocket per topic (nchan) or one for all (NATS).
     Ws {
         conns: Vec<WsConn>,
+        /// The server acknowledges the end with a pong (NATS: PONG to PING;
+        /// roadrunner peers: a WebSocket Pong), not each message (nchan).
+        ping_ack: bool,
         nats: bool,
         out: Vec<u8>,
     },
@@ -175,7 +177,12 @@ impl Sink {
                         tokio::spawn(ws_replies(rd, up.buf, up.filled, plan.protocol, acks.clone()));
                     conns.push(WsConn { wr, replies, acks, sent: 0 });
                 }
-                Sink::Ws { conns, nats: plan.protocol == Protocol::Nats, out: Vec::new() }
+                Sink::Ws {
+                    conns,
+                    ping_ack: plan.protocol != Protocol::Nchan,
+                    nats: plan.protocol == Protocol::Nats,
+                    out: Vec::new(),
+                }
             }
             Via::Nats => {
                 let (rd, mut wr) = tcp(addr).await?.into_split();
@@ -232,7 +239,16 @@ impl Sink {
                             masked_frame(0x1, p, out);
                             &mut conns[*t]
                         }
-                        _ => {
+                        Protocol::Roadrunner => {
+                            let cmd = format!(
+                                r#"{{"topics":["{}"],"payload":"{}"}}"#,
+                                plan.topics[*t],
+                                String::from_utf8_lossy(p)
+                            );
+                            masked_frame(0x1, cmd.as_bytes(), out);
+                            &mut conns[0]
+                        }
+                        Protocol::Nats => {
                             let mut cmd = format!("PUB {} {}\r\n", plan.topics[*t], p.len()).into_bytes();
                             cmd.extend_from_slice(p);
                             cmd.extend_from_slice(b"\r\n");
@@ -267,14 +283,19 @@ impl Sink {
                 join(replies.await)
             }
             Sink::Http { .. } => Ok(()),
-            Sink::Ws { conns, nats, .. } => {
+            Sink::Ws { conns, ping_ack, nats, .. } => {
                 use std::sync::atomic::Ordering::Relaxed;
                 for mut c in conns {
                     // Closing before the server took the last messages loses
-                    // them: wait for nchan's receipt of each, or NATS's PONG.
-                    let want = if nats {
+                    // them: wait for nchan's receipt of each, or the pong that
+                    // follows everything sent (NATS PONG, WebSocket Pong).
+                    let want = if ping_ack {
                         let mut ping = Vec::new();
-                        masked_frame(0x2, b"PING\r\n", &mut ping);
+                        if nats {
+                            masked_frame(0x2, b"PING\r\n", &mut ping);
+                        } else {
+                            masked_frame(0x9, b"", &mut ping);
+                        }
                         c.wr.write_all(&ping).await.map_err(|e| format!("publish ws: {e}"))?;
                         1
                     } else {
@@ -394,7 +415,11 @@ async fn ws_replies(
             let payload = &buf[pos + start..pos + start + len];
             match crate::wire::frame_opcode(&buf[pos..]) {
                 0x8 => return Err(format!("closed by the server: {}", String::from_utf8_lossy(payload))),
+                0xA if protocol == Protocol::Roadrunner => {
+                    acks.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+                }
                 op if op >= 0x8 => {}
+                _ if protocol == Protocol::Roadrunner => {}
                 _ if protocol == Protocol::Nats => nats.feed(payload, |e| {
                     match e {
                         NatsEvent::Err(e) => return Err(format!("-ERR {e}")),
@@ -424,8 +449,9 @@ mod tests {
         for p in [Protocol::Roadrunner, Protocol::Nchan, Protocol::Nats] {
             assert_eq!(Via::default_for(p).check(p), Ok(()));
         }
-        assert!(Via::Ws.check(Protocol::Roadrunner).unwrap_err().contains("no client publish"));
+        assert_eq!(Via::Ws.check(Protocol::Roadrunner), Ok(()), "the roadrunner peers' /pub endpoint");
         assert!(Via::Rpc.check(Protocol::Nats).is_err());
+        assert!(Via::Http.check(Protocol::Nats).is_err());
     }
 
     #[test]

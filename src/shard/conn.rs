@@ -528,13 +528,13 @@ impl Connection {
             let written = {
                 let mut slices = [IoSlice::new(&[]); MAX_IOV];
                 let n = st.queue.slices(&mut slices);
-                let first = if n > 1 {
-                    match rt::send_vectored(&self.stream, &slices[..n]) {
-                        Err(e) if e.kind() == io::ErrorKind::WouldBlock => None,
-                        other => Some(other),
-                    }
-                } else {
-                    None
+                // A plain non-blocking sendmsg, also for one frame: glommio's
+                // write goes through the ring and waits for its completion.
+                // Only a full socket falls back to glommio, to be woken when
+                // it can take more.
+                let first = match rt::send_vectored(&self.stream, &slices[..n]) {
+                    Err(e) if e.kind() == io::ErrorKind::WouldBlock => None,
+                    other => Some(other),
                 };
                 match first {
                     Some(result) => result?,

@@ -39,9 +39,9 @@ const READ_BUFFER: usize = 64 * 1024;
 const CLOSE_BACKLOG_MAX: usize = 100_000;
 /// Close notifications handed to the hook queue per retry pass.
 const CLOSE_RETRY_BATCH: usize = 1024;
-/// Subscriber pushes (plus messages) the inbox loop does before it lets the
-/// connection tasks write what it queued.
-const WORK_PER_TURN: usize = 4096;
+/// How long the inbox loop works before it lets the connection tasks write
+/// what it queued (and accepts, timers, hooks run).
+const TURN: Duration = Duration::from_millis(5);
 /// Slow consumers and protocol violators get this long to take their Close.
 pub const CLOSE_LINGER: Duration = Duration::from_millis(1000);
 
@@ -116,24 +116,32 @@ pub async fn run(setup: ShardSetup) {
     rt::spawn(accept_loop(shard.clone(), listener));
     rt::spawn(keepalive_loop(shard.clone()));
     let inbox = setup.inbox;
-    // Work done since this loop last let the other tasks run: glommio never
-    // preempts, and an inbox that stays full would otherwise keep every
+    // glommio never preempts: an inbox that stays full would keep every
     // connection from writing (their queues fill, they get closed as slow
-    // consumers) while the publisher is the one to slow down.
-    let mut work = 0;
+    // consumers) while the publisher is the one to slow down. So the inbox
+    // gets at most TURN of work, then the connections write what it queued.
+    // A turn long enough for several publications keeps the writes batched
+    // (one sendmsg carries all a connection's new frames).
+    let mut turn = Instant::now();
     loop {
-        if work >= WORK_PER_TURN {
-            work = 0;
-            rt::yield_now().await;
+        let mut waited = false;
+        let msg = poll_fn(|cx| {
+            let r = inbox.poll_recv(cx);
+            waited |= r.is_pending();
+            r
+        })
+        .await;
+        if waited {
+            turn = Instant::now();
         }
-        match poll_fn(|cx| inbox.poll_recv(cx)).await {
+        match msg {
             Some(ShardMsg::Deliver(batch)) => {
                 for d in batch.iter() {
-                    work += 1 + shard.deliver(d);
-                    if work >= WORK_PER_TURN {
-                        work = 0;
+                    if turn.elapsed() >= TURN {
                         rt::yield_now().await;
+                        turn = Instant::now();
                     }
+                    shard.deliver(d);
                 }
             }
             Some(ShardMsg::Push { to, body, reply }) => {
