@@ -74,9 +74,16 @@ pub struct Args {
     /// Spread client sockets over this many 127.0.0.x source addresses.
     #[arg(long, default_value_t = 8)]
     sources: u8,
-    /// Step the rate up by --step-factor from --rate until a step fails.
+    /// Step the rate up by --step-factor from --rate until --give-up-after
+    /// steps in a row failed; the figure is the highest step that passed.
     #[arg(long)]
     saturate: bool,
+    /// With --saturate: consecutive failed steps that end the search. More
+    /// than 1, because pass/fail need not be monotonic in the rate: a server
+    /// that batches writes under load can fail a middle step (one syscall per
+    /// delivery, p99 over the bound) and pass higher ones.
+    #[arg(long, default_value_t = 3)]
+    give_up_after: usize,
     /// Rate multiplier between --saturate steps (each step adds at least 1).
     #[arg(long, default_value_t = 1.5)]
     step_factor: f64,
@@ -216,6 +223,7 @@ pub fn run(args: Args) -> Result<(), String> {
     let mut step_starts = Vec::new();
     let server_pid = args.server_pid.map(|p| p.to_string());
     let server_cpu = || server_pid.as_deref().and_then(process_cpu_seconds);
+    let (mut failed_in_a_row, mut first_failed) = (0, None);
     for _ in 0..if args.saturate { args.max_steps } else { 1 } {
         let before = seq.clone();
         let cpu_before = (cpu_seconds(), server_cpu());
@@ -303,10 +311,16 @@ pub fn run(args: Args) -> Result<(), String> {
             latency_ms: pct.iter().map(|(n, v)| (n.to_string(), *v)).collect(),
             passed,
         });
-        if !passed {
-            break;
+        if passed {
+            best = Some(rate);
+            failed_in_a_row = 0;
+        } else {
+            first_failed.get_or_insert(rate);
+            failed_in_a_row += 1;
+            if failed_in_a_row >= args.give_up_after {
+                break;
+            }
         }
-        best = Some(rate);
         rate = ((rate as f64 * args.step_factor) as u64).max(rate + 1);
     }
     for c in &controls {
@@ -318,9 +332,12 @@ pub fn run(args: Args) -> Result<(), String> {
     if args.saturate {
         match best {
             Some(r) => println!(
-                "saturation: {r} publications/s = {} deliveries/s with ≥ 99.9 % delivered and p99 ≤ {} ms",
+                "saturation: {r} publications/s = {} deliveries/s with ≥ 99.9 % delivered and p99 ≤ {} ms{}",
                 r * args.subscribers as u64 / args.topics as u64,
-                args.p99_bound_ms
+                args.p99_bound_ms,
+                first_failed
+                    .filter(|f| *f < r)
+                    .map_or(String::new(), |f| format!(" (a lower step, {f}/s, failed)"))
             ),
             None => println!("saturation: even the first step failed"),
         }
@@ -343,6 +360,7 @@ pub fn run(args: Args) -> Result<(), String> {
         "topics": args.topics,
         "payload_bytes": args.size,
         "saturation_publications_per_second": best,
+        "first_failed_publications_per_second": first_failed,
         "steps": summaries,
         "throughput_per_second": throughput.iter().map(|(t, v)| [*t, *v]).collect::<Vec<_>>(),
     });

@@ -2,8 +2,10 @@
 //! Frames are shared `Bytes`: queueing a publication copies nothing.
 //!
 //! The budget counts what a queued frame really costs this connection: its
-//! bytes plus its queue slot. Pongs are coalesced (RFC 6455 §5.5.3 allows
-//! answering only the latest ping), so a ping flood holds one pong at most.
+//! bytes plus its queue slot. Pongs are coalesced once a connection has
+//! `DISTINCT_PONGS` of them waiting (RFC 6455 §5.5.3 allows answering only
+//! the latest ping), so a ping flood holds a handful of pongs at most, while
+//! a short burst of pings still gets a pong each.
 
 use std::collections::VecDeque;
 use std::io::IoSlice;
@@ -20,9 +22,15 @@ pub struct SendQueue {
     /// Frames popped from the front since the queue was made: with it, a
     /// frame's position survives pops.
     popped: u64,
-    /// Position (`popped`-based) of the queued pong, if one is queued.
+    /// Position (`popped`-based) of the latest queued pong, if one is queued.
     pong_at: Option<u64>,
+    /// Pongs queued since the queue was last empty.
+    pongs_waiting: u8,
 }
+
+/// Pongs a connection gets queued one per ping before new ones replace the
+/// latest: a burst is answered in full, a flood costs this many at most.
+const DISTINCT_PONGS: u8 = 16;
 
 /// What a queue slot costs besides the frame's bytes (the `Bytes` handle).
 pub const SLOT_COST: usize = std::mem::size_of::<Bytes>();
@@ -54,10 +62,11 @@ impl SendQueue {
         Ok(())
     }
 
-    /// Queues a pong, replacing a queued one that has not started to go out:
-    /// only the latest ping needs an answer.
+    /// Queues a pong; with `DISTINCT_PONGS` already waiting it replaces the
+    /// latest one that has not started to go out: only the latest ping needs
+    /// an answer.
     pub fn push_pong(&mut self, pong: Bytes, budget: usize) -> Result<(), OverBudget> {
-        if let Some(at) = self.pong_at {
+        if let Some(at) = self.pong_at.filter(|_| self.pongs_waiting >= DISTINCT_PONGS) {
             let started = at == self.popped && self.front_written > 0;
             if at >= self.popped && !started {
                 let slot = &mut self.frames[(at - self.popped) as usize];
@@ -68,6 +77,7 @@ impl SendQueue {
         }
         self.push(pong, budget)?;
         self.pong_at = Some(self.popped + self.frames.len() as u64 - 1);
+        self.pongs_waiting = self.pongs_waiting.saturating_add(1);
         Ok(())
     }
 
@@ -119,6 +129,9 @@ impl SendQueue {
             self.front_written = 0;
             done += 1;
         }
+        if self.frames.is_empty() {
+            self.pongs_waiting = 0;
+        }
         if self.frames.is_empty() && self.frames.capacity() > 16 {
             // A burst is over: give the memory back instead of keeping it per idle connection.
             self.frames = VecDeque::new();
@@ -136,7 +149,7 @@ mod tests {
     }
 
     fn pending(q: &SendQueue) -> Vec<u8> {
-        let mut slices = [IoSlice::new(&[]); 8];
+        let mut slices = [IoSlice::new(&[]); 64];
         let n = q.slices(&mut slices);
         slices[..n].iter().flat_map(|s| s.iter().copied()).collect()
     }
@@ -196,27 +209,41 @@ mod tests {
     }
 
     #[test]
-    fn pongs_coalesce_until_one_starts_going_out() {
+    fn a_ping_burst_gets_every_pong_a_flood_coalesces() {
         let mut q = SendQueue::default();
-        q.push(b("data"), 1000).unwrap();
-        for p in ["p1", "p2", "p3"] {
-            q.push_pong(b(p), 1000).unwrap();
+        q.push(b("data"), 10_000).unwrap();
+        let pongs: Vec<Bytes> = (0..20).map(|i| Bytes::from(format!("p{i:02}"))).collect();
+        for p in &pongs[..16] {
+            q.push_pong(p.clone(), 10_000).unwrap();
         }
-        assert_eq!(pending(&q), b"datap3", "one pong, the latest");
-        assert_eq!(q.queued_bytes(), 6);
-        q.advance(5);
-        // The queued pong is partly out: a new ping gets a new pong.
-        q.push_pong(b("p4"), 1000).unwrap();
-        q.push_pong(b("p5"), 1000).unwrap();
-        assert_eq!(pending(&q), b"3p5");
-        q.advance(3);
-        assert!(q.is_empty());
-        q.push_pong(b("p6"), 1000).unwrap();
-        assert_eq!(pending(&q), b"p6");
-        // A slow-consumer discard drops the pong with the rest.
+        let burst: Vec<u8> = pongs[..16].iter().flat_map(|p| p.to_vec()).collect();
+        assert_eq!(pending(&q)[4..], burst[..], "16 pings, 16 pongs");
+        for p in &pongs[16..] {
+            q.push_pong(p.clone(), 10_000).unwrap();
+        }
+        assert_eq!(q.frames.len(), 17, "past 16, new pongs replace the latest");
+        assert!(pending(&q).ends_with(b"p14p19"));
+        // Once the queue drained, a new burst is answered in full again.
+        q.advance(q.queued_bytes());
+        for p in &pongs[..3] {
+            q.push_pong(p.clone(), 10_000).unwrap();
+        }
+        assert_eq!(pending(&q), b"p00p01p02");
+    }
+
+    #[test]
+    fn a_pong_that_started_going_out_is_not_replaced() {
+        let mut q = SendQueue::default();
+        for i in 0..16 {
+            q.push_pong(Bytes::from(format!("p{i:02}")), 10_000).unwrap();
+        }
+        q.advance(15 * 3 + 1);
+        q.push_pong(b("p99"), 10_000).unwrap();
+        assert_eq!(pending(&q), b"15p99", "the started pong completes, the new one follows");
         q.discard_unsent();
-        q.push_pong(b("p7"), 1000).unwrap();
-        q.push_pong(b("p8"), 1000).unwrap();
-        assert_eq!(pending(&q), b"p8");
+        assert_eq!(pending(&q), b"15");
+        q.push_pong(b("pA1"), 10_000).unwrap();
+        q.push_pong(b("pA2"), 10_000).unwrap();
+        assert_eq!(pending(&q), b"15pA2", "still coalescing: the queue never drained");
     }
 }
