@@ -243,7 +243,7 @@ def run_saturation(server, flags, out, log, opts):
             "publisher_cpu": step and step.get("publisher_cpu"),
             "steps_exhausted": s["steps"][-1]["passed"],
             "failed_below_best": bool(failed and best and failed["rate_offered"] < best),
-            "first_failed": failed and {k: failed[k] for k in ("rate_offered", "lost", "extra", "out_of_order")}
+            "first_failed": failed and {k: failed.get(k) for k in ("rate_offered", "lost", "extra", "out_of_order", "publisher_error")}
             | {"p99_ms": failed["latency_ms"]["p99"], "publications": failed["publications"]},
             "generator": cpu}
 

@@ -131,6 +131,8 @@ struct StepSummary {
     generator_cpu: Option<f64>,
     /// Of which the publisher's thread.
     publisher_cpu: Option<f64>,
+    /// The publisher was cut off (the step failed).
+    publisher_error: Option<String>,
     server_cpu: Option<f64>,
     latency_ms: std::collections::BTreeMap<String, f64>,
     passed: bool,
@@ -243,7 +245,12 @@ pub fn run(args: Args) -> Result<(), String> {
             duration: Duration::from_secs(args.duration_secs),
             epoch,
         };
-        rt.block_on(publisher::run(&plan, &mut seq))?;
+        // A publisher the server cut off fails the step (and ends the
+        // search); what was measured before stays in the summary.
+        let publish_error = rt.block_on(publisher::run(&plan, &mut seq)).err();
+        if publish_error.is_some() && !args.saturate {
+            return Err(publish_error.unwrap_or_default());
+        }
         let seconds = started.elapsed().as_secs_f64();
         let share = |a: Option<f64>, b: Option<f64>| Some((b? - a?) / seconds);
         let (generator_cpu, server_cpu) =
@@ -274,8 +281,12 @@ pub fn run(args: Args) -> Result<(), String> {
         // publish answers down is not delivering the offered rate.
         let offered = rate as f64 * args.duration_secs as f64;
         let kept_up = published.iter().sum::<u64>() as f64 >= 0.99 * offered;
-        let passed =
-            d.ratio() >= 0.999 && d.extra() == 0 && p99 <= args.p99_bound_ms && out_of_order == 0 && kept_up;
+        let passed = publish_error.is_none()
+            && d.ratio() >= 0.999
+            && d.extra() == 0
+            && p99 <= args.p99_bound_ms
+            && out_of_order == 0
+            && kept_up;
         let cores = |c: Option<f64>| c.map_or("-".to_string(), |c| format!("{c:.2}"));
         println!(
             "{rate:>10} {:>12} {:>14.0} {:>8} {}{:>8} {:>8} {:>8}{}",
@@ -286,7 +297,11 @@ pub fn run(args: Args) -> Result<(), String> {
             cores(generator_cpu),
             cores(publisher_cpu),
             cores(server_cpu),
-            if passed { "" } else { " ← failed" }
+            match (&publish_error, passed) {
+                (Some(e), _) => format!(" ← failed: {e}"),
+                (None, false) => " ← failed".to_string(),
+                (None, true) => String::new(),
+            }
         );
         report::write_hlog(
             &args.out.join(format!("fanout-{rate}.hlog")),
@@ -307,10 +322,15 @@ pub fn run(args: Args) -> Result<(), String> {
             deliveries_per_second: report::per_second(received, seconds),
             generator_cpu,
             publisher_cpu,
+            publisher_error: publish_error.clone(),
             server_cpu,
             latency_ms: pct.iter().map(|(n, v)| (n.to_string(), *v)).collect(),
             passed,
         });
+        if publish_error.is_some() {
+            first_failed.get_or_insert(rate);
+            break;
+        }
         if passed {
             best = Some(rate);
             failed_in_a_row = 0;
