@@ -379,13 +379,7 @@ fn close_notifications_wait_in_a_backlog_while_the_backend_is_stuck() {
         backend.url()
     );
     let s = Server::start(&config, 1);
-    let clients: Vec<std::net::TcpStream> = (0..CLIENTS)
-        .map(|_| {
-            let mut c = std::net::TcpStream::connect(s.ws).unwrap();
-            std::io::Write::write_all(&mut c, upgrade_request("/ws").as_bytes()).unwrap();
-            c
-        })
-        .collect();
+    let clients = raw_upgrades(s.ws, "/ws", CLIENTS);
     assert!(eventually(Duration::from_secs(20), || s.metric("ringcast_connections") == CLIENTS as u64));
     drop(clients);
     assert!(eventually(Duration::from_secs(20), || s.metric("ringcast_connections") == 0));
@@ -434,13 +428,7 @@ fn shutdown_keeps_to_one_deadline_with_stuck_clients_and_backend() {
     );
     let mut s = Server::start(&config, 2);
     // Raw clients that never read, so never answer the server's Close.
-    let _clients: Vec<std::net::TcpStream> = (0..10)
-        .map(|_| {
-            let mut c = std::net::TcpStream::connect(s.ws).unwrap();
-            std::io::Write::write_all(&mut c, upgrade_request("/ws").as_bytes()).unwrap();
-            c
-        })
-        .collect();
+    let _clients = raw_upgrades(s.ws, "/ws", 10);
     assert!(eventually(Duration::from_secs(5), || s.metric("ringcast_connections") == 10));
     let signalled = Instant::now();
     s.signal("TERM");

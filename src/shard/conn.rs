@@ -64,11 +64,25 @@ impl ConnState {
     /// Queues a frame within `budget` bytes; frames for a closing
     /// connection are dropped silently.
     pub fn push(&mut self, frame: Bytes, budget: usize) -> Result<(), OverBudget> {
+        self.enqueue(|q| q.push(frame, budget))
+    }
+
+    /// Queues the answer to a ping (see `SendQueue::push_pong`).
+    pub fn push_pong(&mut self, pong: Bytes, budget: usize) -> Result<(), OverBudget> {
+        self.enqueue(|q| q.push_pong(pong, budget))
+    }
+
+    /// Runs `add` on the queue unless closing; wakes the task if the queue
+    /// was empty (a non-empty queue's task is already due to write).
+    fn enqueue(
+        &mut self,
+        add: impl FnOnce(&mut SendQueue) -> Result<(), OverBudget>,
+    ) -> Result<(), OverBudget> {
         if self.closing {
             return Ok(());
         }
         let was_empty = self.queue.is_empty();
-        self.queue.push(frame, budget)?;
+        add(&mut self.queue)?;
         if was_empty {
             self.wake();
         }
@@ -95,19 +109,6 @@ impl ConnState {
     pub fn force_close(&mut self) {
         self.forced = true;
         self.wake();
-    }
-
-    /// Queues the answer to a ping: replaces a pong not yet sent.
-    pub fn push_pong(&mut self, pong: Bytes, budget: usize) -> Result<(), OverBudget> {
-        if self.closing {
-            return Ok(());
-        }
-        let was_empty = self.queue.is_empty();
-        self.queue.push_pong(pong, budget)?;
-        if was_empty {
-            self.wake();
-        }
-        Ok(())
     }
 
     fn wake(&mut self) {

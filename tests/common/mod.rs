@@ -230,6 +230,18 @@ pub fn raw_exchange(addr: SocketAddr, request: &[u8], wait: Duration) -> Vec<u8>
     out
 }
 
+/// `n` raw TCP clients that have sent an upgrade request for `path` and
+/// never read: the server answers into their buffers.
+pub fn raw_upgrades(addr: SocketAddr, path: &str, n: usize) -> Vec<TcpStream> {
+    (0..n)
+        .map(|_| {
+            let mut c = TcpStream::connect(addr).unwrap();
+            c.write_all(upgrade_request(path).as_bytes()).unwrap();
+            c
+        })
+        .collect()
+}
+
 /// A minimal valid upgrade request for `path`.
 pub fn upgrade_request(path: &str) -> String {
     format!(
