@@ -46,6 +46,8 @@ pub struct ServerConfig {
     pub io_memory_kib: usize,
     /// Capacity of each shard's inbox of publication batches.
     pub shard_inbox: usize,
+    /// Frame bytes each shard's inbox may hold; publishers wait past it.
+    pub shard_inbox_bytes: usize,
     /// An HTTP API request's head and body must arrive within this.
     pub api_request_timeout_ms: u64,
 }
@@ -217,6 +219,7 @@ impl Default for ServerConfig {
             shutdown_timeout_ms: 5_000,
             io_memory_kib: 512,
             shard_inbox: 4096,
+            shard_inbox_bytes: 64 * 1024 * 1024,
             api_request_timeout_ms: 10_000,
         }
     }
@@ -300,6 +303,9 @@ impl Config {
         }
         if self.server.max_connections == 0 {
             return fail("server.max_connections", "must be at least 1");
+        }
+        if self.server.shard_inbox_bytes < 64 * 1024 {
+            return fail("server.shard_inbox_bytes", "must be at least 65536");
         }
         if self.server.shard_inbox == 0 {
             return fail("server.shard_inbox", "must be at least 1");

@@ -68,7 +68,7 @@ pub fn run(config: Config) -> Result<(), StartError> {
     let api_addr = api_listener.local_addr().map_err(|e| bind_error("the HTTP API", server.api_listen, e))?;
     let rpc_addr = rpc_listener.local_addr().map_err(|e| bind_error("goridge RPC", server.rpc_listen, e))?;
 
-    let (router, inboxes) = ShardRouter::new(shards, server.shard_inbox);
+    let (router, inboxes) = ShardRouter::new(shards, server.shard_inbox, server.shard_inbox_bytes);
     let shard_metrics: Vec<Arc<ShardMetrics>> = (0..shards).map(|_| Arc::default()).collect();
     let global_metrics = Arc::new(GlobalMetrics::default());
     let open_connections = Arc::new(AtomicUsize::new(0));

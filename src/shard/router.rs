@@ -9,7 +9,7 @@
 //! flag and an `AtomicWaker`), so shards never touch a lock here.
 
 use std::future::poll_fn;
-use std::sync::atomic::{fence, AtomicBool, AtomicU64, Ordering};
+use std::sync::atomic::{fence, AtomicBool, AtomicU64, AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::task::{Context, Poll};
 
@@ -63,6 +63,8 @@ struct InboxTx {
     tx: Sender<ShardMsg>,
     waker: Arc<AtomicWaker>,
     space: Arc<Space>,
+    /// Frame bytes of the batches queued in this inbox.
+    bytes: Arc<AtomicUsize>,
 }
 
 /// The receiving end, owned by one shard.
@@ -70,12 +72,25 @@ pub struct Inbox {
     rx: Receiver<ShardMsg>,
     waker: Arc<AtomicWaker>,
     space: Arc<Space>,
+    bytes: Arc<AtomicUsize>,
+}
+
+/// Frame bytes a message holds (publications; others count as nothing).
+fn msg_bytes(msg: &ShardMsg) -> usize {
+    match msg {
+        ShardMsg::Deliver(batch) => batch.iter().map(|d| d.frame.len() + d.topic.len()).sum(),
+        ShardMsg::Push { body, .. } => body.len(),
+        _ => 0,
+    }
 }
 
 /// Sends to shards from any thread.
 #[derive(Clone)]
 pub struct ShardRouter {
     inboxes: Arc<[InboxTx]>,
+    /// An inbox holding this many frame bytes takes no more (but always one
+    /// message when empty), whatever its count of messages.
+    max_bytes: usize,
     /// Times a publisher found an inbox full and waited.
     waits: Arc<AtomicU64>,
 }
@@ -85,16 +100,19 @@ pub struct ShardRouter {
 pub struct Closed;
 
 impl ShardRouter {
-    pub fn new(shards: usize, capacity: usize) -> (ShardRouter, Vec<Inbox>) {
+    /// Inboxes of at most `capacity` messages and `max_bytes` frame bytes.
+    pub fn new(shards: usize, capacity: usize, max_bytes: usize) -> (ShardRouter, Vec<Inbox>) {
         let (txs, rxs) = (0..shards)
             .map(|_| {
                 let (tx, rx) = crossbeam_channel::bounded(capacity);
                 let waker = Arc::new(AtomicWaker::new());
                 let space = Arc::new(Space::default());
-                (InboxTx { tx, waker: waker.clone(), space: space.clone() }, Inbox { rx, waker, space })
+                let bytes = Arc::new(AtomicUsize::new(0));
+                let tx = InboxTx { tx, waker: waker.clone(), space: space.clone(), bytes: bytes.clone() };
+                (tx, Inbox { rx, waker, space, bytes })
             })
             .unzip::<_, _, Vec<_>, Vec<_>>();
-        (ShardRouter { inboxes: txs.into(), waits: Arc::default() }, rxs)
+        (ShardRouter { inboxes: txs.into(), max_bytes, waits: Arc::default() }, rxs)
     }
 
     /// How often publishers waited for a full shard inbox (a metric).
@@ -180,7 +198,19 @@ impl ShardRouter {
     /// their own timer when the inbox is full).
     pub fn try_send(&self, shard: usize, msg: ShardMsg) -> Result<(), TrySendError<ShardMsg>> {
         let inbox = &self.inboxes[shard];
+        let size = msg_bytes(&msg);
+        // Counted before the send so the shard never subtracts first; taken
+        // back if the channel refuses. An empty inbox takes any one message.
+        let before = inbox.bytes.fetch_add(size, Ordering::SeqCst);
+        if before > 0 && before + size > self.max_bytes {
+            inbox.bytes.fetch_sub(size, Ordering::SeqCst);
+            inbox.waker.wake();
+            return Err(TrySendError::Full(msg));
+        }
         let result = inbox.tx.try_send(msg);
+        if result.is_err() {
+            inbox.bytes.fetch_sub(size, Ordering::SeqCst);
+        }
         inbox.waker.wake();
         result
     }
@@ -211,6 +241,14 @@ impl Inbox {
     }
 
     fn poll_inner(&self, cx: &Context<'_>) -> Poll<Option<ShardMsg>> {
+        let got = self.receive(cx);
+        if let Poll::Ready(Some(m)) = &got {
+            self.bytes.fetch_sub(msg_bytes(m), Ordering::SeqCst);
+        }
+        got
+    }
+
+    fn receive(&self, cx: &Context<'_>) -> Poll<Option<ShardMsg>> {
         match self.rx.try_recv() {
             Ok(m) => return Poll::Ready(Some(m)),
             Err(TryRecvError::Disconnected) => return Poll::Ready(None),
@@ -244,7 +282,7 @@ mod tests {
 
     #[test]
     fn a_full_shard_parks_the_publisher_without_delaying_the_others() {
-        let (router, inboxes) = ShardRouter::new(2, 1);
+        let (router, inboxes) = ShardRouter::new(2, 1, 1 << 20);
         router.try_send(0, ShardMsg::Deliver(batch("filler"))).unwrap();
         let rt = tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap();
         rt.block_on(async {
@@ -265,5 +303,22 @@ mod tests {
             assert!(matches!(recv(&inboxes[0]), Some(ShardMsg::Deliver(b)) if &*b[0].topic == "news"));
             assert_eq!(router.waits(), 1);
         });
+    }
+
+    #[test]
+    fn inboxes_are_bounded_in_bytes_too() {
+        let big = |n: usize| -> Batch {
+            Arc::from(vec![Delivery { topic: "t".into(), frame: Bytes::from(vec![0u8; n]) }])
+        };
+        let (router, inboxes) = ShardRouter::new(1, 100, 1000);
+        // An empty inbox takes any one message, even past the bound.
+        router.try_send(0, ShardMsg::Deliver(big(5000))).unwrap();
+        assert!(matches!(router.try_send(0, ShardMsg::Deliver(big(10))), Err(TrySendError::Full(_))));
+        assert!(recv(&inboxes[0]).is_some());
+        router.try_send(0, ShardMsg::Deliver(big(600))).unwrap();
+        router.try_send(0, ShardMsg::Deliver(big(300))).unwrap();
+        assert!(matches!(router.try_send(0, ShardMsg::Deliver(big(300))), Err(TrySendError::Full(_))));
+        assert!(recv(&inboxes[0]).is_some());
+        router.try_send(0, ShardMsg::Deliver(big(300))).unwrap();
     }
 }
