@@ -39,9 +39,9 @@ const READ_BUFFER: usize = 64 * 1024;
 const CLOSE_BACKLOG_MAX: usize = 100_000;
 /// Close notifications handed to the hook queue per retry pass.
 const CLOSE_RETRY_BATCH: usize = 1024;
-/// How long the inbox loop works before it lets the connection tasks write
-/// what it queued (and accepts, timers, hooks run).
-const TURN: Duration = Duration::from_millis(5);
+/// The longest the inbox loop works before it lets the connection tasks
+/// write what it queued (and accepts, timers, hooks run).
+const TURN_MAX: Duration = Duration::from_millis(50);
 /// Slow consumers and protocol violators get this long to take their Close.
 pub const CLOSE_LINGER: Duration = Duration::from_millis(1000);
 
@@ -118,11 +118,15 @@ pub async fn run(setup: ShardSetup) {
     let inbox = setup.inbox;
     // glommio never preempts: an inbox that stays full would keep every
     // connection from writing (their queues fill, they get closed as slow
-    // consumers) while the publisher is the one to slow down. So the inbox
-    // gets at most TURN of work, then the connections write what it queued.
-    // A turn long enough for several publications keeps the writes batched
-    // (one sendmsg carries all a connection's new frames).
+    // consumers) while the publisher is the one to slow down. So a turn of
+    // inbox work ends once it may have queued a quarter of the send budget
+    // to one connection, or after TURN_MAX; then the connections write.
+    // Short of that it takes everything waiting: a backlog split over
+    // several sweeps would cost a sendmsg per connection per sweep (a 5 ms
+    // turn made p99 swing to 744 ms at 630,000 deliveries/s).
+    let budget_share = (shard.config.limits.max_backpressure / 4).max(1);
     let mut turn = Instant::now();
+    let mut turn_bytes = 0;
     loop {
         let mut waited = false;
         let msg = poll_fn(|cx| {
@@ -132,15 +136,16 @@ pub async fn run(setup: ShardSetup) {
         })
         .await;
         if waited {
-            turn = Instant::now();
+            (turn, turn_bytes) = (Instant::now(), 0);
         }
         match msg {
             Some(ShardMsg::Deliver(batch)) => {
                 for d in batch.iter() {
-                    if turn.elapsed() >= TURN {
+                    if turn_bytes >= budget_share || turn.elapsed() >= TURN_MAX {
                         rt::yield_now().await;
-                        turn = Instant::now();
+                        (turn, turn_bytes) = (Instant::now(), 0);
                     }
+                    turn_bytes += d.frame.len() + send_queue::SLOT_COST;
                     shard.deliver(d);
                 }
             }
