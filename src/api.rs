@@ -69,16 +69,6 @@ pub async fn serve(listener: TcpListener, ctx: Arc<ApiContext>) {
 
 type Reply = Response<Full<Bytes>>;
 
-fn render_router(router: &ShardRouter, out: &mut String) {
-    use std::fmt::Write;
-    let _ = writeln!(
-        out,
-        "# HELP ringcast_publish_waits_total Times a publisher waited for a shard's full inbox (backpressure).\n\
-         # TYPE ringcast_publish_waits_total counter\nringcast_publish_waits_total {}",
-        router.waits()
-    );
-}
-
 fn json(status: StatusCode, body: String) -> Reply {
     let mut r = Response::new(Full::new(Bytes::from(body)));
     *r.status_mut() = status;
@@ -96,7 +86,6 @@ async fn route(req: Request<Incoming>, ctx: &ApiContext) -> Reply {
         (&Method::GET, "/metrics") => {
             let mut text = metrics::render(&ctx.shard_metrics, &ctx.metrics);
             ctx.hook_metrics.render(&mut text);
-            render_router(&ctx.router, &mut text);
             let mut r = Response::new(Full::new(Bytes::from(text)));
             r.headers_mut().insert(CONTENT_TYPE, HeaderValue::from_static("text/plain; version=0.0.4"));
             r

@@ -32,6 +32,7 @@ pub struct GlobalMetrics {
     pub http_publish_requests: AtomicU64,
     pub http_publish_errors: AtomicU64,
     pub published_messages: AtomicU64,
+    pub publish_waits: AtomicU64,
     pub pushes_queued: AtomicU64,
     pub pushes_not_connected: AtomicU64,
     pub pushes_slow_consumer: AtomicU64,
@@ -133,7 +134,7 @@ pub fn render(shards: &[Arc<ShardMetrics>], global: &GlobalMetrics) -> String {
             let _ = writeln!(out, "{name}{{shard=\"{i}\"}} {}", field(m).load(Relaxed));
         }
     }
-    let globals: [(&str, &str, &AtomicU64); 5] = [
+    let globals: [(&str, &str, &AtomicU64); 6] = [
         ("ringcast_rpc_requests_total", "goridge RPC calls received.", &global.rpc_requests),
         ("ringcast_rpc_errors_total", "goridge RPC calls answered with an error.", &global.rpc_errors),
         ("ringcast_http_publish_requests_total", "POST /publish requests.", &global.http_publish_requests),
@@ -146,6 +147,11 @@ pub fn render(shards: &[Arc<ShardMetrics>], global: &GlobalMetrics) -> String {
             "ringcast_published_messages_total",
             "Messages published (each to one or more topics).",
             &global.published_messages,
+        ),
+        (
+            "ringcast_publish_waits_total",
+            "Times a publisher waited for a shard's full inbox (backpressure).",
+            &global.publish_waits,
         ),
     ];
     for (name, help, v) in globals {

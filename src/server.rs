@@ -68,9 +68,10 @@ pub fn run(config: Config) -> Result<(), StartError> {
     let api_addr = api_listener.local_addr().map_err(|e| bind_error("the HTTP API", server.api_listen, e))?;
     let rpc_addr = rpc_listener.local_addr().map_err(|e| bind_error("goridge RPC", server.rpc_listen, e))?;
 
-    let (router, inboxes) = ShardRouter::new(shards, server.shard_inbox, server.shard_inbox_bytes);
-    let shard_metrics: Vec<Arc<ShardMetrics>> = (0..shards).map(|_| Arc::default()).collect();
     let global_metrics = Arc::new(GlobalMetrics::default());
+    let (router, inboxes) =
+        ShardRouter::new(shards, server.shard_inbox, server.shard_inbox_bytes, global_metrics.clone());
+    let shard_metrics: Vec<Arc<ShardMetrics>> = (0..shards).map(|_| Arc::default()).collect();
     let open_connections = Arc::new(AtomicUsize::new(0));
     let clients = Arc::new(ClientRegistry::default());
     let (registry_handle, registry_ops) = crate::clients::handle();

@@ -248,8 +248,8 @@ pub fn run(args: Args) -> Result<(), String> {
         // A publisher the server cut off fails the step (and ends the
         // search); what was measured before stays in the summary.
         let publish_error = rt.block_on(publisher::run(&plan, &mut seq)).err();
-        if publish_error.is_some() && !args.saturate {
-            return Err(publish_error.unwrap_or_default());
+        if let (Some(e), false) = (&publish_error, args.saturate) {
+            return Err(e.clone());
         }
         let seconds = started.elapsed().as_secs_f64();
         let share = |a: Option<f64>, b: Option<f64>| Some((b? - a?) / seconds);
@@ -327,17 +327,13 @@ pub fn run(args: Args) -> Result<(), String> {
             latency_ms: pct.iter().map(|(n, v)| (n.to_string(), *v)).collect(),
             passed,
         });
-        if publish_error.is_some() {
-            first_failed.get_or_insert(rate);
-            break;
-        }
         if passed {
             best = Some(rate);
             failed_in_a_row = 0;
         } else {
             first_failed.get_or_insert(rate);
             failed_in_a_row += 1;
-            if failed_in_a_row >= args.give_up_after {
+            if publish_error.is_some() || failed_in_a_row >= args.give_up_after {
                 break;
             }
         }

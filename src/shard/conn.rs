@@ -256,11 +256,9 @@ async fn upgrade(shard: &Shard, stream: &mut TcpStream, peer: Option<SocketAddr>
         Ok(accepted) => Some(accepted),
         Err(end) => {
             metrics::inc(&shard.metrics.handshake_failures);
-            if let HandshakeEnd::Refused(resp) = &end {
+            if let HandshakeEnd::Refused(resp) = end {
                 let status = String::from_utf8_lossy(resp.split(|&b| b == b'\r').next().unwrap_or_default());
                 tracing::debug!(shard = shard.id, ?peer, %status, "upgrade refused");
-            }
-            if let HandshakeEnd::Refused(resp) = end {
                 write_with_timeout(stream, &resp).await;
             }
             None

@@ -184,14 +184,11 @@ impl Shard {
 
     /// Queues a delivery to this shard's subscribers of its topic: a
     /// reference-counted clone of the frame, nothing copied or re-encoded.
-    /// Returns the number of subscribers.
-    fn deliver(&self, d: &Delivery) -> usize {
+    fn deliver(&self, d: &Delivery) {
         let conns = self.conns.borrow();
         let topics = self.topics.borrow();
         let budget = self.config.limits.max_backpressure;
-        let mut n = 0;
         for key in topics.subscribers(&d.topic) {
-            n += 1;
             let Some(conn) = conns.get(key) else {
                 debug_assert!(false, "topic index names a connection that is gone");
                 continue;
@@ -201,7 +198,6 @@ impl Shard {
                 self.close_slow_consumer(&mut st);
             }
         }
-        n
     }
 
     pub(crate) fn close_slow_consumer(&self, st: &mut ConnState) {

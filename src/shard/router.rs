@@ -9,7 +9,7 @@
 //! flag and an `AtomicWaker`), so shards never touch a lock here.
 
 use std::future::poll_fn;
-use std::sync::atomic::{fence, AtomicBool, AtomicU64, AtomicUsize, Ordering};
+use std::sync::atomic::{fence, AtomicBool, AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::task::{Context, Poll};
 
@@ -21,6 +21,7 @@ use bytes::Bytes;
 use futures_channel::oneshot;
 
 use crate::clients::Owner;
+use crate::metrics::{self, GlobalMetrics};
 use crate::publish::Batch;
 
 #[derive(Debug)]
@@ -91,8 +92,8 @@ pub struct ShardRouter {
     /// An inbox holding this many frame bytes takes no more (but always one
     /// message when empty), whatever its count of messages.
     max_bytes: usize,
-    /// Times a publisher found an inbox full and waited.
-    waits: Arc<AtomicU64>,
+    /// Counts the times a publisher found an inbox full and waited.
+    metrics: Arc<GlobalMetrics>,
 }
 
 /// The shards are gone (shutdown).
@@ -101,7 +102,12 @@ pub struct Closed;
 
 impl ShardRouter {
     /// Inboxes of at most `capacity` messages and `max_bytes` frame bytes.
-    pub fn new(shards: usize, capacity: usize, max_bytes: usize) -> (ShardRouter, Vec<Inbox>) {
+    pub fn new(
+        shards: usize,
+        capacity: usize,
+        max_bytes: usize,
+        metrics: Arc<GlobalMetrics>,
+    ) -> (ShardRouter, Vec<Inbox>) {
         let (txs, rxs) = (0..shards)
             .map(|_| {
                 let (tx, rx) = crossbeam_channel::bounded(capacity);
@@ -112,12 +118,7 @@ impl ShardRouter {
                 (tx, Inbox { rx, waker, space, bytes })
             })
             .unzip::<_, _, Vec<_>, Vec<_>>();
-        (ShardRouter { inboxes: txs.into(), max_bytes, waits: Arc::default() }, rxs)
-    }
-
-    /// How often publishers waited for a full shard inbox (a metric).
-    pub fn waits(&self) -> u64 {
-        self.waits.load(Ordering::Relaxed)
+        (ShardRouter { inboxes: txs.into(), max_bytes, metrics }, rxs)
     }
 
     /// Starts the tasks that wake the publishers parked on full inboxes when
@@ -189,7 +190,7 @@ impl ShardRouter {
                 Err(TrySendError::Full(back)) => msg = back,
                 Err(TrySendError::Disconnected(_)) => return Err(Closed),
             }
-            self.waits.fetch_add(1, Ordering::Relaxed);
+            metrics::inc(&self.metrics.publish_waits);
             notified.await;
         }
     }
@@ -204,7 +205,6 @@ impl ShardRouter {
         let before = inbox.bytes.fetch_add(size, Ordering::SeqCst);
         if before > 0 && before + size > self.max_bytes {
             inbox.bytes.fetch_sub(size, Ordering::SeqCst);
-            inbox.waker.wake();
             return Err(TrySendError::Full(msg));
         }
         let result = inbox.tx.try_send(msg);
@@ -231,11 +231,10 @@ impl Inbox {
         let got = self.poll_inner(cx);
         if matches!(got, Poll::Ready(Some(_))) {
             fence(Ordering::SeqCst);
-        }
-        if matches!(got, Poll::Ready(Some(_))) && self.space.wanted.load(Ordering::SeqCst) {
-            self.space.wanted.store(false, Ordering::SeqCst);
-            self.space.freed.store(true, Ordering::Release);
-            self.space.relay.wake();
+            if self.space.wanted.swap(false, Ordering::SeqCst) {
+                self.space.freed.store(true, Ordering::Release);
+                self.space.relay.wake();
+            }
         }
         got
     }
@@ -282,7 +281,9 @@ mod tests {
 
     #[test]
     fn a_full_shard_parks_the_publisher_without_delaying_the_others() {
-        let (router, inboxes) = ShardRouter::new(2, 1, 1 << 20);
+        let metrics = Arc::new(GlobalMetrics::default());
+        let (router, inboxes) = ShardRouter::new(2, 1, 1 << 20, metrics.clone());
+        let waits = || metrics.publish_waits.load(Ordering::Relaxed);
         router.try_send(0, ShardMsg::Deliver(batch("filler"))).unwrap();
         let rt = tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap();
         rt.block_on(async {
@@ -292,7 +293,7 @@ mod tests {
                 async move { router.dispatch(batch("news")).await }
             });
             // Shard 1 had room: it has the batch while shard 0 is still full.
-            while router.waits() == 0 {
+            while waits() == 0 {
                 tokio::task::yield_now().await;
             }
             assert!(matches!(recv(&inboxes[1]), Some(ShardMsg::Deliver(b)) if &*b[0].topic == "news"));
@@ -301,7 +302,7 @@ mod tests {
             assert!(matches!(recv(&inboxes[0]), Some(ShardMsg::Deliver(b)) if &*b[0].topic == "filler"));
             tokio::time::timeout(std::time::Duration::from_secs(5), publish).await.unwrap().unwrap().unwrap();
             assert!(matches!(recv(&inboxes[0]), Some(ShardMsg::Deliver(b)) if &*b[0].topic == "news"));
-            assert_eq!(router.waits(), 1);
+            assert_eq!(waits(), 1);
         });
     }
 
@@ -310,7 +311,7 @@ mod tests {
         let big = |n: usize| -> Batch {
             Arc::from(vec![Delivery { topic: "t".into(), frame: Bytes::from(vec![0u8; n]) }])
         };
-        let (router, inboxes) = ShardRouter::new(1, 100, 1000);
+        let (router, inboxes) = ShardRouter::new(1, 100, 1000, Arc::default());
         // An empty inbox takes any one message, even past the bound.
         router.try_send(0, ShardMsg::Deliver(big(5000))).unwrap();
         assert!(matches!(router.try_send(0, ShardMsg::Deliver(big(10))), Err(TrySendError::Full(_))));
