@@ -287,7 +287,7 @@ fn hook_requests_past_the_shard_limit_are_refused_at_once() {
 #[test]
 fn graceful_shutdown_tells_the_backend_about_every_client() {
     let backend = echo_backend();
-    let config = format!("[server]\nshutdown_timeout_ms = 1000\n{}", proxy_config(&backend.url(), ""));
+    let config = format!("[server]\nshutdown_timeout_ms = 2000\n{}", proxy_config(&backend.url(), ""));
     let mut s = Server::start(&config, 2);
     let clients: Vec<Ws> = (0..20).map(|i| s.connect(&format!("/leaving{i}"))).collect();
     s.signal("TERM");

@@ -409,9 +409,12 @@ impl Shard {
             w.wake();
         }
         let timeout = Duration::from_millis(self.config.server.shutdown_timeout_ms);
+        // Clients get half the timeout to answer the Close: a client that
+        // never answers is dropped then, and its close notification still has
+        // the other half to reach the backend before the exit.
         for (_, conn) in self.conns.borrow().iter() {
             let mut st = conn.borrow_mut();
-            self.start_close(&mut st, Some(1001), "server shutting down", timeout);
+            self.start_close(&mut st, Some(1001), "server shutting down", timeout / 2);
         }
         let deadline = Instant::now() + timeout;
         while !(self.conns.borrow().is_empty() && self.close_backlog.borrow().is_empty())
