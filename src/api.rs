@@ -35,6 +35,10 @@ pub struct ApiContext {
     pub publish_limits: publish::Limits,
     pub router: ShardRouter,
     pub clients: Arc<ClientRegistry>,
+    pub webrocket: Arc<crate::webrocket::WebRocket>,
+    /// Enables `/admin/…`; requests must carry it as a bearer token.
+    pub admin_token: Option<String>,
+    pub config: Arc<crate::config::Config>,
 }
 
 pub async fn serve(listener: TcpListener, ctx: Arc<ApiContext>) {
@@ -59,6 +63,7 @@ pub async fn serve(listener: TcpListener, ctx: Arc<ApiContext>) {
                 .timer(TokioTimer::new())
                 .header_read_timeout(ctx_timeout)
                 .serve_connection(TokioIo::new(stream), service)
+                .with_upgrades()
                 .await
             {
                 debug!(%peer, error = %e, "api connection ended");
@@ -67,9 +72,9 @@ pub async fn serve(listener: TcpListener, ctx: Arc<ApiContext>) {
     }
 }
 
-type Reply = Response<Full<Bytes>>;
+pub type Reply = Response<Full<Bytes>>;
 
-fn json(status: StatusCode, body: String) -> Reply {
+pub fn json(status: StatusCode, body: String) -> Reply {
     let mut r = Response::new(Full::new(Bytes::from(body)));
     *r.status_mut() = status;
     r.headers_mut().insert(CONTENT_TYPE, HeaderValue::from_static("application/json"));
@@ -80,7 +85,15 @@ fn error(status: StatusCode, message: &str) -> Reply {
     json(status, serde_json::json!({ "error": message }).to_string())
 }
 
-async fn route(req: Request<Incoming>, ctx: &ApiContext) -> Reply {
+async fn route(req: Request<Incoming>, ctx: &Arc<ApiContext>) -> Reply {
+    let path = req.uri().path();
+    if path.starts_with("/admin/") {
+        return admin_route(req, ctx).await;
+    }
+    if let Some(vhost) = path.strip_prefix("/workers") {
+        let vhost = vhost.to_string();
+        return worker_route(req, &vhost, ctx);
+    }
     match (req.method(), req.uri().path()) {
         (&Method::GET, "/health") => json(StatusCode::OK, r#"{"status":"ok"}"#.into()),
         (&Method::GET, "/metrics") => {
@@ -107,6 +120,95 @@ async fn route(req: Request<Incoming>, ctx: &ApiContext) -> Reply {
         }
         (_, path) => error(StatusCode::NOT_FOUND, &format!("no route {path}")),
     }
+}
+
+/// `/admin/…`: only with `server.admin_token` set and presented.
+async fn admin_route(req: Request<Incoming>, ctx: &ApiContext) -> Reply {
+    let Some(token) = &ctx.admin_token else {
+        return error(
+            StatusCode::NOT_FOUND,
+            "the admin API is off: set server.admin_token or RINGCAST_ADMIN_TOKEN",
+        );
+    };
+    if !crate::admin::authorized(req.headers().get(hyper::header::AUTHORIZATION), token) {
+        let mut r = error(StatusCode::UNAUTHORIZED, "missing or wrong admin token (Authorization: Bearer …)");
+        r.headers_mut().insert(hyper::header::WWW_AUTHENTICATE, HeaderValue::from_static("Bearer"));
+        return r;
+    }
+    let (method, path, query) =
+        (req.method().clone(), req.uri().path().to_string(), req.uri().query().map(str::to_string));
+    let body = match read_body(req, ctx).await {
+        Ok(b) => b,
+        Err(reply) => return reply,
+    };
+    crate::admin::route(&method, &path, query.as_deref(), body, ctx).await
+}
+
+/// `GET /workers<vhost path>`: a backend worker's WebSocket upgrade, with
+/// the vhost's access token as a bearer token (401 otherwise).
+fn worker_route(mut req: Request<Incoming>, vhost: &str, ctx: &Arc<ApiContext>) -> Reply {
+    use tokio_tungstenite::tungstenite::handshake::derive_accept_key;
+    use tokio_tungstenite::tungstenite::protocol::Role;
+    let Some(v) = ctx.webrocket.directory.vhost(vhost) else {
+        return error(StatusCode::NOT_FOUND, &format!("no webrocket vhost {vhost}"));
+    };
+    let presented = req
+        .headers()
+        .get(hyper::header::AUTHORIZATION)
+        .and_then(|h| h.to_str().ok())
+        .and_then(|h| h.strip_prefix("Bearer "))
+        .unwrap_or("")
+        .to_string();
+    if !v.token_matches(&presented) {
+        let mut r =
+            error(StatusCode::UNAUTHORIZED, "missing or wrong vhost access token (Authorization: Bearer …)");
+        r.headers_mut().insert(hyper::header::WWW_AUTHENTICATE, HeaderValue::from_static("Bearer"));
+        return r;
+    }
+    let h = req.headers();
+    let is_upgrade = h
+        .get(hyper::header::UPGRADE)
+        .and_then(|u| u.to_str().ok())
+        .is_some_and(|u| u.eq_ignore_ascii_case("websocket"));
+    let key = h.get(hyper::header::SEC_WEBSOCKET_KEY).cloned();
+    let version_ok = h.get(hyper::header::SEC_WEBSOCKET_VERSION).is_some_and(|v| v.as_bytes() == b"13");
+    let (true, Some(key), true) = (is_upgrade && req.method() == Method::GET, key, version_ok) else {
+        return error(StatusCode::UPGRADE_REQUIRED, "a WebSocket upgrade (version 13) is expected here");
+    };
+    let accept = derive_accept_key(key.as_bytes());
+    let upgrade = hyper::upgrade::on(&mut req);
+    let ctx = ctx.clone();
+    let token: Arc<str> = presented.as_str().into();
+    tokio::spawn(async move {
+        let io = match upgrade.await {
+            Ok(io) => TokioIo::new(io),
+            Err(e) => {
+                debug!(error = %e, "worker upgrade failed");
+                return;
+            }
+        };
+        let ws = tokio_tungstenite::WebSocketStream::from_raw_socket(io, Role::Server, None).await;
+        let limits = &ctx.config.limits;
+        crate::webrocket::workers::serve(
+            ws,
+            v,
+            token,
+            ctx.webrocket.clone(),
+            ctx.router.clone(),
+            std::time::Duration::from_millis(limits.ping_interval_ms),
+            std::time::Duration::from_millis(limits.idle_timeout_ms),
+        )
+        .await;
+    });
+    let mut r = Response::new(Full::new(Bytes::new()));
+    *r.status_mut() = StatusCode::SWITCHING_PROTOCOLS;
+    let h = r.headers_mut();
+    h.insert(hyper::header::UPGRADE, HeaderValue::from_static("websocket"));
+    h.insert(hyper::header::CONNECTION, HeaderValue::from_static("Upgrade"));
+    if let Ok(accept) = HeaderValue::from_str(&accept) {
+        h.insert(hyper::header::SEC_WEBSOCKET_ACCEPT, accept);
+    }
+    r
 }
 
 fn text(status: StatusCode, body: &'static str) -> Reply {

@@ -6,6 +6,7 @@ use std::path::Path;
 
 use serde::Deserialize;
 
+use crate::dialect::webrocket::Perms;
 use crate::dialect::Dialect;
 use crate::ws::origin::OriginPolicy;
 
@@ -50,6 +51,10 @@ pub struct ServerConfig {
     pub shard_inbox_bytes: usize,
     /// An HTTP API request's head and body must arrive within this.
     pub api_request_timeout_ms: u64,
+    /// Where the WebRocket state store lives (vhosts, users, channels, tokens).
+    pub data_dir: std::path::PathBuf,
+    /// Enables the admin API (`/admin/…`); `RINGCAST_ADMIN_TOKEN` overrides it.
+    pub admin_token: Option<String>,
 }
 
 #[derive(Debug, Clone, Deserialize)]
@@ -119,6 +124,32 @@ pub struct VhostConfig {
     pub max_in_flight_per_client: usize,
     #[serde(default)]
     pub hooks: HooksConfig,
+    /// `webrocket`: rights of unauthenticated sessions, e.g. `["READ"]`.
+    #[serde(default, deserialize_with = "perms")]
+    pub anonymous: Perms,
+}
+
+impl VhostConfig {
+    /// What a WebRocket vhost added at run time uses (it has no config
+    /// entry): any origin, no hooks, defaults.
+    pub fn runtime_webrocket() -> VhostConfig {
+        VhostConfig {
+            path: String::new(),
+            dialect: Dialect::WebRocket,
+            allowed_origin: any_origin(),
+            backend: None,
+            duplicate_client: DuplicateClient::default(),
+            on_backend_error: OnBackendError::default(),
+            max_in_flight_per_client: 1,
+            hooks: HooksConfig::default(),
+            anonymous: Perms::NONE,
+        }
+    }
+}
+
+fn perms<'de, D: serde::Deserializer<'de>>(d: D) -> Result<Perms, D::Error> {
+    let names = Vec::<String>::deserialize(d)?;
+    Perms::parse(names.iter().map(String::as_str)).map_err(serde::de::Error::custom)
 }
 
 fn one() -> usize {
@@ -201,6 +232,7 @@ impl Default for Config {
                 on_backend_error: OnBackendError::default(),
                 max_in_flight_per_client: 1,
                 hooks: HooksConfig::default(),
+                anonymous: Perms::NONE,
             }],
         }
     }
@@ -221,6 +253,8 @@ impl Default for ServerConfig {
             shard_inbox: 4096,
             shard_inbox_bytes: 64 * 1024 * 1024,
             api_request_timeout_ms: 10_000,
+            data_dir: "ringcast-data".into(),
+            admin_token: None,
         }
     }
 }
@@ -350,12 +384,18 @@ impl Config {
         if !BROKERS.contains(&self.broker.as_str()) {
             return fail("broker", &format!("unknown broker {:?}; known: {BROKERS:?}", self.broker));
         }
+        if self.server.admin_token.as_ref().is_some_and(|t| t.len() < 16) {
+            return fail("server.admin_token", "use at least 16 characters");
+        }
         if self.vhosts.is_empty() {
             return fail("vhost", "at least one [[vhost]] is needed");
         }
         for (i, v) in self.vhosts.iter().enumerate() {
-            if !v.path.starts_with('/') || v.path.contains('?') {
-                return fail(&format!("vhost[{i}].path"), "must start with `/` and have no query");
+            if !vhost_path_is_valid(&v.path) {
+                return fail(
+                    &format!("vhost[{i}].path"),
+                    "must start with `/`, printable ASCII without spaces, `?` or `#`, at most 256 bytes",
+                );
             }
             let key = |name: &str| format!("vhost[{i}].{name}");
             if v.dialect == Dialect::Proxy {
@@ -385,6 +425,9 @@ impl Config {
             if v.hooks.join.is_some() && v.dialect != Dialect::RoadRunner {
                 return fail(&key("hooks.join"), "join hooks apply to roadrunner vhosts");
             }
+            if v.anonymous != Perms::NONE && v.dialect != Dialect::WebRocket {
+                return fail(&key("anonymous"), "anonymous rights apply to webrocket vhosts");
+            }
             if v.hooks.timeout_ms == 0 {
                 return fail(&key("hooks.timeout_ms"), "must be above 0");
             }
@@ -394,6 +437,13 @@ impl Config {
         }
         Ok(())
     }
+}
+
+/// A vhost path: `/` then printable ASCII without spaces, `?` or `#`, at most 256 bytes.
+pub fn vhost_path_is_valid(path: &str) -> bool {
+    path.starts_with('/')
+        && path.len() <= 256
+        && path.bytes().all(|b| b.is_ascii_graphic() && b != b'?' && b != b'#')
 }
 
 /// Hook URLs are plain `http://host[:port][/path]` (TLS to backends is not built yet).

@@ -1,6 +1,7 @@
 //! ringcast: a thread-per-core WebSocket pub/sub gateway on io_uring.
 //! See docs/architecture.md for the map of this crate.
 
+pub mod admin;
 pub mod api;
 pub mod broker;
 pub mod clients;
@@ -13,4 +14,5 @@ pub mod rpc;
 pub mod rt;
 pub mod server;
 pub mod shard;
+pub mod webrocket;
 pub mod ws;

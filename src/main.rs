@@ -26,6 +26,9 @@ struct Cli {
     /// Number of shards (executors pinned to cores); 0 = one per core.
     #[arg(long, value_name = "N")]
     shards: Option<usize>,
+    /// Directory of the state store (overrides server.data_dir).
+    #[arg(long, value_name = "DIR")]
+    data_dir: Option<PathBuf>,
     /// Check the configuration, print it as understood, and exit.
     #[arg(long)]
     check_config: bool,
@@ -51,6 +54,12 @@ fn main() -> ExitCode {
     }
     if let Some(n) = cli.shards {
         config.server.shards = n;
+    }
+    if let Some(d) = cli.data_dir {
+        config.server.data_dir = d;
+    }
+    if let Ok(token) = std::env::var("RINGCAST_ADMIN_TOKEN") {
+        config.server.admin_token = Some(token).filter(|t| !t.is_empty());
     }
     if let Err(e) = config.validate() {
         return fail(&e.to_string());

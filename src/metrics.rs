@@ -20,6 +20,7 @@ pub struct ShardMetrics {
     pub idle_closes: AtomicU64,
     pub subscriptions: AtomicU64,
     pub pushes: AtomicU64,
+    pub broadcasts: AtomicU64,
     pub backend_errors: AtomicU64,
     pub close_backlog: AtomicU64,
     pub close_hooks_dropped: AtomicU64,
@@ -105,6 +106,7 @@ const SHARD_SERIES: &[(&str, &str, &str, Field)] = &[
     ),
     ("ringcast_subscriptions", "gauge", "Topic subscriptions held.", |m| &m.subscriptions),
     ("ringcast_pushes_total", "counter", "Backend pushes queued to a client (proxy dialect).", |m| &m.pushes),
+    ("ringcast_broadcasts_total", "counter", "WebRocket client broadcasts accepted.", |m| &m.broadcasts),
     (
         "ringcast_backend_errors_total",
         "counter",

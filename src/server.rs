@@ -18,6 +18,7 @@ use crate::metrics::{GlobalMetrics, ShardMetrics};
 use crate::rpc::server::{self as rpc_server, RpcContext};
 use crate::rt;
 use crate::shard::{self, ShardRouter, ShardSetup};
+use crate::webrocket::WebRocket;
 
 /// Why the server could not start or run.
 #[derive(Debug)]
@@ -79,6 +80,13 @@ pub fn run(config: Config) -> Result<(), StartError> {
     let (hook_sender, hook_receiver) =
         hooks::channel(shards * config.limits.max_hooks_in_flight, hook_metrics.clone());
     let cores = core_affinity::get_core_ids().unwrap_or_default();
+    // The integration thread's runtime, built here: shards hand it work
+    // (secret hash checks) through its handle.
+    let runtime = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .map_err(|e| StartError(format!("cannot start the tokio runtime: {e}")))?;
+    let webrocket = open_webrocket(&config, runtime.handle().clone())?;
 
     let mut executors = Vec::with_capacity(shards);
     let (ready_tx, ready_rx) = std::sync::mpsc::channel::<usize>();
@@ -93,6 +101,7 @@ pub fn run(config: Config) -> Result<(), StartError> {
             router: router.clone(),
             hooks: hook_sender.clone(),
             clients: registry_handle.clone(),
+            webrocket: webrocket.clone(),
         };
         let cpu = (!cores.is_empty()).then(|| cores[id % cores.len()].id);
         let ready = ready_tx.clone();
@@ -139,6 +148,9 @@ pub fn run(config: Config) -> Result<(), StartError> {
         publish_limits: config.publish_limits(),
         router: router.clone(),
         clients,
+        webrocket,
+        admin_token: config.server.admin_token.clone(),
+        config: config.clone(),
     });
     drop(hook_sender);
     std::thread::Builder::new()
@@ -147,6 +159,7 @@ pub fn run(config: Config) -> Result<(), StartError> {
             let hook_metrics = hook_metrics.clone();
             move || {
                 integration_thread(
+                    runtime,
                     api_listener,
                     rpc_listener,
                     api_ctx,
@@ -187,6 +200,7 @@ pub fn run(config: Config) -> Result<(), StartError> {
 }
 
 fn integration_thread(
+    runtime: tokio::runtime::Runtime,
     api_listener: std::net::TcpListener,
     rpc_listener: std::net::TcpListener,
     api_ctx: Arc<ApiContext>,
@@ -194,13 +208,6 @@ fn integration_thread(
     (hook_receiver, hook_metrics): (HookReceiver, Arc<HookMetrics>),
     registry_ops: crate::clients::RegistryOps,
 ) {
-    let runtime = match tokio::runtime::Builder::new_current_thread().enable_all().build() {
-        Ok(r) => r,
-        Err(e) => {
-            error!(error = %e, "cannot start the tokio runtime; exiting");
-            std::process::exit(1);
-        }
-    };
     runtime.block_on(async move {
         api_ctx.router.spawn_space_relays();
         tokio::spawn(crate::clients::run(registry_ops, api_ctx.clients.clone()));
@@ -220,6 +227,37 @@ fn integration_thread(
             hooks::run(hook_receiver, hook_metrics)
         );
     });
+}
+
+/// Opens the state store when anything can use it (a webrocket vhost in the
+/// config, the admin API, or state kept from an earlier run), and builds the
+/// directory of WebRocket vhosts from it.
+fn open_webrocket(config: &Config, runtime: tokio::runtime::Handle) -> Result<Arc<WebRocket>, StartError> {
+    use crate::dialect::Dialect;
+    use crate::webrocket::directory::{ConfigVhost, Directory};
+    use crate::webrocket::store::{self, Loaded, Store};
+    let configured: Vec<ConfigVhost<'_>> = config
+        .vhosts
+        .iter()
+        .filter(|v| v.dialect == Dialect::WebRocket)
+        .map(|v| ConfigVhost { path: &v.path, anonymous: v.anonymous })
+        .collect();
+    let dir = &config.server.data_dir;
+    let needed =
+        !configured.is_empty() || config.server.admin_token.is_some() || dir.join(store::FILE_NAME).exists();
+    let (store, loaded) = if needed {
+        Store::open(dir).map_err(|e| StartError(e.to_string()))?
+    } else {
+        (Store::disabled(), Loaded::default())
+    };
+    let (directory, initial) = Directory::load(store.clone(), loaded, &configured);
+    if !initial.is_empty() {
+        futures_lite::future::block_on(store.apply(initial)).map_err(|e| StartError(e.to_string()))?;
+    }
+    if needed {
+        info!(file = %store.file().display(), vhosts = directory.vhosts().len(), "state store open");
+    }
+    Ok(WebRocket::new(directory, runtime))
 }
 
 /// Blocks until SIGINT or SIGTERM. A second signal exits at once.

@@ -3,6 +3,7 @@
 
 pub mod proxy;
 pub mod roadrunner;
+pub mod webrocket;
 
 use serde::Deserialize;
 
@@ -16,6 +17,9 @@ pub enum Dialect {
     Echo,
     /// ws2api: every message is an HTTP request to the backend (§4).
     Proxy,
+    /// WebRocket: vhost users, channels and backend workers (§7).
+    #[serde(rename = "webrocket")]
+    WebRocket,
 }
 
 impl std::fmt::Display for Dialect {
@@ -24,6 +28,7 @@ impl std::fmt::Display for Dialect {
             Dialect::RoadRunner => "roadrunner",
             Dialect::Echo => "echo",
             Dialect::Proxy => "proxy",
+            Dialect::WebRocket => "webrocket",
         })
     }
 }

@@ -9,6 +9,7 @@ use std::io::{self, IoSlice};
 use std::net::SocketAddr;
 use std::rc::Rc;
 use std::sync::atomic::Ordering;
+use std::sync::Arc;
 use std::task::{Context, Poll, Waker};
 use std::time::Duration;
 
@@ -44,8 +45,11 @@ pub struct ConnState {
     pub topics: Vec<Rc<str>>,
     pub last_rx_ms: u64,
     pub ping_outstanding: bool,
-    /// Backend requests for this connection's messages not yet answered.
-    in_flight: usize,
+    /// Backend requests (or other pending work) for this connection's
+    /// messages not yet answered; input is held meanwhile.
+    pub(crate) in_flight: usize,
+    /// WebRocket dialect: the session.
+    pub(crate) wr: Option<Box<crate::webrocket::session::Session>>,
     /// Proxy dialect: the ClientId.
     client: Option<Rc<str>>,
     /// The reason of the first Close sent or received.
@@ -111,7 +115,7 @@ impl ConnState {
         self.wake();
     }
 
-    fn wake(&mut self) {
+    pub(crate) fn wake(&mut self) {
         if let Some(w) = &self.waker {
             w.wake_by_ref();
         }
@@ -173,12 +177,17 @@ async fn open(shard: Rc<Shard>, mut stream: TcpStream) -> Option<Connection> {
         rt::set_send_buffer(&stream, shard.config.server.send_buffer);
     }
     let peer = stream.peer_addr().ok();
-    let Accepted { vhost, upgrade, client, rest: mut leftover } = upgrade(&shard, &mut stream, peer).await?;
+    let Accepted { vhost, wr, upgrade, client, rest: mut leftover } =
+        upgrade(&shard, &mut stream, peer).await?;
     // Registered before the 101 goes out: once a client sees the upgrade
     // complete, the gateway counts it and a push can reach it.
-    let state = Rc::new(RefCell::new(ConnState { last_rx_ms: shard.now_ms(), ..Default::default() }));
+    let state = Rc::new(RefCell::new(ConnState {
+        last_rx_ms: shard.now_ms(),
+        wr: wr.map(|v| Box::new(crate::webrocket::session::Session::new(v))),
+        ..Default::default()
+    }));
     let owner = shard.register(&state);
-    let v = &shard.config.vhosts[vhost];
+    let v = &shard.vhost_config(vhost);
     if let Some(id) = &client {
         match shard.clients.claim(id, owner, v.duplicate_client == DuplicateClient::Replace).await {
             Ok(None) => {}
@@ -219,6 +228,8 @@ async fn open(shard: Rc<Shard>, mut stream: TcpStream) -> Option<Connection> {
 
 struct Accepted {
     vhost: usize,
+    /// WebRocket dialect: the vhost's live state.
+    wr: Option<Arc<crate::webrocket::Vhost>>,
     upgrade: handshake::Upgrade,
     /// Proxy dialect: the ClientId from the path.
     client: Option<String>,
@@ -280,11 +291,24 @@ async fn read_upgrade(shard: &Shard, stream: &mut TcpStream) -> Result<Accepted,
         let Some((upgrade, used)) = handshake::parse(&buf)? else {
             continue;
         };
-        let (vhost, client) = route(&shard.config.vhosts, &upgrade.path)?;
-        if !shard.config.vhosts[vhost].allowed_origin.allows(upgrade.origin.as_deref()) {
+        // WebRocket vhosts added at run time first: a proxy prefix such as
+        // `/` would take every path otherwise.
+        let (vhost, client) = match shard.webrocket.directory.vhost(&upgrade.path) {
+            Some(v) if !v.from_config => (shard.config.vhosts.len(), None),
+            _ => route(&shard.config.vhosts, &upgrade.path)?,
+        };
+        if !shard.vhost_config(vhost).allowed_origin.allows(upgrade.origin.as_deref()) {
             return Err(HttpError::new(403, "origin not allowed").into());
         }
-        return Ok(Accepted { vhost, upgrade, client, rest: buf.split_off(used) });
+        let wr = match shard.vhost_config(vhost).dialect {
+            Dialect::WebRocket => {
+                Some(shard.webrocket.directory.vhost(&upgrade.path).ok_or_else(|| {
+                    HttpError::new(404, format!("no WebSocket endpoint at {}", upgrade.path))
+                })?)
+            }
+            _ => None,
+        };
+        return Ok(Accepted { vhost, wr, upgrade, client, rest: buf.split_off(used) });
     }
 }
 
@@ -343,7 +367,7 @@ fn hook_request(
 /// The connect hook: `GET {backend}/<ClientId>` for proxy vhosts (body `ok`
 /// allows), `GET {hooks.connect}` for others (2xx allows).
 async fn authorize(shard: &Shard, a: &Accepted, peer: Option<SocketAddr>) -> Result<(), HandshakeEnd> {
-    let v = &shard.config.vhosts[a.vhost];
+    let v = &shard.vhost_config(a.vhost);
     let url = match (&a.client, &v.backend, &v.hooks.connect) {
         (Some(id), Some(backend), _) => proxy::client_url(backend, id),
         (None, _, Some(url)) => url.clone(),
@@ -447,7 +471,7 @@ impl Connection {
         if let Some(id) = &client {
             shard.clients.release(id, self.owner);
         }
-        let v = &shard.config.vhosts[self.vhost];
+        let v = &shard.vhost_config(self.vhost);
         if let Some(request) = close_hook(v, self.owner.id, client.as_deref(), reason.as_deref()) {
             // Not awaited (the outcome is counted in the hook metrics); a
             // full hook queue puts it in the shard's backlog, not a timer.
@@ -583,7 +607,7 @@ impl Connection {
 
 fn handle_event(shard: &Rc<Shard>, conn: &ConnRef, key: ConnKey, vhost: usize, event: Event<'_>) -> Flow {
     let budget = shard.config.limits.max_backpressure;
-    let dialect = shard.config.vhosts[vhost].dialect;
+    let dialect = shard.vhost_config(vhost).dialect;
     let reply = match event {
         Event::Text(text) => {
             metrics::inc(&shard.metrics.messages_in);
@@ -592,6 +616,10 @@ fn handle_event(shard: &Rc<Shard>, conn: &ConnRef, key: ConnKey, vhost: usize, e
                 Dialect::RoadRunner => roadrunner_message(shard, conn, key, vhost, text),
                 Dialect::Proxy => {
                     forward(shard, conn, vhost, Bytes::copy_from_slice(text), true);
+                    None
+                }
+                Dialect::WebRocket => {
+                    super::webrocket::on_message(shard, conn, Some(text));
                     None
                 }
             }
@@ -603,6 +631,10 @@ fn handle_event(shard: &Rc<Shard>, conn: &ConnRef, key: ConnKey, vhost: usize, e
                 Dialect::RoadRunner => Some(roadrunner::error_frame("binary frames are not supported")),
                 Dialect::Proxy => {
                     forward(shard, conn, vhost, Bytes::copy_from_slice(bin), false);
+                    None
+                }
+                Dialect::WebRocket => {
+                    super::webrocket::on_message(shard, conn, None);
                     None
                 }
             }
@@ -654,7 +686,7 @@ fn roadrunner_message(
     match command {
         Command::Headers => None,
         Command::Join { broker, topics } => {
-            let v = &shard.config.vhosts[vhost];
+            let v = &shard.vhost_config(vhost);
             match &v.hooks.join {
                 Some(url) if shard.acceptable(broker, &topics) => {
                     st.in_flight += 1;
@@ -721,7 +753,7 @@ fn join_with_hook(
 /// Proxy dialect: `POST {backend}/<ClientId>` with the message; a non-empty
 /// 2xx answer goes back to the client.
 fn forward(shard: &Rc<Shard>, conn: &ConnRef, vhost: usize, body: Bytes, is_text: bool) {
-    let v = &shard.config.vhosts[vhost];
+    let v = &shard.vhost_config(vhost);
     let mut st = conn.borrow_mut();
     let (Some(client), Some(backend)) = (st.client.clone(), &v.backend) else {
         return;
@@ -743,7 +775,7 @@ fn forward(shard: &Rc<Shard>, conn: &ConnRef, vhost: usize, body: Bytes, is_text
         let Some(conn) = shard.conn(owner) else {
             return;
         };
-        let v = &shard.config.vhosts[vhost];
+        let v = &shard.vhost_config(vhost);
         let mut st = conn.borrow_mut();
         st.in_flight -= 1;
         match outcome {

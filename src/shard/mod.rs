@@ -6,6 +6,7 @@ pub mod conn;
 mod router;
 pub mod send_queue;
 pub mod topics;
+mod webrocket;
 
 use std::cell::{Cell, RefCell};
 use std::collections::VecDeque;
@@ -28,6 +29,7 @@ use crate::hooks::{HookOutcome, HookRequest, HookSender};
 use crate::metrics::{self, ShardMetrics};
 use crate::publish::Delivery;
 use crate::rt;
+use crate::webrocket::WebRocket;
 use conn::{ConnRef, ConnState};
 use topics::{ConnKey, TopicIndex};
 
@@ -58,6 +60,7 @@ pub struct ShardSetup {
     pub router: ShardRouter,
     pub hooks: HookSender,
     pub clients: RegistryHandle,
+    pub webrocket: Arc<WebRocket>,
 }
 
 pub struct Shard {
@@ -77,6 +80,9 @@ pub struct Shard {
     router: ShardRouter,
     pub hooks: HookSender,
     pub clients: RegistryHandle,
+    pub webrocket: Arc<WebRocket>,
+    /// The settings of vhosts added at run time (WebRocket, defaults).
+    runtime_vhost: crate::config::VhostConfig,
     hooks_in_flight: Cell<usize>,
     /// Close notifications the full hook queue could not take yet, oldest
     /// first; one retry task works through them (`close_retry_running`).
@@ -107,6 +113,8 @@ pub async fn run(setup: ShardSetup) {
         router: setup.router,
         hooks: setup.hooks,
         clients: setup.clients,
+        webrocket: setup.webrocket,
+        runtime_vhost: crate::config::VhostConfig::runtime_webrocket(),
         hooks_in_flight: Cell::new(0),
         close_backlog: RefCell::new(VecDeque::new()),
         close_retry_running: Cell::new(false),
@@ -153,6 +161,18 @@ pub async fn run(setup: ShardSetup) {
                 let _ = reply.send(shard.push_to(to, body));
             }
             Some(ShardMsg::Replaced(owner)) => shard.close_replaced(owner),
+            Some(ShardMsg::Send { to, vhost, frame, reply }) => {
+                let _ = reply.send(shard.send_to_session(to, &vhost, frame));
+            }
+            Some(ShardMsg::Presence { topic, reply }) => {
+                let _ = reply.send(shard.local_presence(&topic));
+            }
+            Some(ShardMsg::ChannelCounts { vhost, reply }) => {
+                let _ = reply.send(shard.local_channel_counts(&vhost));
+            }
+            Some(ShardMsg::UserChanged { vhost, user }) => shard.user_changed(&vhost, &user),
+            Some(ShardMsg::ChannelDeleted { topic }) => shard.channel_deleted(&topic),
+            Some(ShardMsg::VhostDeleted { vhost }) => shard.vhost_deleted(&vhost),
             Some(ShardMsg::Shutdown) | None => break,
         }
     }
@@ -171,6 +191,12 @@ impl Shard {
             self.last_warning_ms.set(Some(now));
         }
         due
+    }
+
+    /// A vhost's settings: index `config.vhosts.len()` is the one every
+    /// vhost added at run time shares.
+    pub fn vhost_config(&self, index: usize) -> &crate::config::VhostConfig {
+        self.config.vhosts.get(index).unwrap_or(&self.runtime_vhost)
     }
 
     fn myself(&self) -> Rc<Shard> {

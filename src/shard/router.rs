@@ -35,6 +35,36 @@ pub enum ShardMsg {
     },
     /// Close a connection whose ClientId was taken over (1008).
     Replaced(Owner),
+    /// A worker's reply to one WebRocket session of `vhost`.
+    Send {
+        to: Owner,
+        vhost: Box<str>,
+        frame: Bytes,
+        reply: oneshot::Sender<PushOutcome>,
+    },
+    /// This shard's subscribers of a topic: their count and user names.
+    Presence {
+        topic: Box<str>,
+        reply: oneshot::Sender<(usize, Vec<Arc<str>>)>,
+    },
+    /// This shard's subscriber count per channel of a WebRocket vhost.
+    ChannelCounts {
+        vhost: Box<str>,
+        reply: oneshot::Sender<Vec<(String, usize)>>,
+    },
+    /// The admin changed or deleted a WebRocket user.
+    UserChanged {
+        vhost: Box<str>,
+        user: Box<str>,
+    },
+    /// The admin deleted a channel (a topic-index key): drop its subscribers.
+    ChannelDeleted {
+        topic: Box<str>,
+    },
+    /// The admin deleted a WebRocket vhost: close its sessions (1001).
+    VhostDeleted {
+        vhost: Box<str>,
+    },
     /// Stop accepting, close every connection with 1001, exit.
     Shutdown,
 }
@@ -81,6 +111,7 @@ fn msg_bytes(msg: &ShardMsg) -> usize {
     match msg {
         ShardMsg::Deliver(batch) => batch.iter().map(|d| d.frame.len() + d.topic.len()).sum(),
         ShardMsg::Push { body, .. } => body.len(),
+        ShardMsg::Send { frame, .. } => frame.len(),
         _ => 0,
     }
 }

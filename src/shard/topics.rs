@@ -41,6 +41,11 @@ impl TopicIndex {
         self.topics.get(topic).into_iter().flat_map(|s| s.iter().copied())
     }
 
+    /// Every topic with its number of subscribers here.
+    pub fn counts(&self) -> impl Iterator<Item = (&str, usize)> + '_ {
+        self.topics.iter().map(|(t, s)| (&**t, s.len()))
+    }
+
     pub fn topic_count(&self) -> usize {
         self.topics.len()
     }

@@ -1,0 +1,299 @@
+//! Drives WebRocket sessions on a shard: runs a client message through the
+//! session machine with the shard as its `Env`, finishes what it leaves
+//! pending (hash checks, presence counts across shards, a broadcast waiting
+//! for a full inbox), and applies admin changes (user changed or deleted,
+//! channel or vhost deleted) to this shard's sessions.
+
+use std::rc::Rc;
+use std::sync::Arc;
+
+use bytes::Bytes;
+use futures_channel::oneshot;
+
+use super::conn::{ConnRef, ConnState};
+use super::router::{ShardMsg, TrySendError};
+use super::topics::ConnKey;
+use super::{Shard, CLOSE_LINGER};
+use crate::clients::Owner;
+use crate::dialect::webrocket as wire;
+use crate::metrics;
+use crate::publish::{Batch, Delivery};
+use crate::rt;
+use crate::webrocket::session::{Env, Pending, Session};
+use crate::webrocket::workers;
+
+/// The shard as a session's environment, for one message.
+struct ShardEnv<'a> {
+    shard: &'a Shard,
+    st: &'a mut ConnState,
+    key: ConnKey,
+    vhost: &'a str,
+    /// Broadcasts whose inbox was full, to finish in a task.
+    waiting: Vec<(usize, ShardMsg)>,
+}
+
+impl Env for ShardEnv<'_> {
+    fn is_subscribed(&self, topic: &str) -> bool {
+        self.st.topics.iter().any(|t| &**t == topic)
+    }
+
+    fn subscription_count(&self) -> usize {
+        self.st.topics.len()
+    }
+
+    fn max_subscriptions(&self) -> usize {
+        self.shard.config.limits.max_topics_per_connection
+    }
+
+    fn subscribe(&mut self, topic: &str) {
+        let name = self.shard.topics.borrow_mut().subscribe(topic, self.key);
+        self.st.topics.push(name);
+        metrics::inc(&self.shard.metrics.subscriptions);
+    }
+
+    fn unsubscribe(&mut self, topic: &str) {
+        if let Some(pos) = self.st.topics.iter().position(|t| &**t == topic) {
+            self.st.topics.swap_remove(pos);
+            self.shard.topics.borrow_mut().unsubscribe(topic, self.key);
+            metrics::dec(&self.shard.metrics.subscriptions);
+        }
+    }
+
+    fn unsubscribe_all(&mut self) {
+        let mut index = self.shard.topics.borrow_mut();
+        for t in self.st.topics.drain(..) {
+            index.unsubscribe(&t, self.key);
+            metrics::dec(&self.shard.metrics.subscriptions);
+        }
+    }
+
+    fn send(&mut self, frame: Bytes) {
+        if self.st.push(frame, self.shard.config.limits.max_backpressure).is_err() {
+            self.shard.close_slow_consumer(self.st);
+        }
+    }
+
+    fn broadcast(&mut self, topic: String, frame: Bytes) {
+        metrics::inc(&self.shard.metrics.broadcasts);
+        let batch: Batch = Arc::from(vec![Delivery { topic: topic.into(), frame }]);
+        // Every shard through its inbox, this one too: in order with the
+        // sender's earlier broadcasts, and delivering here would borrow the
+        // sender's own state while it is held.
+        for shard in 0..self.shard.router.shard_count() {
+            let msg = ShardMsg::Deliver(batch.clone());
+            // Once one waits, later shards wait behind it: keeps each
+            // shard's view of this sender's broadcasts in order.
+            if !self.waiting.is_empty() {
+                self.waiting.push((shard, msg));
+                continue;
+            }
+            match self.shard.router.try_send(shard, msg) {
+                Ok(()) | Err(TrySendError::Disconnected(_)) => {}
+                Err(TrySendError::Full(back)) => self.waiting.push((shard, back)),
+            }
+        }
+    }
+
+    fn trigger(&mut self, message: String) -> bool {
+        self.shard.webrocket.workers.assign(self.vhost, message)
+    }
+
+    fn sid(&self) -> String {
+        workers::sid(self.st.owner)
+    }
+}
+
+/// Runs `f` with the connection's session taken out of its state (so the
+/// session and the state can both be borrowed mutably) and the shard as env.
+fn with_session<R>(
+    shard: &Shard,
+    st: &mut ConnState,
+    f: impl FnOnce(&mut Session, &mut ShardEnv<'_>) -> R,
+) -> Option<(R, Vec<(usize, ShardMsg)>)> {
+    let mut session = st.wr.take()?;
+    let key = st.owner.key;
+    let vhost = session.vhost.path.clone();
+    let mut env = ShardEnv { shard, st, key, vhost: &vhost, waiting: Vec::new() };
+    let r = f(&mut session, &mut env);
+    let waiting = std::mem::take(&mut env.waiting);
+    st.wr = Some(session);
+    Some((r, waiting))
+}
+
+/// A text (or, `text == None`, binary) message from a WebRocket client.
+pub(super) fn on_message(shard: &Rc<Shard>, conn: &ConnRef, text: Option<&[u8]>) {
+    let mut st = conn.borrow_mut();
+    let Some((pending, waiting)) = with_session(shard, &mut st, |s, env| match text {
+        Some(t) => s.on_text(t, env),
+        None => {
+            s.on_binary(env);
+            None
+        }
+    }) else {
+        return;
+    };
+    let owner = st.owner;
+    if !waiting.is_empty() {
+        st.in_flight += 1;
+        rt::spawn(finish_broadcast(shard.clone(), owner, waiting));
+    }
+    match pending {
+        None => {}
+        Some(Pending::Close) => shard.start_close(&mut st, Some(1000), "", CLOSE_LINGER),
+        Some(Pending::Verify { user, secret }) => {
+            let Some(hash) = user.hash.clone() else { return };
+            st.in_flight += 1;
+            let checker = shard.webrocket.secrets.clone();
+            let shard = shard.clone();
+            rt::spawn(async move {
+                let ok = checker.check(hash, secret).await;
+                finish(&shard, owner, |s, env| s.on_verified(user, ok, env));
+            });
+        }
+        Some(Pending::Presence { channel, topic }) => {
+            st.in_flight += 1;
+            let shard = shard.clone();
+            rt::spawn(async move {
+                let (count, users) = presence(&shard, topic).await;
+                let names: Vec<&str> = users.iter().map(|u| &**u).collect();
+                let frame = wire::presence_frame(&channel, count, &names);
+                finish(&shard, owner, |_, env| env.send(frame));
+            });
+        }
+    }
+}
+
+/// Resumes a connection after pending work: runs `f` if it is still the
+/// same connection, releases its held input and wakes it.
+fn finish(shard: &Rc<Shard>, owner: Owner, f: impl FnOnce(&mut Session, &mut ShardEnv<'_>)) {
+    let Some(conn) = shard.conn(owner) else {
+        return;
+    };
+    let mut st = conn.borrow_mut();
+    st.in_flight -= 1;
+    if let Some(((), waiting)) = with_session(shard, &mut st, f) {
+        if !waiting.is_empty() {
+            st.in_flight += 1;
+            rt::spawn(finish_broadcast(shard.clone(), owner, waiting));
+        }
+    }
+    st.wake();
+}
+
+/// Hands a broadcast to the shards whose inbox was full, parked until they
+/// take it; the sender's input waits meanwhile (its order is kept).
+async fn finish_broadcast(shard: Rc<Shard>, owner: Owner, waiting: Vec<(usize, ShardMsg)>) {
+    for (to, msg) in waiting {
+        if shard.router.send(to, msg).await.is_err() {
+            break;
+        }
+    }
+    finish(&shard, owner, |_, _| {});
+}
+
+/// Subscribers of `topic` on every shard: their count and the distinct
+/// names of the authenticated ones, sorted.
+async fn presence(shard: &Shard, topic: String) -> (usize, Vec<Arc<str>>) {
+    let mut answers = Vec::new();
+    for to in 0..shard.router.shard_count() {
+        let (reply, answer) = oneshot::channel();
+        let msg = ShardMsg::Presence { topic: topic.as_str().into(), reply };
+        if shard.router.send(to, msg).await.is_ok() {
+            answers.push(answer);
+        }
+    }
+    let (mut count, mut users) = (0, Vec::new());
+    for a in answers {
+        if let Ok((n, names)) = a.await {
+            count += n;
+            users.extend(names);
+        }
+    }
+    users.sort();
+    users.dedup();
+    (count, users)
+}
+
+impl Shard {
+    /// This shard's part of a presence count.
+    pub(super) fn local_presence(&self, topic: &str) -> (usize, Vec<Arc<str>>) {
+        let conns = self.conns.borrow();
+        let mut users = Vec::new();
+        let mut count = 0;
+        for key in self.topics.borrow().subscribers(topic) {
+            count += 1;
+            let Some(conn) = conns.get(key) else { continue };
+            if let Some(user) = conn.borrow().wr.as_ref().and_then(|s| s.user.clone()) {
+                users.push(user);
+            }
+        }
+        (count, users)
+    }
+
+    /// Subscriber counts of a vhost's channels on this shard.
+    pub(super) fn local_channel_counts(&self, vhost: &str) -> Vec<(String, usize)> {
+        let Some(v) = self.webrocket.directory.vhost(vhost) else {
+            return Vec::new();
+        };
+        self.topics
+            .borrow()
+            .counts()
+            .filter_map(|(topic, n)| Some((v.channel_of(topic)?.to_string(), n)))
+            .collect()
+    }
+
+    /// A worker's reply to one session of `vhost`.
+    pub(super) fn send_to_session(&self, to: Owner, vhost: &str, frame: Bytes) -> super::PushOutcome {
+        let Some(conn) = self.conn(to) else {
+            return super::PushOutcome::NotConnected;
+        };
+        let mut st = conn.borrow_mut();
+        let same_vhost = st.wr.as_ref().is_some_and(|s| &*s.vhost.path == vhost && !s.vhost.is_deleted());
+        if !same_vhost || st.is_closing() {
+            return super::PushOutcome::NotConnected;
+        }
+        if st.push(frame, self.config.limits.max_backpressure).is_err() {
+            self.close_slow_consumer(&mut st);
+            return super::PushOutcome::SlowConsumer;
+        }
+        super::PushOutcome::Queued
+    }
+
+    /// Applies an admin change to `user` of `vhost` to its sessions here.
+    pub(super) fn user_changed(&self, vhost: &str, user: &str) {
+        let Some(v) = self.webrocket.directory.vhost(vhost) else { return };
+        let current = v.user(user);
+        for (_, conn) in self.conns.borrow().iter() {
+            let mut st = conn.borrow_mut();
+            let hit =
+                st.wr.as_ref().is_some_and(|s| &*s.vhost.path == vhost && s.user.as_deref() == Some(user));
+            if hit && !st.is_closing() {
+                with_session(self, &mut st, |s, env| s.on_user_changed(current.as_deref(), env));
+            }
+        }
+    }
+
+    /// Drops every subscription to a deleted channel here.
+    pub(super) fn channel_deleted(&self, topic: &str) {
+        let keys: Vec<ConnKey> = self.topics.borrow().subscribers(topic).collect();
+        let conns = self.conns.borrow();
+        let mut index = self.topics.borrow_mut();
+        for key in keys {
+            index.unsubscribe(topic, key);
+            metrics::dec(&self.metrics.subscriptions);
+            if let Some(conn) = conns.get(key) {
+                conn.borrow_mut().topics.retain(|t| &**t != topic);
+            }
+        }
+    }
+
+    /// Closes every session of a deleted vhost here (1001).
+    pub(super) fn vhost_deleted(&self, vhost: &str) {
+        for (_, conn) in self.conns.borrow().iter() {
+            let mut st = conn.borrow_mut();
+            if st.wr.as_ref().is_some_and(|s| &*s.vhost.path == vhost) {
+                self.start_close(&mut st, Some(1001), "vhost deleted", CLOSE_LINGER);
+            }
+        }
+    }
+}

@@ -1,0 +1,211 @@
+//! Backend workers: WebSocket connections on the API listener
+//! (`/workers<vhost path>`, `Authorization: Bearer <vhost token>`). Triggers
+//! go to one worker of the vhost, round-robin; workers reply to sessions and
+//! broadcast to channels. Runs on the integration thread (tokio); shards hand
+//! triggers over with a non-blocking `try_send`.
+
+use std::collections::HashMap;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use futures_util::{SinkExt, StreamExt};
+use tokio::sync::mpsc;
+use tokio_tungstenite::tungstenite::Message;
+use tracing::debug;
+
+use super::WebRocket;
+use crate::dialect::webrocket::{self as wire, ErrorId, WorkerCommand, WrError};
+use crate::publish::Delivery;
+use crate::shard::{PushOutcome, ShardMsg, ShardRouter};
+
+/// Triggers waiting for one worker; past this the next worker is tried.
+const WORKER_QUEUE: usize = 1024;
+
+struct Worker {
+    id: u64,
+    tx: mpsc::Sender<String>,
+    /// The token it connected with.
+    token: Arc<str>,
+}
+
+#[derive(Default)]
+struct Pool {
+    workers: Vec<Worker>,
+    next: usize,
+}
+
+/// The connected workers of every vhost.
+#[derive(Default)]
+pub struct Workers {
+    pools: Mutex<HashMap<Box<str>, Pool>>,
+    ids: AtomicU64,
+}
+
+impl Workers {
+    fn pools(&self) -> std::sync::MutexGuard<'_, HashMap<Box<str>, Pool>> {
+        self.pools.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    /// Gives `message` to the next worker of `vhost` that has room; false
+    /// when none is connected or all are full.
+    pub fn assign(&self, vhost: &str, message: String) -> bool {
+        let mut pools = self.pools();
+        let Some(pool) = pools.get_mut(vhost) else {
+            return false;
+        };
+        let mut message = message;
+        for _ in 0..pool.workers.len() {
+            let i = pool.next % pool.workers.len();
+            pool.next = i + 1;
+            match pool.workers[i].tx.try_send(message) {
+                Ok(()) => return true,
+                Err(mpsc::error::TrySendError::Full(m) | mpsc::error::TrySendError::Closed(m)) => message = m,
+            }
+        }
+        false
+    }
+
+    pub fn count(&self, vhost: &str) -> usize {
+        self.pools().get(vhost).map_or(0, |p| p.workers.len())
+    }
+
+    fn add(&self, vhost: &str, tx: mpsc::Sender<String>, token: Arc<str>) -> u64 {
+        let id = self.ids.fetch_add(1, Ordering::Relaxed);
+        self.pools().entry(vhost.into()).or_default().workers.push(Worker { id, tx, token });
+        id
+    }
+
+    /// Disconnects the workers of `vhost` that connected with another token
+    /// than `current` (after a rotation).
+    pub fn drop_stale(&self, vhost: &str, current: &str) {
+        if let Some(pool) = self.pools().get_mut(vhost) {
+            pool.workers.retain(|w| &*w.token == current);
+        }
+    }
+
+    fn remove(&self, vhost: &str, id: u64) {
+        if let Some(pool) = self.pools().get_mut(vhost) {
+            pool.workers.retain(|w| w.id != id);
+        }
+    }
+
+    /// Disconnects every worker of `vhost` (token rotated, vhost deleted).
+    pub fn drop_all(&self, vhost: &str) {
+        self.pools().remove(vhost);
+    }
+}
+
+/// A session id as workers see it: the connection's process-wide id and
+/// its slot, so a reply finds the shard and checks it is the same session.
+pub fn sid(owner: crate::clients::Owner) -> String {
+    format!("{:x}-{:x}", owner.id, owner.key)
+}
+
+pub fn parse_sid(sid: &str) -> Option<crate::clients::Owner> {
+    let (id, key) = sid.split_once('-')?;
+    let id = u64::from_str_radix(id, 16).ok()?;
+    let key = usize::from_str_radix(key, 16).ok()?;
+    Some(crate::clients::Owner { shard: (id >> 48) as usize, key, id })
+}
+
+/// Serves one upgraded worker connection until it ends, the worker stops
+/// answering pings, or its vhost's token is rotated.
+pub async fn serve<S>(
+    ws: tokio_tungstenite::WebSocketStream<S>,
+    vhost: Arc<super::directory::Vhost>,
+    token: Arc<str>,
+    wr: Arc<WebRocket>,
+    router: ShardRouter,
+    ping_interval: Duration,
+    idle_timeout: Duration,
+) where
+    S: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin,
+{
+    let (tx, mut triggers) = mpsc::channel::<String>(WORKER_QUEUE);
+    let id = wr.workers.add(&vhost.path, tx, token);
+    debug!(vhost = %vhost.path, worker = id, "worker connected");
+    let (mut sink, mut stream) = ws.split();
+    let mut ping = tokio::time::interval(ping_interval);
+    ping.tick().await;
+    let mut last_heard = tokio::time::Instant::now();
+    loop {
+        tokio::select! {
+            trigger = triggers.recv() => match trigger {
+                Some(t) => if sink.send(Message::text(t)).await.is_err() { break },
+                // Dropped from the pool: token rotated or vhost deleted.
+                None => {
+                    let _ = sink.send(Message::Close(Some(tokio_tungstenite::tungstenite::protocol::CloseFrame {
+                        code: 1008.into(),
+                        reason: "worker access revoked".into(),
+                    }))).await;
+                    break;
+                }
+            },
+            message = stream.next() => {
+                let Some(Ok(message)) = message else { break };
+                last_heard = tokio::time::Instant::now();
+                let answer = match message {
+                    Message::Text(text) => on_message(text.as_str(), &vhost, &router).await,
+                    Message::Binary(_) => Some(WrError::new(ErrorId::InvalidPayload, "binary frames are not supported")),
+                    Message::Close(_) => break,
+                    _ => None,
+                };
+                if let Some(e) = answer {
+                    let body = serde_json::json!({ "err": e.id.as_str(), "additional_info": e.info });
+                    if sink.send(Message::text(body.to_string())).await.is_err() { break }
+                }
+            }
+            _ = ping.tick() => {
+                if last_heard.elapsed() > idle_timeout {
+                    debug!(vhost = %vhost.path, worker = id, "worker silent; dropping it");
+                    break;
+                }
+                if sink.send(Message::Ping(Vec::new().into())).await.is_err() { break }
+            }
+        }
+    }
+    wr.workers.remove(&vhost.path, id);
+    debug!(vhost = %vhost.path, worker = id, "worker gone");
+}
+
+/// A worker's reply or broadcast; the error to send back, if any.
+async fn on_message(text: &str, vhost: &super::directory::Vhost, router: &ShardRouter) -> Option<WrError> {
+    let command = match wire::parse_worker(text) {
+        Ok(c) => c,
+        Err(e) => return Some(e),
+    };
+    match command {
+        WorkerCommand::Reply { sid, event, data } => {
+            let not_found = || Some(WrError::new(ErrorId::SessionNotFound, sid.to_string()));
+            let Some(to) = parse_sid(&sid).filter(|o| o.shard < router.shard_count()) else {
+                return not_found();
+            };
+            let (reply, answer) = futures_channel::oneshot::channel();
+            let frame = wire::reply_frame(&event, data);
+            let msg = ShardMsg::Send { to, frame, vhost: vhost.path.clone(), reply };
+            if router.send(to.shard, msg).await.is_err() {
+                return not_found();
+            }
+            match answer.await {
+                Ok(PushOutcome::Queued) => None,
+                _ => not_found(),
+            }
+        }
+        WorkerCommand::Broadcast { channel, event, data } => {
+            if !vhost.channel_exists(&channel) {
+                return Some(WrError::new(ErrorId::ChannelNotFound, format!("no channel {channel:?}")));
+            }
+            let delivery = Delivery {
+                topic: vhost.topic(&channel).into(),
+                frame: wire::broadcast_frame(&event, &channel, data),
+            };
+            let batch: crate::publish::Batch = Arc::from(vec![delivery]);
+            router
+                .dispatch(batch)
+                .await
+                .err()
+                .map(|_| WrError::new(ErrorId::AssignationFailed, "gateway shutting down"))
+        }
+    }
+}
