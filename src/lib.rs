@@ -6,6 +6,7 @@ pub mod api;
 pub mod broker;
 pub mod clients;
 pub mod config;
+pub mod ctl;
 pub mod dialect;
 pub mod hooks;
 pub mod metrics;

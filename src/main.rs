@@ -9,8 +9,10 @@ use ringcast::config::Config;
 /// With no arguments: a `roadrunner` vhost at ws://127.0.0.1:8080/ws, the HTTP
 /// API on 127.0.0.1:8081 and goridge RPC on 127.0.0.1:6001, memory broker.
 #[derive(Parser, Debug)]
-#[command(name = "ringcast", version)]
+#[command(name = "ringcast", version, args_conflicts_with_subcommands = true)]
 struct Cli {
+    #[command(subcommand)]
+    command: Option<Command>,
     /// TOML configuration file (see docs/configuration.md).
     #[arg(long, value_name = "FILE")]
     config: Option<PathBuf>,
@@ -34,8 +36,24 @@ struct Cli {
     check_config: bool,
 }
 
+#[derive(clap::Subcommand, Debug)]
+enum Command {
+    /// Manage WebRocket vhosts, users, channels and worker tokens through
+    /// the admin API (docs/admin.md).
+    Ctl(ringcast::ctl::CtlArgs),
+}
+
 fn main() -> ExitCode {
     let cli = Cli::parse();
+    if let Some(Command::Ctl(args)) = cli.command {
+        return match ringcast::ctl::run(args) {
+            Ok(()) => ExitCode::SUCCESS,
+            Err(e) => {
+                eprintln!("ringcast ctl: {e}");
+                ExitCode::FAILURE
+            }
+        };
+    }
     let mut config = match &cli.config {
         Some(path) => match Config::load(path) {
             Ok(c) => c,
@@ -65,7 +83,11 @@ fn main() -> ExitCode {
         return fail(&e.to_string());
     }
     if cli.check_config {
-        println!("{config:#?}");
+        let mut shown = config.clone();
+        if shown.server.admin_token.is_some() {
+            shown.server.admin_token = Some("<redacted>".into());
+        }
+        println!("{shown:#?}");
         return ExitCode::SUCCESS;
     }
     let filter = tracing_subscriber::EnvFilter::try_from_default_env()

@@ -87,6 +87,7 @@ pub fn run(config: Config) -> Result<(), StartError> {
         .build()
         .map_err(|e| StartError(format!("cannot start the tokio runtime: {e}")))?;
     let webrocket = open_webrocket(&config, runtime.handle().clone())?;
+    let webrocket_store = webrocket.directory.store.clone();
 
     let mut executors = Vec::with_capacity(shards);
     let (ready_tx, ready_rx) = std::sync::mpsc::channel::<usize>();
@@ -188,6 +189,12 @@ pub fn run(config: Config) -> Result<(), StartError> {
         if let Err(e) = ex.join() {
             error!(shard = id, error = %e, "shard ended with an error");
         }
+    }
+    // Writes queued behind the admin API's (channels created by a
+    // subscribe) reach the disk before the exit: the writer runs them in
+    // order, so an empty commit resolves after them.
+    if let Err(e) = futures_lite::future::block_on(webrocket_store.apply(Vec::new())) {
+        tracing::debug!(error = %e, "no state store to flush");
     }
     while hook_metrics.pending() > 0 && std::time::Instant::now() < deadline {
         std::thread::sleep(Duration::from_millis(10));

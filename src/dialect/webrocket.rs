@@ -145,10 +145,14 @@ impl WrError {
         WrError::new(ErrorId::InvalidPayload, info)
     }
 
-    /// `{"err":"ID","additional_info":"…"}`
+    /// `{"err":"ID","additional_info":"…"}`, keys in that order.
+    pub fn json(&self) -> String {
+        let info = serde_json::to_string(&self.info).unwrap_or_else(|_| "\"\"".into());
+        format!("{{\"err\":\"{}\",\"additional_info\":{info}}}", self.id.as_str())
+    }
+
     pub fn frame(&self) -> Bytes {
-        let body = serde_json::json!({ "err": self.id.as_str(), "additional_info": self.info });
-        text_frame(body.to_string().as_bytes())
+        text_frame(self.json().as_bytes())
     }
 }
 

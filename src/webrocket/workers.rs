@@ -152,8 +152,7 @@ pub async fn serve<S>(
                     _ => None,
                 };
                 if let Some(e) = answer {
-                    let body = serde_json::json!({ "err": e.id.as_str(), "additional_info": e.info });
-                    if sink.send(Message::text(body.to_string())).await.is_err() { break }
+                    if sink.send(Message::text(e.json())).await.is_err() { break }
                 }
             }
             _ = ping.tick() => {

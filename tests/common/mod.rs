@@ -35,6 +35,24 @@ impl Server {
     /// no longer read once it listens (a log pipe that has stopped draining).
     pub fn start_with(config: &str, shards: usize, log: &str, stall_log: bool) -> Server {
         let dir = tempfile::tempdir().unwrap();
+        let data = dir.path().join("data");
+        Server::launch(config, shards, log, stall_log, &data, dir)
+    }
+
+    /// Starts ringcast keeping its state store in `data` (to restart on it).
+    pub fn start_on(config: &str, shards: usize, data: &std::path::Path) -> Server {
+        let log = std::env::var("TEST_LOG").unwrap_or("info".into());
+        Server::launch(config, shards, &log, false, data, tempfile::tempdir().unwrap())
+    }
+
+    fn launch(
+        config: &str,
+        shards: usize,
+        log: &str,
+        stall_log: bool,
+        data: &std::path::Path,
+        dir: tempfile::TempDir,
+    ) -> Server {
         let path = dir.path().join("ringcast.toml");
         std::fs::write(&path, config).unwrap();
         let mut child = Command::new(env!("CARGO_BIN_EXE_ringcast"))
@@ -42,7 +60,10 @@ impl Server {
             .arg(&path)
             .args(["--listen", "127.0.0.1:0", "--api-listen", "127.0.0.1:0", "--rpc-listen", "127.0.0.1:0"])
             .args(["--shards", &shards.to_string()])
+            .arg("--data-dir")
+            .arg(data)
             .env("RUST_LOG", log)
+            .env_remove("RINGCAST_ADMIN_TOKEN")
             .stdout(Stdio::null())
             .stderr(Stdio::piped())
             .spawn()

@@ -1,0 +1,248 @@
+//! `ringcast ctl`: manages WebRocket vhosts, users, channels and worker
+//! tokens through the admin API (docs/admin.md). Exit 0 on success; else one
+//! line on stderr and exit 1.
+
+use clap::{Args, Subcommand};
+use serde_json::{json, Value};
+
+#[derive(Args, Debug)]
+pub struct CtlArgs {
+    /// The gateway's API address.
+    #[arg(long, env = "RINGCAST_API", default_value = "http://127.0.0.1:8081", global = true)]
+    api: String,
+    /// The admin token (server.admin_token).
+    #[arg(long, env = "RINGCAST_ADMIN_TOKEN", hide_env_values = true, global = true)]
+    token: Option<String>,
+    /// List commands print a JSON array.
+    #[arg(long, global = true)]
+    json: bool,
+    #[command(subcommand)]
+    command: CtlCommand,
+}
+
+#[derive(Subcommand, Debug)]
+enum CtlCommand {
+    /// WebRocket vhosts.
+    #[command(subcommand)]
+    Vhost(VhostCmd),
+    /// Users of a vhost.
+    #[command(subcommand)]
+    User(UserCmd),
+    /// Channels of a vhost.
+    #[command(subcommand)]
+    Channel(ChannelCmd),
+}
+
+#[derive(Subcommand, Debug)]
+enum VhostCmd {
+    List,
+    /// Adds a vhost speaking webrocket; it serves at once on every shard.
+    Add {
+        path: String,
+        /// Rights of unauthenticated sessions, e.g. READ,WRITE.
+        #[arg(long, default_value = "")]
+        anonymous: String,
+    },
+    /// Deletes a vhost added at run time; its sessions and workers are closed.
+    Delete {
+        path: String,
+    },
+    /// Prints the vhost's worker access token.
+    Token {
+        path: String,
+        /// Replace it; workers holding the old one are disconnected.
+        #[arg(long)]
+        rotate: bool,
+    },
+}
+
+#[derive(Args, Debug)]
+struct UserFields {
+    path: String,
+    name: String,
+    /// The user's secret (empty: any secret is accepted).
+    #[arg(long, conflicts_with = "secret_stdin")]
+    secret: Option<String>,
+    /// Read the secret from the first line of stdin (keeps it out of `ps`).
+    #[arg(long)]
+    secret_stdin: bool,
+    /// READ, WRITE and/or MANAGE, comma-separated.
+    #[arg(long)]
+    permissions: Option<String>,
+}
+
+#[derive(Subcommand, Debug)]
+enum UserCmd {
+    List {
+        path: String,
+    },
+    /// Adds a user (no permissions unless given).
+    Add(UserFields),
+    /// Changes a user's secret or permissions; live sessions follow at once.
+    Set(UserFields),
+    /// Deletes a user; its live sessions are logged out.
+    Delete {
+        path: String,
+        name: String,
+    },
+}
+
+#[derive(Subcommand, Debug)]
+enum ChannelCmd {
+    /// Channels with their subscriber counts.
+    List {
+        path: String,
+    },
+    Add {
+        path: String,
+        name: String,
+    },
+    /// Deletes a channel; its subscribers are dropped from it.
+    Delete {
+        path: String,
+        name: String,
+    },
+}
+
+/// Runs a ctl command; the error is the one line to print.
+pub fn run(args: CtlArgs) -> Result<(), String> {
+    let client = Client { api: args.api.trim_end_matches('/').to_string(), token: args.token };
+    let json_out = args.json;
+    match args.command {
+        CtlCommand::Vhost(VhostCmd::List) => {
+            let all = client.call("GET", "/admin/vhosts", &[], None)?;
+            print_list(&all, json_out, &["path", "anonymous", "users", "channels", "workers"]);
+        }
+        CtlCommand::Vhost(VhostCmd::Add { path, anonymous }) => {
+            let anonymous: Vec<&str> = anonymous.split(',').filter(|s| !s.trim().is_empty()).collect();
+            client.call(
+                "POST",
+                "/admin/vhosts",
+                &[],
+                Some(json!({ "path": path, "anonymous": anonymous })),
+            )?;
+        }
+        CtlCommand::Vhost(VhostCmd::Delete { path }) => {
+            client.call("DELETE", "/admin/vhosts", &[("vhost", &path)], None)?;
+        }
+        CtlCommand::Vhost(VhostCmd::Token { path, rotate }) => {
+            let method = if rotate { "POST" } else { "GET" };
+            let answer = client.call(method, "/admin/token", &[("vhost", &path)], None)?;
+            println!("{}", answer["token"].as_str().unwrap_or_default());
+        }
+        CtlCommand::User(UserCmd::List { path }) => {
+            let all = client.call("GET", "/admin/users", &[("vhost", &path)], None)?;
+            print_list(&all, json_out, &["name", "permissions", "secret"]);
+        }
+        CtlCommand::User(UserCmd::Add(f)) => {
+            client.call("POST", "/admin/users", &[], Some(user_body(f)?))?;
+        }
+        CtlCommand::User(UserCmd::Set(f)) => {
+            client.call("PATCH", "/admin/users", &[], Some(user_body(f)?))?;
+        }
+        CtlCommand::User(UserCmd::Delete { path, name }) => {
+            client.call("DELETE", "/admin/users", &[("vhost", &path), ("name", &name)], None)?;
+        }
+        CtlCommand::Channel(ChannelCmd::List { path }) => {
+            let all = client.call("GET", "/admin/channels", &[("vhost", &path)], None)?;
+            print_list(&all, json_out, &["name", "subscribers"]);
+        }
+        CtlCommand::Channel(ChannelCmd::Add { path, name }) => {
+            client.call("POST", "/admin/channels", &[], Some(json!({ "vhost": path, "name": name })))?;
+        }
+        CtlCommand::Channel(ChannelCmd::Delete { path, name }) => {
+            client.call("DELETE", "/admin/channels", &[("vhost", &path), ("name", &name)], None)?;
+        }
+    }
+    Ok(())
+}
+
+fn user_body(f: UserFields) -> Result<Value, String> {
+    let secret = if f.secret_stdin {
+        let mut line = String::new();
+        std::io::stdin()
+            .read_line(&mut line)
+            .map_err(|e| format!("cannot read the secret from stdin: {e}"))?;
+        Some(line.trim_end_matches(['\r', '\n']).to_string())
+    } else {
+        f.secret
+    };
+    let mut body = json!({ "vhost": f.path, "name": f.name });
+    if let Some(s) = secret {
+        body["secret"] = json!(s);
+    }
+    if let Some(p) = f.permissions {
+        let names: Vec<&str> = p.split(',').filter(|s| !s.trim().is_empty()).collect();
+        body["permissions"] = json!(names);
+    }
+    Ok(body)
+}
+
+/// Prints a list as a JSON array or as aligned columns.
+fn print_list(all: &Value, as_json: bool, columns: &[&str]) {
+    let rows = all.as_array().cloned().unwrap_or_default();
+    if as_json {
+        println!("{}", Value::Array(rows));
+        return;
+    }
+    let cell = |v: &Value| match v {
+        Value::String(s) => s.clone(),
+        Value::Array(a) => a.iter().filter_map(Value::as_str).collect::<Vec<_>>().join(","),
+        other => other.to_string(),
+    };
+    let table: Vec<Vec<String>> = std::iter::once(columns.iter().map(|c| c.to_uppercase()).collect())
+        .chain(rows.iter().map(|r| columns.iter().map(|c| cell(&r[*c])).collect()))
+        .collect();
+    let widths: Vec<usize> =
+        (0..columns.len()).map(|i| table.iter().map(|r| r[i].len()).max().unwrap_or(0)).collect();
+    for row in table {
+        let line: Vec<String> = row.iter().zip(&widths).map(|(c, w)| format!("{c:<w$}")).collect();
+        println!("{}", line.join("  ").trim_end());
+    }
+}
+
+struct Client {
+    api: String,
+    token: Option<String>,
+}
+
+impl Client {
+    fn call(
+        &self,
+        method: &str,
+        path: &str,
+        query: &[(&str, &str)],
+        body: Option<Value>,
+    ) -> Result<Value, String> {
+        let token =
+            self.token.as_deref().ok_or("no admin token: pass --token or set RINGCAST_ADMIN_TOKEN")?;
+        let mut url = format!("{}{path}", self.api);
+        if !query.is_empty() {
+            url.push('?');
+            url.push_str(&form_urlencoded::Serializer::new(String::new()).extend_pairs(query).finish());
+        }
+        let request = ureq::request(method, &url)
+            .timeout(std::time::Duration::from_secs(30))
+            .set("Authorization", &format!("Bearer {token}"));
+        let result = match body {
+            Some(b) => request.set("Content-Type", "application/json").send_string(&b.to_string()),
+            None => request.call(),
+        };
+        match result {
+            Ok(response) => {
+                let text =
+                    response.into_string().map_err(|e| format!("cannot read the answer of {url}: {e}"))?;
+                serde_json::from_str(&text).map_err(|e| format!("unexpected answer from {url}: {e}"))
+            }
+            Err(ureq::Error::Status(status, response)) => {
+                let text = response.into_string().unwrap_or_default();
+                let why = serde_json::from_str::<Value>(&text)
+                    .ok()
+                    .and_then(|v| v["error"].as_str().map(str::to_string))
+                    .unwrap_or(text);
+                Err(format!("{why} (HTTP {status})"))
+            }
+            Err(e) => Err(format!("cannot reach the admin API at {}: {e}", self.api)),
+        }
+    }
+}
