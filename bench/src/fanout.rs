@@ -155,6 +155,7 @@ pub fn run(args: Args) -> Result<(), String> {
     let publish_path = args.publish_path.clone().unwrap_or_else(|| match args.protocol {
         Protocol::Nchan | Protocol::Roadrunner => "/pub".into(),
         Protocol::Nats => "/".into(),
+        Protocol::Webrocket => Protocol::Webrocket.default_path().into(),
     });
     let topic_names: Vec<String> = (0..args.topics).map(|t| format!("t{t}")).collect();
     std::fs::create_dir_all(&args.out).map_err(|e| format!("{}: {e}", args.out.display()))?;

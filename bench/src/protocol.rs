@@ -9,6 +9,11 @@
 //! - `nats`: upgrade on the websocket listener, then the NATS client protocol
 //!   in binary frames (`CONNECT`, `SUB T 1`, `PING` → `PONG`); deliveries are
 //!   `MSG T 1 <n>\r\n<payload>\r\n`, which may span frames.
+//! - `webrocket` (ringcast's WebRocket dialect): upgrade on the vhost path,
+//!   `{"authenticate":{"user":"bench"}}` then `{"subscribe":{"channel":T}}`,
+//!   subscribed at `{"subscribed":T}`; deliveries are
+//!   `{"<event>":{"channel":T,"data":P}}`. The vhost needs a user `bench`
+//!   with READ (and WRITE for the publisher); no secret.
 
 use crate::wire::masked_frame;
 
@@ -17,7 +22,11 @@ pub enum Protocol {
     Roadrunner,
     Nchan,
     Nats,
+    Webrocket,
 }
+
+/// The user the WebRocket subscribers and publisher authenticate as.
+pub const WEBROCKET_USER: &str = "bench";
 
 impl Protocol {
     /// The WebSocket path when `--path` is not given.
@@ -26,6 +35,7 @@ impl Protocol {
             Protocol::Roadrunner => "/ws",
             Protocol::Nchan => "/sub",
             Protocol::Nats => "/",
+            Protocol::Webrocket => "/world",
         }
     }
 
@@ -33,7 +43,7 @@ impl Protocol {
     pub fn subscribe_path(self, base: &str, topic: &str) -> String {
         match self {
             Protocol::Nchan => format!("{}/{topic}", base.trim_end_matches('/')),
-            Protocol::Roadrunner | Protocol::Nats => base.to_string(),
+            Protocol::Roadrunner | Protocol::Nats | Protocol::Webrocket => base.to_string(),
         }
     }
 
@@ -45,6 +55,12 @@ impl Protocol {
                 masked_frame(0x1, join.as_bytes(), out);
             }
             Protocol::Nchan => {}
+            Protocol::Webrocket => {
+                let auth = format!(r#"{{"authenticate":{{"user":"{WEBROCKET_USER}"}}}}"#);
+                masked_frame(0x1, auth.as_bytes(), out);
+                let sub = format!(r#"{{"subscribe":{{"channel":"{topic}"}}}}"#);
+                masked_frame(0x1, sub.as_bytes(), out);
+            }
             Protocol::Nats => {
                 let cmds = format!("{NATS_CONNECT}SUB {topic} 1\r\nPING\r\n");
                 masked_frame(0x2, cmds.as_bytes(), out);
@@ -95,7 +111,15 @@ impl Subscription {
                 self.joined = true;
                 r.joined_now = true;
             }
-            Protocol::Roadrunner | Protocol::Nchan => delivery(payload),
+            Protocol::Webrocket if !self.joined => {
+                if payload.starts_with(br#"{"subscribed":"#) {
+                    self.joined = true;
+                    r.joined_now = true;
+                } else if !payload.starts_with(br#"{"authenticated":"#) {
+                    return Err(format!("subscribe refused: {}", String::from_utf8_lossy(payload)));
+                }
+            }
+            Protocol::Roadrunner | Protocol::Nchan | Protocol::Webrocket => delivery(payload),
             Protocol::Nats => {
                 let joined = &mut self.joined;
                 self.nats.feed(payload, |event| {
@@ -239,6 +263,11 @@ mod tests {
         let mut nchan = Protocol::Nchan.subscription();
         assert!(nchan.joined());
         nchan.on_frame(b"3:4:x", |m| got.push(m.to_vec())).unwrap();
+
+        let mut wr = Protocol::Webrocket.subscription();
+        assert!(!wr.on_frame(br#"{"authenticated":"bench"}"#, |_| {}).unwrap().joined_now);
+        assert!(wr.on_frame(br#"{"subscribed":"t0"}"#, |_| {}).unwrap().joined_now);
+        assert!(Protocol::Webrocket.subscription().on_frame(br#"{"err":"ACCESS_DENIED"}"#, |_| {}).is_err());
 
         let mut nats = Protocol::Nats.subscription();
         assert_eq!(nats.on_frame(b"INFO {}\r\n", |_| {}).unwrap(), Reaction::default());

@@ -8,6 +8,10 @@
 //! | `http` | `POST /publish` JSON                      | `POST /pub/<topic>` raw    | —                         |
 //! | `ws`   | peers' `/pub`: `{"topics":[T],"payload":P}` text frames, pipelined | WebSocket on `/pub/<topic>`| `PUB` over its WebSocket  |
 //! | `nats` | —                                         | —                          | `PUB` over its TCP port   |
+//!
+//! `webrocket` publishes `via ws` only: one client, authenticated as
+//! `bench`, sending `{"broadcast":{"event":"pub","channel":T,"data":P}}`;
+//! each `{"broadcasted":T}` reply is the acknowledgement.
 
 use std::net::SocketAddr;
 use std::time::{Duration, Instant};
@@ -34,6 +38,7 @@ impl Via {
             Protocol::Roadrunner => Via::Rpc,
             Protocol::Nchan => Via::Http,
             Protocol::Nats => Via::Nats,
+            Protocol::Webrocket => Via::Ws,
         }
     }
 
@@ -44,7 +49,8 @@ impl Via {
         match (p, self) {
             (Protocol::Roadrunner, Via::Rpc | Via::Http | Via::Ws)
             | (Protocol::Nchan, Via::Http | Via::Ws)
-            | (Protocol::Nats, Via::Ws | Via::Nats) => Ok(()),
+            | (Protocol::Nats, Via::Ws | Via::Nats)
+            | (Protocol::Webrocket, Via::Ws) => Ok(()),
             (p, v) => Err(format!("--protocol {p:?} cannot be published to via {v:?}").to_lowercase()),
         }
     }
@@ -172,6 +178,13 @@ impl Sink {
                         masked_frame(0x2, NATS_CONNECT.as_bytes(), &mut hello);
                         wr.write_all(&hello).await.map_err(|e| format!("publish ws: {e}"))?;
                     }
+                    if plan.protocol == Protocol::Webrocket {
+                        let mut hello = Vec::new();
+                        let auth =
+                            format!(r#"{{"authenticate":{{"user":"{}"}}}}"#, crate::protocol::WEBROCKET_USER);
+                        masked_frame(0x1, auth.as_bytes(), &mut hello);
+                        wr.write_all(&hello).await.map_err(|e| format!("publish ws: {e}"))?;
+                    }
                     let acks = std::sync::Arc::new(std::sync::atomic::AtomicU64::new(0));
                     let replies =
                         tokio::spawn(ws_replies(rd, up.buf, up.filled, plan.protocol, acks.clone()));
@@ -179,7 +192,7 @@ impl Sink {
                 }
                 Sink::Ws {
                     conns,
-                    ping_ack: plan.protocol != Protocol::Nchan,
+                    ping_ack: !matches!(plan.protocol, Protocol::Nchan | Protocol::Webrocket),
                     nats: plan.protocol == Protocol::Nats,
                     out: Vec::new(),
                 }
@@ -242,6 +255,15 @@ impl Sink {
                         Protocol::Roadrunner => {
                             let cmd = format!(
                                 r#"{{"topics":["{}"],"payload":"{}"}}"#,
+                                plan.topics[*t],
+                                String::from_utf8_lossy(p)
+                            );
+                            masked_frame(0x1, cmd.as_bytes(), out);
+                            &mut conns[0]
+                        }
+                        Protocol::Webrocket => {
+                            let cmd = format!(
+                                r#"{{"broadcast":{{"event":"pub","channel":"{}","data":"{}"}}}}"#,
                                 plan.topics[*t],
                                 String::from_utf8_lossy(p)
                             );
@@ -420,6 +442,13 @@ async fn ws_replies(
                 }
                 op if op >= 0x8 => {}
                 _ if protocol == Protocol::Roadrunner => {}
+                _ if protocol == Protocol::Webrocket => {
+                    if payload.starts_with(br#"{"broadcasted":"#) {
+                        acks.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+                    } else if payload.starts_with(br#"{"err":"#) {
+                        return Err(format!("refused: {}", String::from_utf8_lossy(payload)));
+                    }
+                }
                 _ if protocol == Protocol::Nats => nats.feed(payload, |e| {
                     match e {
                         NatsEvent::Err(e) => return Err(format!("-ERR {e}")),
@@ -446,7 +475,7 @@ mod tests {
 
     #[test]
     fn every_protocol_has_a_default_publisher_it_accepts() {
-        for p in [Protocol::Roadrunner, Protocol::Nchan, Protocol::Nats] {
+        for p in [Protocol::Roadrunner, Protocol::Nchan, Protocol::Nats, Protocol::Webrocket] {
             assert_eq!(Via::default_for(p).check(p), Ok(()));
         }
         assert_eq!(Via::Ws.check(Protocol::Roadrunner), Ok(()), "the roadrunner peers' /pub endpoint");

@@ -86,11 +86,12 @@ pub fn write_hlog(
 /// Parses the publisher's `<seq>:<nanos>:` stamp: at the start of a raw
 /// delivery (nchan, NATS), or after `"payload":"` in a roadrunner frame.
 pub fn parse_stamp(frame_payload: &[u8]) -> Option<(u64, u64)> {
-    const KEY: &[u8] = b"\"payload\":\"";
+    // roadrunner `"payload":"…"`, webrocket `"data":"…"`, else raw.
+    const KEYS: [&[u8]; 2] = [b"\"payload\":\"", b"\"data\":\""];
     let start = if frame_payload.first().is_some_and(u8::is_ascii_digit) {
         0
     } else {
-        frame_payload.windows(KEY.len()).position(|w| w == KEY)? + KEY.len()
+        KEYS.iter().find_map(|k| Some(frame_payload.windows(k.len()).position(|w| w == *k)? + k.len()))?
     };
     let mut fields = frame_payload[start..].splitn(3, |b| *b == b':');
     let num = |f: &[u8]| std::str::from_utf8(f).ok()?.parse::<u64>().ok();

@@ -40,6 +40,8 @@ fn start_gateway(config: &str, shards: usize, dir: &tempfile::TempDir) -> (Kille
         .arg(&path)
         .args(["--listen", "127.0.0.1:0", "--api-listen", "127.0.0.1:0", "--rpc-listen", "127.0.0.1:0"])
         .args(["--shards", &shards.to_string()])
+        .arg("--data-dir")
+        .arg(dir.path().join("data"))
         .stderr(Stdio::piped())
         .spawn()
         .unwrap();
@@ -202,6 +204,55 @@ fn fanout_counts_every_delivery() {
     assert_eq!(step["deliveries_received"], step["deliveries_expected"], "{out}");
     assert_eq!(step["passed"], true, "{out}");
     assert!(out.contains("load generator CPU"), "{out}");
+}
+
+/// The WebRocket dialect: subscribers authenticate and subscribe, the
+/// publisher broadcasts as a client; every delivery counted.
+#[test]
+fn fanout_over_webrocket_counts_every_delivery() {
+    let dir = tempfile::tempdir().unwrap();
+    let token = "bench-admin-token-0123456789";
+    let config = format!(
+        "[server]\nadmin_token = \"{token}\"\n[[vhost]]\npath = \"/world\"\ndialect = \"webrocket\"\n"
+    );
+    let (_server, line) = start_gateway(&config, 2, &dir);
+    let api = format!("http://{}", field(&line, "api"));
+    let ctl = Command::new(gateway_binary())
+        .args(["ctl", "--api", &api, "--token", token, "user", "add", "/world", "bench"])
+        .args(["--permissions", "READ,WRITE"])
+        .output()
+        .unwrap();
+    assert!(ctl.status.success(), "{}", String::from_utf8_lossy(&ctl.stderr));
+    let out_dir = dir.path().join("out");
+    let out = bench(&[
+        "fanout",
+        "--protocol",
+        "webrocket",
+        "--target",
+        &field(&line, "websocket"),
+        "--subscribers",
+        "200",
+        "--topics",
+        "4",
+        "--rate",
+        "200",
+        "--duration-secs",
+        "2",
+        "--drain-ms",
+        "500",
+        "--p99-bound-ms",
+        "1000",
+        "--out",
+        out_dir.to_str().unwrap(),
+    ]);
+    let summary: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(out_dir.join("fanout.json")).unwrap()).unwrap();
+    let step = &summary["steps"][0];
+    let published = step["publications"].as_u64().unwrap();
+    assert!((390..=400).contains(&published), "{out}");
+    assert_eq!(step["deliveries_expected"].as_u64().unwrap(), published * 50, "{out}");
+    assert_eq!(step["deliveries_received"], step["deliveries_expected"], "{out}");
+    assert_eq!(step["out_of_order"], 0, "{out}");
 }
 
 #[test]
