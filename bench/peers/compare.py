@@ -104,6 +104,29 @@ class Ringcast(Server):
         return ["--target", f"127.0.0.1:{ws}", "--publish-via", "rpc", "--publish-addr", f"127.0.0.1:{rpc}"]
 
 
+class RingcastWebRocket(Server):
+    """ringcast's WebRocket dialect: subscribers authenticate as `bench` and
+    subscribe; the publisher is a client broadcasting (`ringcast ctl` makes
+    the user). Same server, same pinning: the dialect's cost against roadrunner."""
+
+    name, label, protocol = "ringcast-webrocket", "ringcast, webrocket dialect", "webrocket"
+    TOKEN = "compare-admin-token-0123456789"
+
+    def start(self, workdir):
+        ws, api, rpc = free_port(), free_port(), free_port()
+        config = Path(workdir) / "webrocket.toml"
+        config.write_text(f'[server]\nadmin_token = "{self.TOKEN}"\n'
+                          '[[vhost]]\npath = "/world"\ndialect = "webrocket"\n')
+        self.spawn([str(RINGCAST), "--config", str(config), "--shards", "1", "--listen", f"127.0.0.1:{ws}",
+                    "--api-listen", f"127.0.0.1:{api}", "--rpc-listen", f"127.0.0.1:{rpc}",
+                    "--data-dir", str(Path(workdir) / "data")], workdir, {"RUST_LOG": "warn"})
+        wait_port(ws, self.proc)
+        wait_port(api, self.proc)
+        subprocess.run([str(RINGCAST), "ctl", "--api", f"http://127.0.0.1:{api}", "--token", self.TOKEN,
+                        "user", "add", "/world", "bench", "--permissions", "READ,WRITE"], check=True)
+        return ["--target", f"127.0.0.1:{ws}", "--protocol", "webrocket", "--publish-via", "ws"]
+
+
 class NodePeer(Server):
     protocol = "roadrunner"
 
@@ -189,6 +212,7 @@ class Nats(Server):
 
 SERVERS = [
     Ringcast(),
+    RingcastWebRocket(),
     NodePeer("uws", "uWebSockets.js 3.0.6", "uws.js", "uwebsockets"),
     NodePeer("ws", "Node ws", "ws.js", "ws"),
     Nchan(),

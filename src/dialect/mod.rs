@@ -17,7 +17,7 @@ pub enum Dialect {
     Echo,
     /// ws2api: every message is an HTTP request to the backend (§4).
     Proxy,
-    /// WebRocket: vhost users, channels and backend workers (§7).
+    /// WebRocket: vhost users, channels and backend workers (docs/protocols.md §7).
     #[serde(rename = "webrocket")]
     WebRocket,
 }
