@@ -1,13 +1,21 @@
 #!/usr/bin/env bash
 # Every test: unit and integration tests (real binary, real sockets), a build
-# of the fuzz targets, then the Autobahn conformance cases. Installs what it needs (nginx + nchan and
-# nats-server from apt, kosoku from PyPI).
+# of the fuzz targets, then the Autobahn conformance cases. Installs what it needs (nginx + nchan,
+# nats-server and chromium from apt; kosoku and websockets from PyPI).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 # The benchmark's peer adapters are tested against real Nchan and NATS.
 if ! { [ -e /usr/lib/nginx/modules/ngx_nchan_module.so ] && command -v nginx && command -v nats-server; } >/dev/null; then
   echo "installing nginx-light, libnginx-mod-nchan, nats-server (apt) for bench/tests/peers.rs" >&2
   apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq nginx-light libnginx-mod-nchan nats-server >/dev/null
+fi
+# The WebRocket example is driven in headless Chromium with its Python worker.
+if ! command -v chromium >/dev/null; then
+  echo "installing chromium (apt) for tests/webrocket_browser.rs" >&2
+  apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium >/dev/null
+fi
+if ! python3 -c 'import websockets' 2>/dev/null; then
+  python3 -m pip install --quiet --disable-pip-version-check websockets
 fi
 cargo test --workspace
 # The fuzz targets live outside the workspace; build them so they cannot rot.
