@@ -185,6 +185,19 @@ fn rights_per_permission_and_anonymous_access() {
         r#"{"presence":{"channel":"c","count":2,"users":["reader"]}}"#,
         "anonymous subscribers count but have no name"
     );
+    // Logging in as someone else logs the reader out first: its
+    // subscription is gone, so the next broadcast does not reach it.
+    login(&mut r, "writer");
+    assert_eq!(
+        ask(&mut w, r#"{"broadcast":{"event":"e","channel":"c","data":2}}"#),
+        r#"{"broadcasted":"c"}"#
+    );
+    assert_eq!(recv_text(&mut anon), r#"{"e":{"channel":"c","data":2}}"#);
+    assert_silent(&mut r, Duration::from_millis(200));
+    assert_eq!(
+        ask(&mut m, r#"{"presence":{"channel":"c"}}"#),
+        r#"{"presence":{"channel":"c","count":1,"users":[]}}"#
+    );
 }
 
 #[test]
@@ -379,8 +392,15 @@ fn ctl_manages_vhosts_users_and_channels_and_a_new_vhost_serves_at_once() {
     // Deleting a channel drops its subscribers from it.
     assert_eq!(ctl(&s, &["channel", "delete", "/lobby", "hall"]).0, 0);
     assert!(eventually(Duration::from_secs(5), || s.metric("ringcast_subscriptions") == 0));
-    // Deleting the vhost closes its sessions with 1001.
+    // Deleting the vhost closes its sessions with 1001, and its workers.
+    let (_, lobby_token, _) = ctl(&s, &["vhost", "token", "/lobby"]);
+    let mut w = worker(&s, "/lobby", lobby_token.trim()).unwrap();
     assert_eq!(ctl(&s, &["vhost", "delete", "/lobby"]).0, 0);
+    set_timeout(&mut w, Duration::from_secs(5));
+    match w.read() {
+        Ok(Message::Close(Some(f))) => assert_eq!(u16::from(f.code), 1008),
+        other => panic!("expected the worker closed: {other:?}"),
+    }
     for ws in clients.iter_mut() {
         loop {
             match ws.read() {

@@ -123,6 +123,12 @@ fn with_session<R>(
 /// A text (or, `text == None`, binary) message from a WebRocket client.
 pub(super) fn on_message(shard: &Rc<Shard>, conn: &ConnRef, text: Option<&[u8]>) {
     let mut st = conn.borrow_mut();
+    // Connected while its vhost was being deleted (after the shards were
+    // told): close it like the others.
+    if st.wr.as_ref().is_some_and(|s| s.vhost.is_deleted()) {
+        shard.start_close(&mut st, Some(1001), "vhost deleted", CLOSE_LINGER);
+        return;
+    }
     let Some((pending, waiting)) = with_session(shard, &mut st, |s, env| match text {
         Some(t) => s.on_text(t, env),
         None => {

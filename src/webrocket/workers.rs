@@ -5,7 +5,7 @@
 //! triggers over with a non-blocking `try_send`.
 
 use std::collections::HashMap;
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
@@ -19,12 +19,16 @@ use crate::dialect::webrocket::{self as wire, ErrorId, WorkerCommand, WrError};
 use crate::publish::Delivery;
 use crate::shard::{PushOutcome, ShardMsg, ShardRouter};
 
-/// Triggers waiting for one worker; past this the next worker is tried.
+/// Triggers waiting for one worker, in number and in bytes; past either
+/// the next worker is tried (and with none left, ASSIGNATION_FAILED).
 const WORKER_QUEUE: usize = 1024;
+const WORKER_QUEUE_BYTES: usize = 16 * 1024 * 1024;
 
 struct Worker {
     id: u64,
     tx: mpsc::Sender<String>,
+    /// Bytes of the triggers in `tx`, taken back as the worker's task sends them.
+    queued: Arc<AtomicUsize>,
     /// The token it connected with.
     token: Arc<str>,
 }
@@ -58,8 +62,16 @@ impl Workers {
         for _ in 0..pool.workers.len() {
             let i = pool.next % pool.workers.len();
             pool.next = i + 1;
-            match pool.workers[i].tx.try_send(message) {
-                Ok(()) => return true,
+            let w = &pool.workers[i];
+            let size = message.len();
+            if w.queued.load(Ordering::Relaxed) + size > WORKER_QUEUE_BYTES {
+                continue;
+            }
+            match w.tx.try_send(message) {
+                Ok(()) => {
+                    w.queued.fetch_add(size, Ordering::Relaxed);
+                    return true;
+                }
                 Err(mpsc::error::TrySendError::Full(m) | mpsc::error::TrySendError::Closed(m)) => message = m,
             }
         }
@@ -70,9 +82,9 @@ impl Workers {
         self.pools().get(vhost).map_or(0, |p| p.workers.len())
     }
 
-    fn add(&self, vhost: &str, tx: mpsc::Sender<String>, token: Arc<str>) -> u64 {
+    fn add(&self, vhost: &str, tx: mpsc::Sender<String>, queued: Arc<AtomicUsize>, token: Arc<str>) -> u64 {
         let id = self.ids.fetch_add(1, Ordering::Relaxed);
-        self.pools().entry(vhost.into()).or_default().workers.push(Worker { id, tx, token });
+        self.pools().entry(vhost.into()).or_default().workers.push(Worker { id, tx, queued, token });
         id
     }
 
@@ -123,7 +135,8 @@ pub async fn serve<S>(
     S: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin,
 {
     let (tx, mut triggers) = mpsc::channel::<String>(WORKER_QUEUE);
-    let id = wr.workers.add(&vhost.path, tx, token);
+    let queued = Arc::new(AtomicUsize::new(0));
+    let id = wr.workers.add(&vhost.path, tx, queued.clone(), token);
     debug!(vhost = %vhost.path, worker = id, "worker connected");
     let (mut sink, mut stream) = ws.split();
     let mut ping = tokio::time::interval(ping_interval);
@@ -132,7 +145,10 @@ pub async fn serve<S>(
     loop {
         tokio::select! {
             trigger = triggers.recv() => match trigger {
-                Some(t) => if sink.send(Message::text(t)).await.is_err() { break },
+                Some(t) => {
+                    queued.fetch_sub(t.len(), Ordering::Relaxed);
+                    if sink.send(Message::text(t)).await.is_err() { break }
+                }
                 // Dropped from the pool: token rotated or vhost deleted.
                 None => {
                     let _ = sink.send(Message::Close(Some(tokio_tungstenite::tungstenite::protocol::CloseFrame {
