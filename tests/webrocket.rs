@@ -278,6 +278,31 @@ fn workers_get_triggers_round_robin_and_reply_and_broadcast() {
 }
 
 #[test]
+fn a_worker_that_stops_answering_pings_is_dropped() {
+    let cfg = format!("[limits]\nping_interval_ms = 100\nidle_timeout_ms = 400\n{}", config("\"WRITE\""));
+    let s = Server::start(&cfg, 1);
+    let t = token(&s);
+    // Upgraded, then never read: the server's pings go unanswered.
+    let mut raw = std::net::TcpStream::connect(s.api).unwrap();
+    let request = upgrade_request("/workers/world")
+        .replace("\r\n\r\n", &format!("\r\nAuthorization: Bearer {t}\r\n\r\n"));
+    std::io::Write::write_all(&mut raw, request.as_bytes()).unwrap();
+    let workers = || admin(&s, "GET", "/admin/vhosts", None).1[0]["workers"].as_u64().unwrap();
+    assert!(eventually(Duration::from_secs(5), || workers() == 1));
+    assert!(eventually(Duration::from_secs(5), || workers() == 0), "a silent worker is dropped");
+    let mut client = s.connect("/world");
+    assert_eq!(err_id(&ask(&mut client, r#"{"trigger":{"event":"job"}}"#)), "ASSIGNATION_FAILED");
+}
+
+#[test]
+fn the_admin_token_can_come_from_the_environment() {
+    let cfg = "[[vhost]]\npath = \"/world\"\ndialect = \"webrocket\"\n";
+    let s = Server::start_env(cfg, 1, &[("RINGCAST_ADMIN_TOKEN", TOKEN)]);
+    assert_eq!(admin(&s, "GET", "/admin/vhosts", None).0, 200);
+    assert_eq!(admin_with(&s, "GET", "/admin/vhosts", None, "another-token-0123456789").0, 401);
+}
+
+#[test]
 fn rotating_the_token_disconnects_workers_holding_the_old_one() {
     let s = Server::start(&config("\"WRITE\""), 1);
     let old = token(&s);

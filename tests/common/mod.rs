@@ -39,6 +39,14 @@ impl Server {
         Server::launch(config, shards, log, stall_log, &data, dir)
     }
 
+    /// Starts ringcast with extra environment variables.
+    pub fn start_env(config: &str, shards: usize, env: &[(&str, &str)]) -> Server {
+        let dir = tempfile::tempdir().unwrap();
+        let data = dir.path().join("data");
+        let log = std::env::var("TEST_LOG").unwrap_or("info".into());
+        Server::launch_env(config, shards, &log, false, &data, dir, env)
+    }
+
     /// Starts ringcast keeping its state store in `data` (to restart on it).
     pub fn start_on(config: &str, shards: usize, data: &std::path::Path) -> Server {
         let log = std::env::var("TEST_LOG").unwrap_or("info".into());
@@ -53,6 +61,18 @@ impl Server {
         data: &std::path::Path,
         dir: tempfile::TempDir,
     ) -> Server {
+        Server::launch_env(config, shards, log, stall_log, data, dir, &[])
+    }
+
+    fn launch_env(
+        config: &str,
+        shards: usize,
+        log: &str,
+        stall_log: bool,
+        data: &std::path::Path,
+        dir: tempfile::TempDir,
+        env: &[(&str, &str)],
+    ) -> Server {
         let path = dir.path().join("ringcast.toml");
         std::fs::write(&path, config).unwrap();
         let mut child = Command::new(env!("CARGO_BIN_EXE_ringcast"))
@@ -64,6 +84,7 @@ impl Server {
             .arg(data)
             .env("RUST_LOG", log)
             .env_remove("RINGCAST_ADMIN_TOKEN")
+            .envs(env.iter().copied())
             .stdout(Stdio::null())
             .stderr(Stdio::piped())
             .spawn()
