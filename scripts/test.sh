@@ -1,13 +1,18 @@
 #!/usr/bin/env bash
 # Every test: unit and integration tests (real binary, real sockets), a build
 # of the fuzz targets, then the Autobahn conformance cases. Installs what it needs (nginx + nchan,
-# nats-server and chromium from apt; kosoku and websockets from PyPI).
+# nats-server, redis-server and chromium from apt; kosoku and websockets from PyPI).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 # The benchmark's peer adapters are tested against real Nchan and NATS.
 if ! { [ -e /usr/lib/nginx/modules/ngx_nchan_module.so ] && command -v nginx && command -v nats-server; } >/dev/null; then
   echo "installing nginx-light, libnginx-mod-nchan, nats-server (apt) for bench/tests/peers.rs" >&2
   apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq nginx-light libnginx-mod-nchan nats-server >/dev/null
+fi
+# Cluster tests run real Redis and NATS servers (tests/cluster.rs).
+if ! command -v redis-server >/dev/null || ! command -v redis-cli >/dev/null; then
+  echo "installing redis-server (apt) for tests/cluster.rs" >&2
+  apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq redis-server >/dev/null
 fi
 # The WebRocket example is driven in headless Chromium with its Python worker.
 if ! command -v chromium >/dev/null; then

@@ -35,6 +35,8 @@ pub struct ApiContext {
     pub publish_limits: publish::Limits,
     pub router: ShardRouter,
     pub clients: Arc<ClientRegistry>,
+    /// With a network broker: its metrics.
+    pub cluster_metrics: Option<Arc<crate::broker::cluster::ClusterMetrics>>,
     pub webrocket: Arc<crate::webrocket::WebRocket>,
     /// Enables `/admin/…`; requests must carry it as a bearer token.
     pub admin_token: Option<String>,
@@ -95,10 +97,19 @@ async fn route(req: Request<Incoming>, ctx: &Arc<ApiContext>) -> Reply {
         return worker_route(req, &vhost, ctx);
     }
     match (req.method(), req.uri().path()) {
-        (&Method::GET, "/health") => json(StatusCode::OK, r#"{"status":"ok"}"#.into()),
+        (&Method::GET, "/health") => match ctx.broker.degraded() {
+            None => json(StatusCode::OK, r#"{"status":"ok"}"#.into()),
+            Some(why) => json(
+                StatusCode::SERVICE_UNAVAILABLE,
+                serde_json::json!({ "status": "degraded", "broker": why }).to_string(),
+            ),
+        },
         (&Method::GET, "/metrics") => {
             let mut text = metrics::render(&ctx.shard_metrics, &ctx.metrics);
             ctx.hook_metrics.render(&mut text);
+            if let Some(m) = &ctx.cluster_metrics {
+                m.render(ctx.broker.name(), &mut text);
+            }
             let mut r = Response::new(Full::new(Bytes::from(text)));
             r.headers_mut().insert(CONTENT_TYPE, HeaderValue::from_static("text/plain; version=0.0.4"));
             r
@@ -189,16 +200,16 @@ fn worker_route(mut req: Request<Incoming>, vhost: &str, ctx: &Arc<ApiContext>) 
         };
         let ws = tokio_tungstenite::WebSocketStream::from_raw_socket(io, Role::Server, None).await;
         let limits = &ctx.config.limits;
-        crate::webrocket::workers::serve(
-            ws,
-            v,
+        let link = crate::webrocket::workers::WorkerLink {
+            vhost: v,
             token,
-            ctx.webrocket.clone(),
-            ctx.router.clone(),
-            std::time::Duration::from_millis(limits.ping_interval_ms),
-            std::time::Duration::from_millis(limits.idle_timeout_ms),
-        )
-        .await;
+            wr: ctx.webrocket.clone(),
+            router: ctx.router.clone(),
+            broker: ctx.broker.clone(),
+            ping_interval: std::time::Duration::from_millis(limits.ping_interval_ms),
+            idle_timeout: std::time::Duration::from_millis(limits.idle_timeout_ms),
+        };
+        crate::webrocket::workers::serve(ws, link).await;
     });
     let mut r = Response::new(Full::new(Bytes::new()));
     *r.status_mut() = StatusCode::SWITCHING_PROTOCOLS;
@@ -226,7 +237,11 @@ async fn push_route(req: Request<Incoming>, client: &str, ctx: &ApiContext) -> R
         Err(reply) => return reply,
     };
     let outcome = match ctx.clients.lookup(client) {
-        None => PushOutcome::NotConnected,
+        // Not here: another node may hold it.
+        None => match ctx.broker.push_elsewhere(client, body).await {
+            Ok(outcome) => outcome,
+            Err(e) => return error(StatusCode::SERVICE_UNAVAILABLE, &e.to_string()),
+        },
         Some(owner) => {
             let (reply, answer) = futures_channel::oneshot::channel();
             match ctx.router.send(owner.shard, ShardMsg::Push { to: owner, body, reply }).await {

@@ -46,12 +46,15 @@ impl ClientRegistry {
         }
     }
 
-    /// Forgets `client` if `owner` still holds it (a replacement may not).
-    pub fn release(&self, client: &str, owner: Owner) {
+    /// Forgets `client` if `owner` still holds it (a replacement may not);
+    /// true if it did.
+    pub fn release(&self, client: &str, owner: Owner) -> bool {
         let mut map = self.map();
         if map.get(client) == Some(&owner) {
             map.remove(client);
+            return true;
         }
+        false
     }
 
     pub fn lookup(&self, client: &str) -> Option<Owner> {
@@ -110,14 +113,28 @@ impl RegistryHandle {
     }
 }
 
-/// Applies the shards' claims and releases in order (integration thread).
-pub async fn run(mut ops: RegistryOps, registry: Arc<ClientRegistry>) {
+/// Applies the shards' claims and releases in order (integration thread),
+/// telling the broker which ClientIds this node holds (pushes from other
+/// nodes find them).
+pub async fn run(
+    mut ops: RegistryOps,
+    registry: Arc<ClientRegistry>,
+    broker: Arc<dyn crate::broker::Broker>,
+) {
     while let Some(op) = ops.rx.recv().await {
         match op {
             Op::Claim { client, owner, replace, reply } => {
-                let _ = reply.send(registry.claim(&client, owner, replace));
+                let claimed = registry.claim(&client, owner, replace);
+                if claimed == Ok(None) {
+                    broker.client_here(&client, true);
+                }
+                let _ = reply.send(claimed);
             }
-            Op::Release { client, owner } => registry.release(&client, owner),
+            Op::Release { client, owner } => {
+                if registry.release(&client, owner) {
+                    broker.client_here(&client, false);
+                }
+            }
         }
     }
 }

@@ -17,8 +17,11 @@ pub struct Config {
     pub limits: Limits,
     pub rpc: RpcConfig,
     pub log: LogConfig,
-    /// Broker for publications; only `memory` exists in this build.
+    /// Broker for publications: `memory` (this node), `redis` or `nats`
+    /// (many nodes as one, docs/cluster.md).
     pub broker: String,
+    pub redis: RedisConfig,
+    pub nats: NatsConfig,
     #[serde(rename = "vhost")]
     pub vhosts: Vec<VhostConfig>,
 }
@@ -88,6 +91,36 @@ pub struct RpcConfig {
     /// A frame must arrive whole within this of its first byte; a connection
     /// that stalls mid-frame is closed. Idle connections between calls stay.
     pub frame_timeout_ms: u64,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct RedisConfig {
+    /// `redis://[user:password@]host:port[/db]`, `rediss://` for TLS.
+    pub url: String,
+    /// Prepended to every channel ringcast uses.
+    pub prefix: String,
+}
+
+impl Default for RedisConfig {
+    fn default() -> Self {
+        RedisConfig { url: "redis://127.0.0.1:6379".into(), prefix: "ringcast:".into() }
+    }
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct NatsConfig {
+    /// `nats://host:port`, several comma-separated for a NATS cluster.
+    pub url: String,
+    /// Prepended to every subject ringcast uses.
+    pub prefix: String,
+}
+
+impl Default for NatsConfig {
+    fn default() -> Self {
+        NatsConfig { url: "nats://127.0.0.1:4222".into(), prefix: "ringcast.".into() }
+    }
 }
 
 #[derive(Debug, Clone, Deserialize)]
@@ -223,6 +256,8 @@ impl Default for Config {
             rpc: RpcConfig::default(),
             log: LogConfig::default(),
             broker: "memory".into(),
+            redis: RedisConfig::default(),
+            nats: NatsConfig::default(),
             vhosts: vec![VhostConfig {
                 path: "/ws".into(),
                 dialect: Dialect::RoadRunner,
@@ -300,7 +335,7 @@ impl std::fmt::Display for ConfigError {
 impl std::error::Error for ConfigError {}
 
 /// Known brokers in this build.
-pub const BROKERS: &[&str] = &["memory"];
+pub const BROKERS: &[&str] = &["memory", "redis", "nats"];
 
 impl Config {
     /// What one publish request may make the gateway encode.
@@ -386,6 +421,9 @@ impl Config {
         }
         if self.server.admin_token.as_ref().is_some_and(|t| t.len() < 16) {
             return fail("server.admin_token", "use at least 16 characters");
+        }
+        if self.nats.prefix.contains(['*', '>', ' ']) || self.nats.prefix.starts_with('.') {
+            return fail("nats.prefix", "NATS subject characters only (no `*`, `>`, spaces or leading `.`)");
         }
         if self.vhosts.is_empty() {
             return fail("vhost", "at least one [[vhost]] is needed");

@@ -38,6 +38,9 @@ pub enum PublishError {
     },
     /// The gateway is shutting down.
     Unavailable,
+    /// The network broker did not take it (unreachable, too slow, or its
+    /// outgoing queue is full); it may still be delivered later, once.
+    Broker(String),
 }
 
 impl PublishError {
@@ -45,7 +48,7 @@ impl PublishError {
     pub fn http_status(&self) -> u16 {
         match self {
             PublishError::TooLarge { .. } => 413,
-            PublishError::Unavailable => 503,
+            PublishError::Unavailable | PublishError::Broker(_) => 503,
             _ => 400,
         }
     }
@@ -84,6 +87,7 @@ impl std::fmt::Display for PublishError {
                  per request (limits.max_publish_bytes): split it or use fewer topics"
             ),
             PublishError::Unavailable => f.write_str("gateway is shutting down"),
+            PublishError::Broker(why) => write!(f, "broker: {why}"),
         }
     }
 }

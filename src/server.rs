@@ -10,6 +10,7 @@ use socket2::{Domain, Protocol, Socket, Type};
 use tracing::{error, info};
 
 use crate::api::{self, ApiContext};
+use crate::broker::cluster::{Cluster, ClusterMetrics};
 use crate::broker::{Broker, MemoryBroker};
 use crate::clients::ClientRegistry;
 use crate::config::Config;
@@ -88,6 +89,15 @@ pub fn run(config: Config) -> Result<(), StartError> {
         .map_err(|e| StartError(format!("cannot start the tokio runtime: {e}")))?;
     let webrocket = open_webrocket(&config, runtime.handle().clone())?;
     let webrocket_store = webrocket.directory.store.clone();
+    // A network broker learns from the shards which topics they hold.
+    let (interest_tx, interest_rx) = match config.broker.as_str() {
+        "memory" => (None, None),
+        _ => {
+            let (tx, rx) = tokio::sync::mpsc::unbounded_channel();
+            (Some(tx), Some(rx))
+        }
+    };
+    let cluster_metrics = Arc::new(ClusterMetrics::default());
 
     let mut executors = Vec::with_capacity(shards);
     let (ready_tx, ready_rx) = std::sync::mpsc::channel::<usize>();
@@ -103,6 +113,7 @@ pub fn run(config: Config) -> Result<(), StartError> {
             hooks: hook_sender.clone(),
             clients: registry_handle.clone(),
             webrocket: webrocket.clone(),
+            interest: interest_tx.clone(),
         };
         let cpu = (!cores.is_empty()).then(|| cores[id % cores.len()].id);
         let ready = ready_tx.clone();
@@ -130,7 +141,17 @@ pub fn run(config: Config) -> Result<(), StartError> {
         }
     }
 
-    let broker: Arc<dyn Broker> = Arc::new(MemoryBroker::new(router.clone()));
+    drop(interest_tx);
+    let broker: Arc<dyn Broker> = match interest_rx {
+        None => Arc::new(MemoryBroker::new(router.clone())),
+        Some(interest) => runtime.block_on(start_cluster(
+            &config,
+            interest,
+            router.clone(),
+            clients.clone(),
+            cluster_metrics.clone(),
+        ))?,
+    };
     let rpc_ctx = Arc::new(RpcContext {
         broker: broker.clone(),
         broker_name: config.broker.clone(),
@@ -149,6 +170,7 @@ pub fn run(config: Config) -> Result<(), StartError> {
         publish_limits: config.publish_limits(),
         router: router.clone(),
         clients,
+        cluster_metrics: (config.broker != "memory").then_some(cluster_metrics),
         webrocket,
         admin_token: config.server.admin_token.clone(),
         config: config.clone(),
@@ -217,7 +239,7 @@ fn integration_thread(
 ) {
     runtime.block_on(async move {
         api_ctx.router.spawn_space_relays();
-        tokio::spawn(crate::clients::run(registry_ops, api_ctx.clients.clone()));
+        tokio::spawn(crate::clients::run(registry_ops, api_ctx.clients.clone(), api_ctx.broker.clone()));
         let to_tokio = |l: std::net::TcpListener| {
             l.set_nonblocking(true).and_then(|()| tokio::net::TcpListener::from_std(l))
         };
@@ -234,6 +256,38 @@ fn integration_thread(
             hooks::run(hook_receiver, hook_metrics)
         );
     });
+}
+
+/// Connects (in the background) to the network broker and starts this
+/// node's side of the cluster; the node serves even while the broker is down.
+async fn start_cluster(
+    config: &Config,
+    interest: crate::broker::InterestReceiver,
+    router: ShardRouter,
+    clients: Arc<ClientRegistry>,
+    metrics: Arc<ClusterMetrics>,
+) -> Result<Arc<dyn Broker>, StartError> {
+    use crate::broker::transport::Transport;
+    let (incoming_tx, incoming_rx) = tokio::sync::mpsc::channel(64 * 1024);
+    let reconnects = metrics.reconnects.clone();
+    let transport: Arc<dyn Transport> = match config.broker.as_str() {
+        "redis" => crate::broker::redis::RedisTransport::start(
+            &config.redis.url,
+            &config.redis.prefix,
+            incoming_tx,
+            reconnects,
+        )
+        .map_err(StartError)?,
+        _ => crate::broker::nats::NatsTransport::start(
+            &config.nats.url,
+            &config.nats.prefix,
+            incoming_tx,
+            reconnects,
+        )
+        .await
+        .map_err(StartError)?,
+    };
+    Ok(Cluster::start(transport, incoming_rx, interest, router, clients, metrics))
 }
 
 /// Opens the state store when anything can use it (a webrocket vhost in the

@@ -1,7 +1,7 @@
 //! The embedded broker: this node's shards are the whole system.
 
 use super::{BoxFuture, Broker};
-use crate::publish::{self, Message, PublishError};
+use crate::publish::{Batch, PublishError};
 use crate::shard::ShardRouter;
 
 pub struct MemoryBroker {
@@ -19,10 +19,7 @@ impl Broker for MemoryBroker {
         "memory"
     }
 
-    fn publish(&self, messages: Vec<Message>) -> BoxFuture<'_, Result<(), PublishError>> {
-        Box::pin(async move {
-            let batch = publish::encode(&messages);
-            self.router.dispatch(batch).await.map_err(|_| PublishError::Unavailable)
-        })
+    fn publish_frames(&self, batch: Batch) -> BoxFuture<'_, Result<(), PublishError>> {
+        Box::pin(async move { self.router.dispatch(batch).await.map_err(|_| PublishError::Unavailable) })
     }
 }

@@ -699,8 +699,23 @@ fn roadrunner_message(
                 _ => {
                     // Subscribed before the reply is queued: anything
                     // published after the client sees @join reaches it.
-                    let ok = shard.join(key, &mut st, broker, &topics);
-                    Some(roadrunner::reply_frame(if ok { Reply::Joined } else { Reply::JoinFailed }, &topics))
+                    match shard.join(key, &mut st, broker, &topics) {
+                        None => Some(roadrunner::reply_frame(Reply::JoinFailed, &topics)),
+                        Some(confirmations) if confirmations.is_empty() => {
+                            Some(roadrunner::reply_frame(Reply::Joined, &topics))
+                        }
+                        Some(confirmations) => {
+                            // A network broker: @join once it confirmed
+                            // this node's subscriptions (cluster-wide
+                            // delivery from then on). Input waits meanwhile.
+                            st.in_flight += 1;
+                            let frame = roadrunner::reply_frame(Reply::Joined, &topics);
+                            let owner = st.owner;
+                            drop(st);
+                            rt::spawn(reply_when_confirmed(shard.clone(), owner, confirmations, frame));
+                            None
+                        }
+                    }
                 }
             }
         }
@@ -738,16 +753,49 @@ fn join_with_hook(
             return;
         };
         let allowed = matches!(outcome, HookOutcome::Response { status: 200..=299, .. });
-        let mut st = conn.borrow_mut();
-        st.in_flight -= 1;
         let names: Vec<&str> = topics.iter().map(String::as_str).collect();
-        let ok = allowed && shard.join(owner.key, &mut st, broker.as_deref(), &names);
-        let frame = roadrunner::reply_frame(if ok { Reply::Joined } else { Reply::JoinFailed }, &names);
-        if st.push(frame, shard.config.limits.max_backpressure).is_err() {
-            shard.close_slow_consumer(&mut st);
-        }
-        st.wake();
+        // The borrow ends before any await.
+        let confirmations = {
+            let mut st = conn.borrow_mut();
+            let joined =
+                if allowed { shard.join(owner.key, &mut st, broker.as_deref(), &names) } else { None };
+            if joined.is_none() {
+                st.in_flight -= 1;
+                let frame = roadrunner::reply_frame(Reply::JoinFailed, &names);
+                if st.push(frame, shard.config.limits.max_backpressure).is_err() {
+                    shard.close_slow_consumer(&mut st);
+                }
+                st.wake();
+            }
+            joined
+        };
+        let Some(confirmations) = confirmations else { return };
+        let frame = roadrunner::reply_frame(Reply::Joined, &names);
+        reply_when_confirmed(shard, owner, confirmations, frame).await;
     });
+}
+
+/// Queues `frame` (an `@join`) once the broker confirmed every new
+/// subscription, then releases the connection's input. The caller counted
+/// the wait in `in_flight`.
+async fn reply_when_confirmed(
+    shard: Rc<Shard>,
+    owner: Owner,
+    confirmations: Vec<futures_channel::oneshot::Receiver<()>>,
+    frame: Bytes,
+) {
+    for c in confirmations {
+        let _ = c.await;
+    }
+    let Some(conn) = shard.conn(owner) else {
+        return;
+    };
+    let mut st = conn.borrow_mut();
+    st.in_flight -= 1;
+    if st.push(frame, shard.config.limits.max_backpressure).is_err() {
+        shard.close_slow_consumer(&mut st);
+    }
+    st.wake();
 }
 
 /// Proxy dialect: `POST {backend}/<ClientId>` with the message; a non-empty

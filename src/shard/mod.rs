@@ -18,11 +18,13 @@ use std::task::{Poll, Waker};
 use std::time::{Duration, Instant};
 
 use bytes::Bytes;
+use futures_channel::oneshot;
 use slab::Slab;
 use tracing::{debug, warn};
 
 pub use router::{Closed, Inbox, PushOutcome, ShardMsg, ShardRouter, TrySendError};
 
+use crate::broker::{Interest, InterestSender};
 use crate::clients::{Owner, RegistryHandle};
 use crate::config::Config;
 use crate::hooks::{HookOutcome, HookRequest, HookSender};
@@ -61,6 +63,8 @@ pub struct ShardSetup {
     pub hooks: HookSender,
     pub clients: RegistryHandle,
     pub webrocket: Arc<WebRocket>,
+    /// With a network broker: where first and last subscribers are reported.
+    pub interest: Option<InterestSender>,
 }
 
 pub struct Shard {
@@ -81,6 +85,7 @@ pub struct Shard {
     pub hooks: HookSender,
     pub clients: RegistryHandle,
     pub webrocket: Arc<WebRocket>,
+    interest: Option<InterestSender>,
     /// The settings of vhosts added at run time (WebRocket, defaults).
     runtime_vhost: crate::config::VhostConfig,
     hooks_in_flight: Cell<usize>,
@@ -114,6 +119,7 @@ pub async fn run(setup: ShardSetup) {
         hooks: setup.hooks,
         clients: setup.clients,
         webrocket: setup.webrocket,
+        interest: setup.interest,
         runtime_vhost: crate::config::VhostConfig::runtime_webrocket(),
         hooks_in_flight: Cell::new(0),
         close_backlog: RefCell::new(VecDeque::new()),
@@ -377,8 +383,7 @@ impl Shard {
         let mut topics = self.topics.borrow_mut();
         let mut st = conn.borrow_mut();
         for t in st.topics.drain(..) {
-            topics.unsubscribe(&t, key);
-            metrics::dec(&self.metrics.subscriptions);
+            self.index_unsubscribe(&mut topics, &t, key);
         }
         metrics::dec(&self.metrics.connections);
     }
@@ -391,24 +396,63 @@ impl Shard {
             && topics.iter().all(|t| topic_is_valid(t))
     }
 
-    /// Applies a join; false means refused (`#join`), with nothing changed.
-    fn join(&self, key: ConnKey, st: &mut ConnState, broker: Option<&str>, wanted: &[&str]) -> bool {
+    /// Applies a join; None means refused (`#join`), with nothing changed.
+    /// Else the broker confirmations to wait for before `@join` goes out
+    /// (none with the memory broker, or when the topics were held here).
+    fn join(
+        &self,
+        key: ConnKey,
+        st: &mut ConnState,
+        broker: Option<&str>,
+        wanted: &[&str],
+    ) -> Option<Vec<oneshot::Receiver<()>>> {
         if !self.acceptable(broker, wanted) {
-            return false;
+            return None;
         }
         let mut new: Vec<&str> =
             wanted.iter().copied().filter(|t| !st.topics.iter().any(|have| &**have == *t)).collect();
         new.sort_unstable();
         new.dedup();
         if st.topics.len() + new.len() > self.config.limits.max_topics_per_connection {
-            return false;
+            return None;
         }
-        let mut index = self.topics.borrow_mut();
+        let mut confirmations = Vec::new();
         for t in new {
-            st.topics.push(index.subscribe(t, key));
-            metrics::inc(&self.metrics.subscriptions);
+            let (name, confirm) = self.index_subscribe(t, key);
+            st.topics.push(name);
+            confirmations.extend(confirm);
         }
-        true
+        Some(confirmations)
+    }
+
+    /// Subscribes `key` in the topic index. A shard's first subscriber of
+    /// a topic is reported to a network broker, whose confirmation the
+    /// reply to the client waits for.
+    pub(crate) fn index_subscribe(
+        &self,
+        topic: &str,
+        key: ConnKey,
+    ) -> (Rc<str>, Option<oneshot::Receiver<()>>) {
+        let (name, new) = self.topics.borrow_mut().subscribe(topic, key);
+        metrics::inc(&self.metrics.subscriptions);
+        let confirm = match (&self.interest, new) {
+            (Some(tx), true) => {
+                let (confirmed, rx) = oneshot::channel();
+                tx.send(Interest::Join { topic: topic.into(), confirmed }).ok().map(|()| rx)
+            }
+            _ => None,
+        };
+        (name, confirm)
+    }
+
+    /// Unsubscribes `key`; a shard's last subscriber leaving is reported.
+    pub(crate) fn index_unsubscribe(&self, index: &mut TopicIndex, topic: &str, key: ConnKey) {
+        metrics::dec(&self.metrics.subscriptions);
+        if index.unsubscribe(topic, key) {
+            if let Some(tx) = &self.interest {
+                let _ = tx.send(Interest::Leave { topic: topic.into() });
+            }
+        }
     }
 
     /// Applies a leave; false means refused (`#leave`), with nothing changed.
@@ -420,8 +464,7 @@ impl Shard {
         for t in topics {
             if let Some(pos) = st.topics.iter().position(|have| &**have == *t) {
                 st.topics.swap_remove(pos);
-                index.unsubscribe(t, key);
-                metrics::dec(&self.metrics.subscriptions);
+                self.index_unsubscribe(&mut index, t, key);
             }
         }
         true

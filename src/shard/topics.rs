@@ -14,27 +14,31 @@ pub struct TopicIndex {
 }
 
 impl TopicIndex {
-    /// Subscribes `conn`; returns the shared topic name to keep on the connection.
-    pub fn subscribe(&mut self, topic: &str, conn: ConnKey) -> Rc<str> {
+    /// Subscribes `conn`; returns the shared topic name to keep on the
+    /// connection, and whether the topic is new here.
+    pub fn subscribe(&mut self, topic: &str, conn: ConnKey) -> (Rc<str>, bool) {
         if let Some(set) = self.topics.get_mut(topic) {
             set.insert(conn);
             let (name, _) = self.topics.get_key_value(topic).expect("just found");
-            return name.clone();
+            return (name.clone(), false);
         }
         let name: Rc<str> = Rc::from(topic);
         let mut set = IndexSet::with_capacity(1);
         set.insert(conn);
         self.topics.insert(name.clone(), set);
-        name
+        (name, true)
     }
 
-    pub fn unsubscribe(&mut self, topic: &str, conn: ConnKey) {
+    /// Unsubscribes `conn`; true if that left the topic without subscribers here.
+    pub fn unsubscribe(&mut self, topic: &str, conn: ConnKey) -> bool {
         if let Some(set) = self.topics.get_mut(topic) {
             set.swap_remove(&conn);
             if set.is_empty() {
                 self.topics.remove(topic);
+                return true;
             }
         }
+        false
     }
 
     pub fn subscribers(&self, topic: &str) -> impl Iterator<Item = ConnKey> + '_ {
@@ -58,17 +62,19 @@ mod tests {
     #[test]
     fn subscribe_shares_names_and_unsubscribe_cleans_up() {
         let mut idx = TopicIndex::default();
-        let a = idx.subscribe("t", 1);
-        let b = idx.subscribe("t", 2);
+        let (a, new) = idx.subscribe("t", 1);
+        assert!(new);
+        let (b, new) = idx.subscribe("t", 2);
+        assert!(!new);
         assert!(Rc::ptr_eq(&a, &b));
         let mut subs: Vec<_> = idx.subscribers("t").collect();
         subs.sort();
         assert_eq!(subs, [1, 2]);
-        idx.unsubscribe("t", 1);
+        assert!(!idx.unsubscribe("t", 1));
         assert_eq!(idx.subscribers("t").collect::<Vec<_>>(), [2]);
-        idx.unsubscribe("t", 2);
+        assert!(idx.unsubscribe("t", 2));
         assert_eq!(idx.topic_count(), 0);
         assert_eq!(idx.subscribers("t").count(), 0);
-        idx.unsubscribe("never", 9);
+        assert!(!idx.unsubscribe("never", 9));
     }
 }

@@ -30,6 +30,9 @@ struct ShardEnv<'a> {
     vhost: &'a str,
     /// Broadcasts whose inbox was full, to finish in a task.
     waiting: Vec<(usize, ShardMsg)>,
+    /// Broker confirmations of new subscriptions, and the frames held until then.
+    confirmations: Vec<oneshot::Receiver<()>>,
+    held: Vec<Bytes>,
 }
 
 impl Env for ShardEnv<'_> {
@@ -46,28 +49,32 @@ impl Env for ShardEnv<'_> {
     }
 
     fn subscribe(&mut self, topic: &str) {
-        let name = self.shard.topics.borrow_mut().subscribe(topic, self.key);
+        let (name, confirm) = self.shard.index_subscribe(topic, self.key);
         self.st.topics.push(name);
-        metrics::inc(&self.shard.metrics.subscriptions);
+        self.confirmations.extend(confirm);
     }
 
     fn unsubscribe(&mut self, topic: &str) {
         if let Some(pos) = self.st.topics.iter().position(|t| &**t == topic) {
             self.st.topics.swap_remove(pos);
-            self.shard.topics.borrow_mut().unsubscribe(topic, self.key);
-            metrics::dec(&self.shard.metrics.subscriptions);
+            self.shard.index_unsubscribe(&mut self.shard.topics.borrow_mut(), topic, self.key);
         }
     }
 
     fn unsubscribe_all(&mut self) {
         let mut index = self.shard.topics.borrow_mut();
         for t in self.st.topics.drain(..) {
-            index.unsubscribe(&t, self.key);
-            metrics::dec(&self.shard.metrics.subscriptions);
+            self.shard.index_unsubscribe(&mut index, &t, self.key);
         }
     }
 
     fn send(&mut self, frame: Bytes) {
+        // After a subscription the broker has yet to confirm, replies wait
+        // for it (a `subscribed` promises cluster-wide delivery).
+        if !self.confirmations.is_empty() {
+            self.held.push(frame);
+            return;
+        }
         if self.st.push(frame, self.shard.config.limits.max_backpressure).is_err() {
             self.shard.close_slow_consumer(self.st);
         }
@@ -76,6 +83,12 @@ impl Env for ShardEnv<'_> {
     fn broadcast(&mut self, topic: String, frame: Bytes) {
         metrics::inc(&self.shard.metrics.broadcasts);
         let batch: Batch = Arc::from(vec![Delivery { topic: topic.into(), frame }]);
+        if let Some(network) = &self.shard.interest {
+            // Through the network broker, which brings it back to this
+            // node's shards too.
+            let _ = network.send(crate::broker::Interest::Publish { batch });
+            return;
+        }
         // Every shard through its inbox, this one too: in order with the
         // sender's earlier broadcasts, and delivering here would borrow the
         // sender's own state while it is held.
@@ -105,19 +118,74 @@ impl Env for ShardEnv<'_> {
 
 /// Runs `f` with the connection's session taken out of its state (so the
 /// session and the state can both be borrowed mutably) and the shard as env.
+/// Work a session left for the driver to finish in a task.
+#[derive(Default)]
+struct Leftover {
+    /// Broadcasts to shards whose inbox was full.
+    waiting: Vec<(usize, ShardMsg)>,
+    /// Broker confirmations to wait for, then the frames to send.
+    confirmations: Vec<oneshot::Receiver<()>>,
+    held: Vec<Bytes>,
+}
+
+impl Leftover {
+    fn is_empty(&self) -> bool {
+        self.waiting.is_empty() && self.confirmations.is_empty()
+    }
+}
+
 fn with_session<R>(
     shard: &Shard,
     st: &mut ConnState,
     f: impl FnOnce(&mut Session, &mut ShardEnv<'_>) -> R,
-) -> Option<(R, Vec<(usize, ShardMsg)>)> {
+) -> Option<(R, Leftover)> {
     let mut session = st.wr.take()?;
     let key = st.owner.key;
     let vhost = session.vhost.path.clone();
-    let mut env = ShardEnv { shard, st, key, vhost: &vhost, waiting: Vec::new() };
+    let mut env = ShardEnv {
+        shard,
+        st,
+        key,
+        vhost: &vhost,
+        waiting: Vec::new(),
+        confirmations: Vec::new(),
+        held: Vec::new(),
+    };
     let r = f(&mut session, &mut env);
-    let waiting = std::mem::take(&mut env.waiting);
+    let left = Leftover {
+        waiting: std::mem::take(&mut env.waiting),
+        confirmations: std::mem::take(&mut env.confirmations),
+        held: std::mem::take(&mut env.held),
+    };
     st.wr = Some(session);
-    Some((r, waiting))
+    Some((r, left))
+}
+
+/// Finishes a session's leftover work in a task, the connection's input
+/// held meanwhile (its order is kept).
+fn finish_later(shard: &Rc<Shard>, st: &mut ConnState, left: Leftover) {
+    if left.is_empty() {
+        return;
+    }
+    st.in_flight += 1;
+    rt::spawn(finish_leftover(shard.clone(), st.owner, left));
+}
+
+async fn finish_leftover(shard: Rc<Shard>, owner: Owner, left: Leftover) {
+    for (to, msg) in left.waiting {
+        if shard.router.send(to, msg).await.is_err() {
+            break;
+        }
+    }
+    for c in left.confirmations {
+        let _ = c.await;
+    }
+    let held = left.held;
+    finish(&shard, owner, move |_, env| {
+        for frame in held {
+            env.send(frame);
+        }
+    });
 }
 
 /// A text (or, `text == None`, binary) message from a WebRocket client.
@@ -129,7 +197,7 @@ pub(super) fn on_message(shard: &Rc<Shard>, conn: &ConnRef, text: Option<&[u8]>)
         shard.start_close(&mut st, Some(1001), "vhost deleted", CLOSE_LINGER);
         return;
     }
-    let Some((pending, waiting)) = with_session(shard, &mut st, |s, env| match text {
+    let Some((pending, left)) = with_session(shard, &mut st, |s, env| match text {
         Some(t) => s.on_text(t, env),
         None => {
             s.on_binary(env);
@@ -139,10 +207,7 @@ pub(super) fn on_message(shard: &Rc<Shard>, conn: &ConnRef, text: Option<&[u8]>)
         return;
     };
     let owner = st.owner;
-    if !waiting.is_empty() {
-        st.in_flight += 1;
-        rt::spawn(finish_broadcast(shard.clone(), owner, waiting));
-    }
+    finish_later(shard, &mut st, left);
     match pending {
         None => {}
         Some(Pending::Close) => shard.start_close(&mut st, Some(1000), "", CLOSE_LINGER),
@@ -177,24 +242,10 @@ fn finish(shard: &Rc<Shard>, owner: Owner, f: impl FnOnce(&mut Session, &mut Sha
     };
     let mut st = conn.borrow_mut();
     st.in_flight -= 1;
-    if let Some(((), waiting)) = with_session(shard, &mut st, f) {
-        if !waiting.is_empty() {
-            st.in_flight += 1;
-            rt::spawn(finish_broadcast(shard.clone(), owner, waiting));
-        }
+    if let Some(((), left)) = with_session(shard, &mut st, f) {
+        finish_later(shard, &mut st, left);
     }
     st.wake();
-}
-
-/// Hands a broadcast to the shards whose inbox was full, parked until they
-/// take it; the sender's input waits meanwhile (its order is kept).
-async fn finish_broadcast(shard: Rc<Shard>, owner: Owner, waiting: Vec<(usize, ShardMsg)>) {
-    for (to, msg) in waiting {
-        if shard.router.send(to, msg).await.is_err() {
-            break;
-        }
-    }
-    finish(&shard, owner, |_, _| {});
 }
 
 /// Subscribers of `topic` on every shard: their count and the distinct
@@ -274,6 +325,7 @@ impl Shard {
             let hit =
                 st.wr.as_ref().is_some_and(|s| &*s.vhost.path == vhost && s.user.as_deref() == Some(user));
             if hit && !st.is_closing() {
+                // Changes only unsubscribe and send: nothing is left over.
                 with_session(self, &mut st, |s, env| s.on_user_changed(current.as_deref(), env));
             }
         }
@@ -285,8 +337,7 @@ impl Shard {
         let conns = self.conns.borrow();
         let mut index = self.topics.borrow_mut();
         for key in keys {
-            index.unsubscribe(topic, key);
-            metrics::dec(&self.metrics.subscriptions);
+            self.index_unsubscribe(&mut index, topic, key);
             if let Some(conn) = conns.get(key) {
                 conn.borrow_mut().topics.retain(|t| &**t != topic);
             }

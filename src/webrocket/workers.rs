@@ -121,19 +121,25 @@ pub fn parse_sid(sid: &str) -> Option<crate::clients::Owner> {
     Some(crate::clients::Owner { shard: (id >> 48) as usize, key, id })
 }
 
+/// What a worker connection works with.
+pub struct WorkerLink {
+    pub vhost: Arc<super::directory::Vhost>,
+    /// The token it connected with (a rotation drops it).
+    pub token: Arc<str>,
+    pub wr: Arc<WebRocket>,
+    pub router: ShardRouter,
+    pub broker: Arc<dyn crate::broker::Broker>,
+    pub ping_interval: Duration,
+    pub idle_timeout: Duration,
+}
+
 /// Serves one upgraded worker connection until it ends, the worker stops
 /// answering pings, or its vhost's token is rotated.
-pub async fn serve<S>(
-    ws: tokio_tungstenite::WebSocketStream<S>,
-    vhost: Arc<super::directory::Vhost>,
-    token: Arc<str>,
-    wr: Arc<WebRocket>,
-    router: ShardRouter,
-    ping_interval: Duration,
-    idle_timeout: Duration,
-) where
+pub async fn serve<S>(ws: tokio_tungstenite::WebSocketStream<S>, link: WorkerLink)
+where
     S: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin,
 {
+    let WorkerLink { vhost, token, wr, router, broker, ping_interval, idle_timeout } = link;
     let (tx, mut triggers) = mpsc::channel::<String>(WORKER_QUEUE);
     let queued = Arc::new(AtomicUsize::new(0));
     let id = wr.workers.add(&vhost.path, tx, queued.clone(), token);
@@ -162,7 +168,7 @@ pub async fn serve<S>(
                 let Some(Ok(message)) = message else { break };
                 last_heard = tokio::time::Instant::now();
                 let answer = match message {
-                    Message::Text(text) => on_message(text.as_str(), &vhost, &router).await,
+                    Message::Text(text) => on_message(text.as_str(), &vhost, &router, &*broker).await,
                     Message::Binary(_) => Some(WrError::new(ErrorId::InvalidPayload, "binary frames are not supported")),
                     Message::Close(_) => break,
                     _ => None,
@@ -185,7 +191,12 @@ pub async fn serve<S>(
 }
 
 /// A worker's reply or broadcast; the error to send back, if any.
-async fn on_message(text: &str, vhost: &super::directory::Vhost, router: &ShardRouter) -> Option<WrError> {
+async fn on_message(
+    text: &str,
+    vhost: &super::directory::Vhost,
+    router: &ShardRouter,
+    broker: &dyn crate::broker::Broker,
+) -> Option<WrError> {
     let command = match wire::parse_worker(text) {
         Ok(c) => c,
         Err(e) => return Some(e),
@@ -216,11 +227,12 @@ async fn on_message(text: &str, vhost: &super::directory::Vhost, router: &ShardR
                 frame: wire::broadcast_frame(&event, &channel, data),
             };
             let batch: crate::publish::Batch = Arc::from(vec![delivery]);
-            router
-                .dispatch(batch)
+            // Through the broker: with a network broker it reaches every node.
+            broker
+                .publish_frames(batch)
                 .await
                 .err()
-                .map(|_| WrError::new(ErrorId::AssignationFailed, "gateway shutting down"))
+                .map(|e| WrError::new(ErrorId::AssignationFailed, e.to_string()))
         }
     }
 }

@@ -1,0 +1,510 @@
+//! Many nodes as one over a network broker (docs/cluster.md). Runs on the
+//! integration thread. A node subscribes on the broker to a topic only
+//! while one of its shards has a subscriber (shards report their first and
+//! last subscriber per topic), publishes each delivery once as an envelope
+//! carrying the encoded frame, and hands what arrives — its own
+//! publications included — to its shards. Sequence numbers per origin and
+//! topic make loss visible (`ringcast_broker_gaps_total`).
+
+use std::collections::HashMap;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use bytes::Bytes;
+use futures_channel::oneshot;
+use tracing::{debug, warn};
+
+use super::envelope::{self, Body, Gaps, Publication, PushReply, PushRequest, Seen};
+use super::transport::{Incoming, Transport, OPERATION_TIMEOUT};
+use super::{BoxFuture, Broker, Interest, InterestReceiver};
+use crate::clients::ClientRegistry;
+use crate::metrics::{self, Histogram};
+use crate::publish::{Batch, Delivery, PublishError};
+use crate::shard::{PushOutcome, ShardMsg, ShardRouter};
+
+/// Frame bytes on their way to the broker at once; past it publishers get
+/// an error (counted) instead of queueing without bound.
+const OUTGOING_BYTES: usize = 64 * 1024 * 1024;
+/// A topic nobody here holds any more is unsubscribed this long after.
+const LINGER: Duration = Duration::from_millis(500);
+
+#[derive(Default)]
+pub struct ClusterMetrics {
+    pub reconnects: Arc<AtomicU64>,
+    pub publish_errors: AtomicU64,
+    pub gaps: AtomicU64,
+    pub bad_envelopes: AtomicU64,
+    pub received: AtomicU64,
+    pub subscriptions: AtomicU64,
+    /// Publish → the broker took it.
+    pub round_trip: Histogram,
+}
+
+impl ClusterMetrics {
+    pub fn render(&self, broker: &str, out: &mut String) {
+        use std::fmt::Write;
+        let series: [(&str, &str, &str, u64); 6] = [
+            (
+                "ringcast_broker_reconnects_total",
+                "counter",
+                "Reconnections to the broker.",
+                self.reconnects.load(Ordering::Relaxed),
+            ),
+            (
+                "ringcast_broker_publish_errors_total",
+                "counter",
+                "Publications refused because the broker was unreachable, slow or its outgoing queue full.",
+                self.publish_errors.load(Ordering::Relaxed),
+            ),
+            (
+                "ringcast_broker_gaps_total",
+                "counter",
+                "Publications from other nodes (or this one) that never arrived, by sequence number.",
+                self.gaps.load(Ordering::Relaxed),
+            ),
+            (
+                "ringcast_broker_bad_envelopes_total",
+                "counter",
+                "Broker messages that were not a known cluster envelope.",
+                self.bad_envelopes.load(Ordering::Relaxed),
+            ),
+            (
+                "ringcast_broker_received_total",
+                "counter",
+                "Publications received from the broker.",
+                self.received.load(Ordering::Relaxed),
+            ),
+            (
+                "ringcast_broker_subscriptions",
+                "gauge",
+                "Topics this node is subscribed to on the broker.",
+                self.subscriptions.load(Ordering::Relaxed),
+            ),
+        ];
+        for (name, kind, help, value) in series {
+            let _ = writeln!(
+                out,
+                "# HELP {name} {help}\n# TYPE {name} {kind}\n{name}{{broker=\"{broker}\"}} {value}"
+            );
+        }
+        self.round_trip.render(
+            "ringcast_broker_round_trip_seconds",
+            "From handing publications to the broker to its acknowledgement.",
+            &format!("broker=\"{broker}\""),
+            out,
+        );
+    }
+}
+
+#[derive(Default)]
+struct TopicState {
+    /// Shards with a subscriber.
+    shards: usize,
+    /// The broker confirmed our subscription.
+    confirmed: bool,
+    subscribing: bool,
+    /// Joins waiting for the confirmation.
+    waiting: Vec<oneshot::Sender<()>>,
+    /// When the last shard left.
+    idle_since: Option<Instant>,
+}
+
+#[derive(Default)]
+struct State {
+    topics: HashMap<Box<str>, TopicState>,
+    gaps: Gaps,
+    /// Proxy ClientIds connected here: how many connections hold each.
+    clients: HashMap<String, usize>,
+}
+
+pub struct Cluster {
+    node: String,
+    transport: Arc<dyn Transport>,
+    router: ShardRouter,
+    clients: Arc<ClientRegistry>,
+    pub metrics: Arc<ClusterMetrics>,
+    state: Mutex<State>,
+    /// Sequence numbers per topic; held across handing a batch to the
+    /// transport, so numbers reach the broker in order.
+    seq: tokio::sync::Mutex<HashMap<Box<str>, u64>>,
+    outgoing: Arc<tokio::sync::Semaphore>,
+    requests: Mutex<HashMap<u64, oneshot::Sender<PushOutcome>>>,
+    next_request: AtomicU64,
+}
+
+/// A random node id (128 bits, hex): per process, so a restarted node's
+/// sequence numbers never look like old ones.
+fn node_id() -> String {
+    let mut b = [0u8; 16];
+    getrandom::fill(&mut b).expect("the OS random source works");
+    b.iter().map(|x| format!("{x:02x}")).collect()
+}
+
+fn outcome_of(o: i32) -> PushOutcome {
+    use envelope::proto::push_reply::Outcome;
+    match Outcome::try_from(o) {
+        Ok(Outcome::Queued) => PushOutcome::Queued,
+        Ok(Outcome::SlowConsumer) => PushOutcome::SlowConsumer,
+        _ => PushOutcome::NotConnected,
+    }
+}
+
+fn outcome_code(o: PushOutcome) -> i32 {
+    use envelope::proto::push_reply::Outcome;
+    (match o {
+        PushOutcome::Queued => Outcome::Queued,
+        PushOutcome::NotConnected => Outcome::NotConnected,
+        PushOutcome::SlowConsumer => Outcome::SlowConsumer,
+    }) as i32
+}
+
+impl Cluster {
+    /// Starts the node's side of the cluster on the current tokio runtime:
+    /// what shards report (`interest`), what arrives (`incoming`), and the
+    /// sweep that drops topics nobody holds.
+    pub fn start(
+        transport: Arc<dyn Transport>,
+        incoming: tokio::sync::mpsc::Receiver<Incoming>,
+        interest: InterestReceiver,
+        router: ShardRouter,
+        clients: Arc<ClientRegistry>,
+        metrics: Arc<ClusterMetrics>,
+    ) -> Arc<Cluster> {
+        let c = Arc::new(Cluster {
+            node: node_id(),
+            transport,
+            router,
+            clients,
+            metrics,
+            state: Mutex::new(State::default()),
+            seq: tokio::sync::Mutex::new(HashMap::new()),
+            outgoing: Arc::new(tokio::sync::Semaphore::new(OUTGOING_BYTES)),
+            requests: Mutex::new(HashMap::new()),
+            next_request: AtomicU64::new(1),
+        });
+        tokio::spawn(c.clone().run_interest(interest));
+        tokio::spawn(c.clone().run_incoming(incoming));
+        tokio::spawn(c.clone().sweep());
+        if !c.transport.has_requests() {
+            // Replies to this node's push requests (brokers without requests).
+            let reply = c.transport.reply_subject(&c.node);
+            let t = c.clone();
+            tokio::spawn(async move {
+                let _ = t.transport.subscribe(reply).await;
+            });
+        }
+        c
+    }
+
+    fn state(&self) -> std::sync::MutexGuard<'_, State> {
+        self.state.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    async fn run_interest(self: Arc<Self>, mut rx: InterestReceiver) {
+        while let Some(op) = rx.recv().await {
+            match op {
+                Interest::Join { topic, confirmed } => self.join(topic, confirmed),
+                Interest::Leave { topic } => {
+                    let mut st = self.state();
+                    if let Some(t) = st.topics.get_mut(&topic) {
+                        t.shards = t.shards.saturating_sub(1);
+                        if t.shards == 0 {
+                            t.idle_since = Some(Instant::now());
+                        }
+                    }
+                }
+                Interest::Publish { batch } => {
+                    let c = self.clone();
+                    tokio::spawn(async move {
+                        if let Err(e) = c.publish_frames(batch).await {
+                            debug!(error = %e, "a client broadcast did not reach the broker");
+                        }
+                    });
+                }
+            }
+        }
+    }
+
+    fn join(self: &Arc<Self>, topic: Box<str>, confirmed: oneshot::Sender<()>) {
+        let mut st = self.state();
+        let t = st.topics.entry(topic.clone()).or_default();
+        t.shards += 1;
+        t.idle_since = None;
+        if t.confirmed {
+            let _ = confirmed.send(());
+            return;
+        }
+        t.waiting.push(confirmed);
+        if t.subscribing {
+            return;
+        }
+        t.subscribing = true;
+        drop(st);
+        let c = self.clone();
+        tokio::spawn(async move {
+            let subject = c.transport.topic_subject(&topic);
+            let result = c.transport.subscribe(subject).await;
+            let mut st = c.state();
+            let Some(t) = st.topics.get_mut(&topic) else { return };
+            t.subscribing = false;
+            // Unconfirmed (broker down): the join holds locally; the
+            // transport subscribes when the broker returns.
+            t.confirmed = result.is_ok();
+            if t.confirmed {
+                metrics::inc(&c.metrics.subscriptions);
+            }
+            for w in t.waiting.drain(..) {
+                let _ = w.send(());
+            }
+        });
+    }
+
+    /// Unsubscribes topics nobody here has held for `LINGER`.
+    async fn sweep(self: Arc<Self>) {
+        let mut tick = tokio::time::interval(LINGER / 2);
+        loop {
+            tick.tick().await;
+            let idle: Vec<(Box<str>, bool)> = {
+                let mut st = self.state();
+                let done: Vec<(Box<str>, bool)> = st
+                    .topics
+                    .iter()
+                    .filter(|(_, t)| !t.subscribing && t.idle_since.is_some_and(|i| i.elapsed() >= LINGER))
+                    .map(|(k, t)| (k.clone(), t.confirmed))
+                    .collect();
+                for (topic, _) in &done {
+                    st.topics.remove(topic);
+                    st.gaps.forget_topic(topic);
+                }
+                done
+            };
+            for (topic, confirmed) in idle {
+                if confirmed {
+                    metrics::dec(&self.metrics.subscriptions);
+                }
+                let _ = self.transport.unsubscribe(self.transport.topic_subject(&topic)).await;
+            }
+        }
+    }
+
+    async fn run_incoming(self: Arc<Self>, mut rx: tokio::sync::mpsc::Receiver<Incoming>) {
+        while let Some(m) = rx.recv().await {
+            let (origin, body) = match envelope::decode(m.payload) {
+                Ok(x) => x,
+                Err(e) => {
+                    metrics::inc(&self.metrics.bad_envelopes);
+                    debug!(subject = %m.subject, error = %e.0, "dropping a broker message");
+                    continue;
+                }
+            };
+            match body {
+                Body::Publication(p) => self.on_publication(&origin, p).await,
+                Body::PushRequest(r) => {
+                    let c = self.clone();
+                    tokio::spawn(async move { c.on_push_request(r, m.reply).await });
+                }
+                Body::PushReply(r) => {
+                    let waiting = self.requests.lock().unwrap_or_else(|e| e.into_inner()).remove(&r.id);
+                    if let Some(w) = waiting {
+                        let _ = w.send(outcome_of(r.outcome));
+                    }
+                }
+            }
+        }
+    }
+
+    async fn on_publication(&self, origin: &str, p: Publication) {
+        metrics::inc(&self.metrics.received);
+        let seen = {
+            let mut st = self.state();
+            if !st.topics.contains_key(p.topic.as_str()) {
+                return; // an unsubscribe on its way
+            }
+            st.gaps.see(origin, &p.topic, p.seq)
+        };
+        match seen {
+            Seen::Duplicate => return,
+            Seen::After(missed) => {
+                metrics::add(&self.metrics.gaps, missed);
+                warn!(origin, topic = %p.topic, missed, "publications from the broker missing");
+            }
+            Seen::InOrder => {}
+        }
+        let batch: Batch = Arc::from(vec![Delivery { topic: p.topic.into(), frame: p.frame }]);
+        // Parks while a shard's inbox is full: the broker's buffers take
+        // the difference (and loss past them shows as gaps).
+        let _ = self.router.dispatch(batch).await;
+    }
+
+    async fn on_push_request(&self, r: PushRequest, reply: Option<String>) {
+        let outcome = match self.clients.lookup(&r.client) {
+            None => PushOutcome::NotConnected,
+            Some(owner) => {
+                let (tx, rx) = oneshot::channel();
+                let msg = ShardMsg::Push { to: owner, body: r.body, reply: tx };
+                match self.router.send(owner.shard, msg).await {
+                    Ok(()) => rx.await.unwrap_or(PushOutcome::NotConnected),
+                    Err(_) => PushOutcome::NotConnected,
+                }
+            }
+        };
+        let Some(to) = reply.or((!r.reply_to.is_empty()).then_some(r.reply_to)) else { return };
+        let body = envelope::encode(
+            &self.node,
+            Body::PushReply(PushReply { id: r.id, outcome: outcome_code(outcome) }),
+        );
+        if let Err(e) = self.transport.publish(vec![(to, body)]).await {
+            debug!(error = %e, "a push reply did not reach the broker");
+        }
+    }
+
+    fn unreachable(&self) -> PublishError {
+        PublishError::Broker(format!(
+            "{} unreachable: {}",
+            self.transport.name(),
+            self.transport.last_error()
+        ))
+    }
+}
+
+impl Broker for Cluster {
+    fn name(&self) -> &'static str {
+        self.transport.name()
+    }
+
+    fn publish_frames(&self, batch: Batch) -> BoxFuture<'_, Result<(), PublishError>> {
+        Box::pin(async move {
+            let result = self.publish_inner(batch).await;
+            if result.is_err() {
+                metrics::inc(&self.metrics.publish_errors);
+            }
+            result
+        })
+    }
+
+    fn degraded(&self) -> Option<String> {
+        (!self.transport.connected())
+            .then(|| format!("{}: {}", self.transport.name(), self.transport.last_error()))
+    }
+
+    fn push_elsewhere(&self, client: &str, body: Bytes) -> BoxFuture<'_, Result<PushOutcome, PublishError>> {
+        let client = client.to_string();
+        Box::pin(async move {
+            if !self.transport.connected() {
+                return Err(self.unreachable());
+            }
+            let subject = self.transport.client_subject(&client);
+            let request = |reply_to: String, id: u64| {
+                envelope::encode(
+                    &self.node,
+                    Body::PushRequest(PushRequest {
+                        client: client.clone(),
+                        body: body.clone(),
+                        reply_to,
+                        id,
+                    }),
+                )
+            };
+            if let Some(asked) = self.transport.request(subject.clone(), request(String::new(), 0)) {
+                return match asked.await {
+                    Ok(None) => Ok(PushOutcome::NotConnected),
+                    Ok(Some(answer)) => match envelope::decode(answer) {
+                        Ok((_, Body::PushReply(r))) => Ok(outcome_of(r.outcome)),
+                        _ => Err(PublishError::Broker("an unreadable push reply".into())),
+                    },
+                    Err(e) => Err(PublishError::Broker(e)),
+                };
+            }
+            let id = self.next_request.fetch_add(1, Ordering::Relaxed);
+            let (tx, rx) = oneshot::channel();
+            self.requests.lock().unwrap_or_else(|e| e.into_inner()).insert(id, tx);
+            let forget = || self.requests.lock().unwrap_or_else(|e| e.into_inner()).remove(&id);
+            let sent = self
+                .transport
+                .publish(vec![(subject, request(self.transport.reply_subject(&self.node), id))])
+                .await;
+            match sent {
+                Err(e) => {
+                    forget();
+                    Err(PublishError::Broker(e))
+                }
+                // Nobody subscribes to that ClientId: no node has it.
+                Ok(counts) if counts.first() == Some(&Some(0)) => {
+                    forget();
+                    Ok(PushOutcome::NotConnected)
+                }
+                Ok(_) => match tokio::time::timeout(OPERATION_TIMEOUT, rx).await {
+                    Ok(Ok(outcome)) => Ok(outcome),
+                    _ => {
+                        forget();
+                        Err(PublishError::Broker("the node holding the client did not answer".into()))
+                    }
+                },
+            }
+        })
+    }
+
+    fn client_here(&self, client: &str, here: bool) {
+        let subject = self.transport.client_subject(client);
+        let mut st = self.state();
+        let n = st.clients.entry(client.to_string()).or_default();
+        let change = if here {
+            *n += 1;
+            *n == 1
+        } else {
+            *n = n.saturating_sub(1);
+            *n == 0
+        };
+        if !here && *n == 0 {
+            st.clients.remove(client);
+        }
+        drop(st);
+        if change {
+            let t = self.transport.clone();
+            tokio::spawn(async move {
+                let _ = if here { t.subscribe(subject).await } else { t.unsubscribe(subject).await };
+            });
+        }
+    }
+}
+
+impl Cluster {
+    async fn publish_inner(&self, batch: Batch) -> Result<(), PublishError> {
+        if !self.transport.connected() {
+            return Err(self.unreachable());
+        }
+        let bytes: usize = batch.iter().map(|d| d.frame.len() + d.topic.len()).sum();
+        let permits = u32::try_from(bytes.min(OUTGOING_BYTES)).unwrap_or(u32::MAX);
+        let Ok(_permit) = self.outgoing.try_acquire_many(permits) else {
+            return Err(PublishError::Broker(format!(
+                "outgoing queue to {} full ({} MiB waiting)",
+                self.transport.name(),
+                OUTGOING_BYTES >> 20
+            )));
+        };
+        let started = Instant::now();
+        // Numbers are taken and handed over under one lock: they reach the
+        // broker in order.
+        let mut seq = self.seq.lock().await;
+        let items = batch
+            .iter()
+            .map(|d| {
+                let n = seq.entry(d.topic.clone()).or_insert(0);
+                *n += 1;
+                let p = Publication { topic: d.topic.to_string(), seq: *n, frame: d.frame.clone() };
+                (self.transport.topic_subject(&d.topic), envelope::encode(&self.node, Body::Publication(p)))
+            })
+            .collect();
+        let result = self.transport.publish(items).await;
+        drop(seq);
+        self.metrics.round_trip.record(started.elapsed());
+        result.map(|_| ()).map_err(|e| {
+            if self.transport.connected() {
+                PublishError::Broker(e)
+            } else {
+                self.unreachable()
+            }
+        })
+    }
+}

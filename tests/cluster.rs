@@ -1,0 +1,332 @@
+//! Many nodes as one over real Redis and real NATS servers, started on
+//! random loopback ports and stopped by PID (scripts/test.sh installs
+//! redis-server and nats-server when missing).
+
+mod common;
+
+use std::net::TcpListener;
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+use common::backend::{Answer, Backend};
+use common::*;
+
+/// Kills the process when dropped.
+struct Proc(Child);
+
+impl Drop for Proc {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+/// A free port below the ephemeral range: a client reconnecting in a loop
+/// to a dead broker's ephemeral-range port can end up connected to itself
+/// (TCP simultaneous open) and keep the restarted broker from binding it.
+fn broker_port() -> u16 {
+    static CALLS: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
+    let now = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap().as_nanos() as u64;
+    let mut n =
+        now ^ (std::process::id() as u64) << 32 ^ CALLS.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+    loop {
+        n = n.wrapping_mul(6364136223846793005).wrapping_add(1442695040888963407);
+        let port = 20_000 + (n >> 33) as u16 % 12_000;
+        if TcpListener::bind(("127.0.0.1", port)).is_ok() {
+            return port;
+        }
+    }
+}
+
+fn wait_port(port: u16) {
+    assert!(
+        eventually(Duration::from_secs(10), || std::net::TcpStream::connect(("127.0.0.1", port)).is_ok()),
+        "nothing listens on {port}"
+    );
+}
+
+#[derive(Clone, Copy, Debug, PartialEq)]
+enum Kind {
+    Redis,
+    Nats,
+}
+
+/// A broker server on a fixed port (so it can be restarted on it).
+struct BrokerServer {
+    kind: Kind,
+    port: u16,
+    monitor: u16,
+    proc: Option<Proc>,
+}
+
+impl BrokerServer {
+    fn start(kind: Kind) -> BrokerServer {
+        let mut b = BrokerServer { kind, port: broker_port(), monitor: broker_port(), proc: None };
+        b.restart();
+        b
+    }
+
+    fn restart(&mut self) {
+        let port = self.port.to_string();
+        let child = match self.kind {
+            Kind::Redis => Command::new("redis-server")
+                .args(["--port", &port, "--bind", "127.0.0.1", "--save", "", "--appendonly", "no"])
+                .stdout(Stdio::null())
+                .spawn()
+                .expect("redis-server (scripts/test.sh installs it)"),
+            Kind::Nats => Command::new("nats-server")
+                .args(["-a", "127.0.0.1", "-p", &port, "-m", &self.monitor.to_string()])
+                .stdout(Stdio::null())
+                .stderr(Stdio::null())
+                .spawn()
+                .expect("nats-server (scripts/test.sh installs it)"),
+        };
+        self.proc = Some(Proc(child));
+        wait_port(self.port);
+    }
+
+    /// `kill -9`.
+    fn kill(&mut self) {
+        let p = self.proc.take().expect("running");
+        let pid = p.0.id().to_string();
+        assert!(Command::new("kill").args(["-9", &pid]).status().unwrap().success());
+        drop(p);
+    }
+
+    fn config(&self) -> String {
+        match self.kind {
+            Kind::Redis => {
+                format!("broker = \"redis\"\n[redis]\nurl = \"redis://127.0.0.1:{}\"\n", self.port)
+            }
+            Kind::Nats => format!("broker = \"nats\"\n[nats]\nurl = \"nats://127.0.0.1:{}\"\n", self.port),
+        }
+    }
+
+    /// Subscribers the broker has for this node-independent topic name
+    /// (Redis: PUBSUB NUMSUB; NATS: its monitoring endpoint, all subjects).
+    fn interest(&self, topic: &str) -> u64 {
+        match self.kind {
+            Kind::Redis => {
+                let out = Command::new("redis-cli")
+                    .args(["-p", &self.port.to_string(), "PUBSUB", "NUMSUB", &format!("ringcast:{topic}")])
+                    .output()
+                    .unwrap();
+                let text = String::from_utf8_lossy(&out.stdout).to_string();
+                text.lines().nth(1).and_then(|l| l.trim().parse().ok()).unwrap_or(0)
+            }
+            Kind::Nats => {
+                use base64::Engine;
+                let subject =
+                    format!("ringcast.t.{}", base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(topic));
+                let url = format!("http://127.0.0.1:{}/subsz?subs=1", self.monitor);
+                let text = http_get(&url).1;
+                text.matches(&format!("\"subject\": \"{subject}\"")).count() as u64
+            }
+        }
+    }
+}
+
+fn node(broker: &BrokerServer, extra: &str) -> Server {
+    Server::start(
+        &format!("{}{extra}\n[[vhost]]\npath = \"/ws\"\ndialect = \"roadrunner\"\n", broker.config()),
+        2,
+    )
+}
+
+/// A node connects to its broker in the background after it starts.
+fn connected(nodes: &[&Server]) {
+    for n in nodes {
+        assert!(
+            eventually(Duration::from_secs(10), || http_get(&n.url("/health")).0 == 200),
+            "never healthy"
+        );
+    }
+}
+
+fn publish(s: &Server, topic: &str, payload: &str) -> (u16, String) {
+    s.publish_json(&serde_json::json!({ "topics": [topic], "payload": payload }).to_string())
+}
+
+fn delivery(topic: &str, payload: &str) -> String {
+    format!(r#"{{"topic":"{topic}","payload":"{payload}"}}"#)
+}
+
+fn three_nodes_each_publication_reaches_every_subscriber_once(kind: Kind) {
+    let broker = BrokerServer::start(kind);
+    let nodes: Vec<Server> = (0..3).map(|_| node(&broker, "")).collect();
+    connected(&nodes.iter().collect::<Vec<_>>());
+    // Two subscribers on each node (likely on both shards).
+    let mut subs: Vec<Ws> = Vec::new();
+    for n in &nodes {
+        for _ in 0..2 {
+            let mut ws = n.connect("/ws");
+            join(&mut ws, &["news"]);
+            subs.push(ws);
+        }
+    }
+    assert!(eventually(Duration::from_secs(5), || broker.interest("news") == 3), "one subscription per node");
+    for i in 0..100 {
+        let (status, body) = publish(&nodes[i % 3], "news", &format!("m{i}"));
+        assert_eq!(status, 200, "{body}");
+    }
+    // Every subscriber: all 100, once, in order per publisher (node).
+    for ws in subs.iter_mut() {
+        let mut got: Vec<String> = (0..100).map(|_| recv_text(ws)).collect();
+        for origin in 0..3 {
+            let from: Vec<&String> = got
+                .iter()
+                .filter(|m| (0..100).any(|i| i % 3 == origin && **m == delivery("news", &format!("m{i}"))))
+                .collect();
+            let want: Vec<String> =
+                (0..100).filter(|i| i % 3 == origin).map(|i| delivery("news", &format!("m{i}"))).collect();
+            assert_eq!(
+                from.iter().map(|s| s.as_str()).collect::<Vec<_>>(),
+                want,
+                "in order from node {origin}"
+            );
+        }
+        got.sort();
+        got.dedup();
+        assert_eq!(got.len(), 100);
+        assert_silent(ws, Duration::from_millis(200));
+    }
+    for n in &nodes {
+        assert_eq!(n.metric("ringcast_broker_gaps_total"), 0);
+    }
+    // The last subscriber on a node leaving drops its broker subscription
+    // within a second; the other nodes keep theirs.
+    drop(subs.drain(0..2));
+    assert!(eventually(Duration::from_secs(3), || broker.interest("news") == 2), "node 0 unsubscribed");
+    let (status, _) = publish(&nodes[0], "news", "after");
+    assert_eq!(status, 200);
+    for ws in subs.iter_mut() {
+        assert_eq!(recv_text(ws), delivery("news", "after"));
+    }
+}
+
+#[test]
+fn redis_three_nodes_each_publication_reaches_every_subscriber_once() {
+    three_nodes_each_publication_reaches_every_subscriber_once(Kind::Redis);
+}
+
+#[test]
+fn nats_three_nodes_each_publication_reaches_every_subscriber_once() {
+    three_nodes_each_publication_reaches_every_subscriber_once(Kind::Nats);
+}
+
+fn pushes_reach_a_client_on_another_node(kind: Kind) {
+    let broker = BrokerServer::start(kind);
+    let backend =
+        Backend::start(|s| if s.method == "GET" { Answer::new(200, "ok") } else { Answer::new(200, "") });
+    let proxy = format!("[[vhost]]\npath = \"/c/\"\ndialect = \"proxy\"\nbackend = \"{}\"\n", backend.url());
+    let a = Server::start(&format!("{}{proxy}", broker.config()), 2);
+    let b = Server::start(&format!("{}{proxy}", broker.config()), 2);
+    connected(&[&a, &b]);
+    let mut client = b.connect("/c/alice");
+    // Subscribed on the broker once the client registered on node B.
+    let pushed =
+        eventually(Duration::from_secs(5), || http_post(&a.url("/alice"), "text/plain", b"hi").0 == 200);
+    assert!(pushed, "a push on node A reaches alice on node B");
+    assert_eq!(recv_text(&mut client), "hi");
+    let started = Instant::now();
+    assert_eq!(http_post(&a.url("/nobody"), "text/plain", b"x").0, 404);
+    assert!(started.elapsed() < Duration::from_secs(2), "404 at once when no node has it");
+    drop(client);
+    assert!(eventually(Duration::from_secs(5), || http_post(&a.url("/alice"), "text/plain", b"x").0 == 404));
+}
+
+#[test]
+fn redis_pushes_reach_a_client_on_another_node() {
+    pushes_reach_a_client_on_another_node(Kind::Redis);
+}
+
+#[test]
+fn nats_pushes_reach_a_client_on_another_node() {
+    pushes_reach_a_client_on_another_node(Kind::Nats);
+}
+
+fn a_broker_outage_is_an_error_to_publishers_and_recovers(kind: Kind) {
+    let mut broker = BrokerServer::start(kind);
+    let a = node(&broker, "");
+    let b = node(&broker, "");
+    connected(&[&a, &b]);
+    let mut sub = b.connect("/ws");
+    join(&mut sub, &["t"]);
+    assert_eq!(publish(&a, "t", "before").0, 200);
+    assert_eq!(recv_text(&mut sub), delivery("t", "before"));
+
+    broker.kill();
+    // Errors, within a few seconds, never a hang; local connections stay.
+    assert!(eventually(Duration::from_secs(10), || {
+        let started = Instant::now();
+        let (status, body) = publish(&a, "t", "during");
+        assert!(started.elapsed() < Duration::from_secs(5), "a publish hung");
+        status == 503 && body.contains("broker")
+    }));
+    let (status, health) = http_get(&a.url("/health"));
+    assert_eq!(status, 503, "{health}");
+    assert!(health.contains("\"degraded\""), "{health}");
+    // A join still succeeds locally meanwhile.
+    let mut late = b.connect("/ws");
+    join(&mut late, &["later"]);
+    assert!(a.metric("ringcast_broker_publish_errors_total") >= 1);
+
+    broker.restart();
+    assert!(eventually(Duration::from_secs(15), || http_get(&a.url("/health")).0 == 200
+        && http_get(&b.url("/health")).0 == 200));
+    // Re-subscribed: publications after recovery reach every subscriber,
+    // the late join's topic too, once.
+    assert!(eventually(Duration::from_secs(10), || {
+        assert_eq!(publish(&a, "later", "probe").0, 200);
+        set_timeout(&mut late, Duration::from_millis(300));
+        matches!(late.read(), Ok(tungstenite::Message::Text(t)) if t.as_str() == delivery("later", "probe"))
+    }));
+    set_timeout(&mut late, Duration::from_secs(5));
+    assert_eq!(publish(&a, "t", "after").0, 200);
+    // What a failed publish sent may still arrive (at most once); then "after".
+    loop {
+        let m = recv_text(&mut sub);
+        if m == delivery("t", "after") {
+            break;
+        }
+        assert_eq!(m, delivery("t", "during"), "only a failed publish may arrive late");
+    }
+    assert_silent(&mut sub, Duration::from_millis(300));
+    assert!(a.metric("ringcast_broker_reconnects_total") >= 1);
+}
+
+#[test]
+fn redis_outage_is_an_error_to_publishers_and_recovers() {
+    a_broker_outage_is_an_error_to_publishers_and_recovers(Kind::Redis);
+}
+
+#[test]
+fn nats_outage_is_an_error_to_publishers_and_recovers() {
+    a_broker_outage_is_an_error_to_publishers_and_recovers(Kind::Nats);
+}
+
+fn a_node_starts_before_its_broker(kind: Kind) {
+    let mut broker = BrokerServer { kind, port: broker_port(), monitor: broker_port(), proc: None };
+    let a = node(&broker, "");
+    let (status, health) = http_get(&a.url("/health"));
+    assert_eq!(status, 503);
+    assert!(health.contains("degraded"), "{health}");
+    let mut sub = a.connect("/ws");
+    join(&mut sub, &["early"]);
+    assert_eq!(publish(&a, "early", "x").0, 503);
+    broker.restart();
+    assert!(eventually(Duration::from_secs(15), || http_get(&a.url("/health")).0 == 200));
+    assert!(eventually(Duration::from_secs(10), || broker.interest("early") == 1));
+    assert_eq!(publish(&a, "early", "y").0, 200);
+    assert_eq!(recv_text(&mut sub), delivery("early", "y"));
+}
+
+#[test]
+fn redis_node_starts_before_its_broker() {
+    a_node_starts_before_its_broker(Kind::Redis);
+}
+
+#[test]
+fn nats_node_starts_before_its_broker() {
+    a_node_starts_before_its_broker(Kind::Nats);
+}
