@@ -57,14 +57,14 @@ impl Gaps {
         let key = (origin.to_string(), topic.to_string());
         let Some(next) = self.next.get_mut(&key) else {
             // The first seen on this stream: nothing to compare with.
-            self.next.insert(key, seq + 1);
+            self.next.insert(key, seq.saturating_add(1));
             return Seen::InOrder;
         };
         if seq < *next {
             return Seen::Duplicate;
         }
         let missed = seq - *next;
-        *next = seq + 1;
+        *next = seq.saturating_add(1);
         if missed == 0 {
             Seen::InOrder
         } else {
