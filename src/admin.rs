@@ -16,8 +16,8 @@ use crate::config::vhost_path_is_valid;
 use crate::dialect::webrocket::{channel_name_is_valid, user_name_is_valid, Perms};
 use crate::shard::ShardMsg;
 use crate::webrocket::directory::{new_token, Vhost};
-use crate::webrocket::secrets;
 use crate::webrocket::store::{UserRecord, Write};
+use crate::webrocket::{replicate, secrets};
 
 /// An admin request refused: the status and why.
 struct Fail(StatusCode, String);
@@ -113,20 +113,23 @@ fn perms(names: &[String]) -> Result<Perms, Fail> {
     Perms::parse(names.iter().map(String::as_str)).map_err(|e| fail(StatusCode::BAD_REQUEST, e))
 }
 
+/// Commits `writes` (durable before anything else), applies them to the
+/// live state, tells the shards, and hands them to the other nodes.
 async fn commit(ctx: &ApiContext, writes: Vec<Write>) -> Result<(), Fail> {
     ctx.webrocket
         .directory
         .store
-        .apply(writes)
+        .apply(writes.clone())
         .await
-        .map_err(|e| fail(StatusCode::INTERNAL_SERVER_ERROR, e.0))
-}
-
-/// Sends `msg()` to every shard (admin changes reach live sessions).
-async fn tell_shards(ctx: &ApiContext, msg: impl Fn() -> ShardMsg) {
-    for shard in 0..ctx.router.shard_count() {
-        let _ = ctx.router.send(shard, msg()).await;
+        .map_err(|e| fail(StatusCode::INTERNAL_SERVER_ERROR, e.0))?;
+    let effects = replicate::apply(&ctx.webrocket, &writes);
+    for effect in &effects {
+        for shard in 0..ctx.router.shard_count() {
+            let _ = ctx.router.send(shard, effect.message()).await;
+        }
     }
+    ctx.broker.replicate(writes);
+    Ok(())
 }
 
 fn vhost_json(ctx: &ApiContext, v: &Vhost) -> serde_json::Value {
@@ -170,15 +173,15 @@ async fn add_vhost(ctx: &ApiContext, body: &[u8]) -> Result<Reply, Fail> {
         ctx,
         vec![
             Write::PutVhost { path: path.clone(), anonymous: anonymous.bits() },
-            Write::PutToken { vhost: path.clone(), token: token.clone() },
+            Write::PutToken { vhost: path.clone(), token },
         ],
     )
     .await?;
     let v = ctx
         .webrocket
         .directory
-        .add_vhost(&path, anonymous, token)
-        .ok_or_else(|| fail(StatusCode::CONFLICT, format!("vhost {path} exists")))?;
+        .vhost(&path)
+        .ok_or_else(|| fail(StatusCode::CONFLICT, format!("vhost {path} was deleted meanwhile")))?;
     Ok(ok(StatusCode::CREATED, vhost_json(ctx, &v)))
 }
 
@@ -190,17 +193,12 @@ async fn delete_vhost(ctx: &ApiContext, v: Arc<Vhost>) -> Result<Reply, Fail> {
         ));
     }
     commit(ctx, vec![Write::DeleteVhost { path: v.path.to_string() }]).await?;
-    ctx.webrocket.directory.remove_vhost(&v.path);
-    ctx.webrocket.workers.drop_all(&v.path);
-    tell_shards(ctx, || ShardMsg::VhostDeleted { vhost: v.path.clone() }).await;
     Ok(ok(StatusCode::OK, json!({ "deleted": &*v.path })))
 }
 
 async fn rotate_token(ctx: &ApiContext, v: Arc<Vhost>) -> Result<Reply, Fail> {
     let token = new_token();
     commit(ctx, vec![Write::PutToken { vhost: v.path.to_string(), token: token.clone() }]).await?;
-    v.set_token(token.clone());
-    ctx.webrocket.workers.drop_stale(&v.path, &token);
     Ok(ok(StatusCode::OK, json!({ "token": token })))
 }
 
@@ -260,11 +258,6 @@ async fn put_user(ctx: &ApiContext, body: &[u8], create: bool) -> Result<Reply, 
         vec![Write::PutUser { vhost: v.path.to_string(), name: b.name.clone(), record: record.clone() }],
     )
     .await?;
-    v.set_user(&b.name, &record);
-    if !create {
-        tell_shards(ctx, || ShardMsg::UserChanged { vhost: v.path.clone(), user: b.name.as_str().into() })
-            .await;
-    }
     let status = if create { StatusCode::CREATED } else { StatusCode::OK };
     Ok(ok(
         status,
@@ -277,8 +270,6 @@ async fn delete_user(ctx: &ApiContext, v: Arc<Vhost>, name: &str) -> Result<Repl
         return Err(fail(StatusCode::NOT_FOUND, format!("no user {name} in {}", v.path)));
     }
     commit(ctx, vec![Write::DeleteUser { vhost: v.path.to_string(), name: name.into() }]).await?;
-    v.remove_user(name);
-    tell_shards(ctx, || ShardMsg::UserChanged { vhost: v.path.clone(), user: name.into() }).await;
     Ok(ok(StatusCode::OK, json!({ "deleted": name })))
 }
 
@@ -290,6 +281,13 @@ async fn list_channels(ctx: &ApiContext, v: Arc<Vhost>) -> Reply {
             for (name, n) in answer.await.unwrap_or_default() {
                 *counts.entry(name).or_default() += n;
             }
+        }
+    }
+    // Subscribers on the other nodes (network broker).
+    let ask = crate::broker::envelope::proto::query::Ask::ChannelCountsVhost(v.path.to_string());
+    for r in ctx.broker.gather(ask).await {
+        for (name, n) in r.channels.into_iter().zip(r.counts) {
+            *counts.entry(name).or_default() += n as usize;
         }
     }
     let all: Vec<_> = v
@@ -327,7 +325,6 @@ async fn add_channel(ctx: &ApiContext, body: &[u8]) -> Result<Reply, Fail> {
         return Err(fail(StatusCode::CONFLICT, format!("channel {} exists in {}", b.name, v.path)));
     }
     commit(ctx, vec![Write::PutChannel { vhost: v.path.to_string(), name: b.name.clone() }]).await?;
-    v.add_channel(&b.name);
     Ok(ok(StatusCode::CREATED, json!({ "name": b.name, "subscribers": 0 })))
 }
 
@@ -336,8 +333,5 @@ async fn delete_channel(ctx: &ApiContext, v: Arc<Vhost>, name: &str) -> Result<R
         return Err(fail(StatusCode::NOT_FOUND, format!("no channel {name} in {}", v.path)));
     }
     commit(ctx, vec![Write::DeleteChannel { vhost: v.path.to_string(), name: name.into() }]).await?;
-    v.remove_channel(name);
-    let topic: Box<str> = v.topic(name).into();
-    tell_shards(ctx, || ShardMsg::ChannelDeleted { topic: topic.clone() }).await;
     Ok(ok(StatusCode::OK, json!({ "deleted": name })))
 }

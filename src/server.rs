@@ -150,8 +150,18 @@ pub fn run(config: Config) -> Result<(), StartError> {
             router.clone(),
             clients.clone(),
             cluster_metrics.clone(),
+            webrocket.clone(),
         ))?,
     };
+    let _ = webrocket.broker.set(broker.clone());
+    {
+        // A channel made by a subscribe exists on every node.
+        let broker = broker.clone();
+        let _ = webrocket.directory.hooks.channel_created.set(Box::new(move |vhost, name| {
+            use crate::webrocket::store::Write;
+            broker.replicate(vec![Write::PutChannel { vhost: vhost.into(), name: name.into() }]);
+        }));
+    }
     let rpc_ctx = Arc::new(RpcContext {
         broker: broker.clone(),
         broker_name: config.broker.clone(),
@@ -266,6 +276,7 @@ async fn start_cluster(
     router: ShardRouter,
     clients: Arc<ClientRegistry>,
     metrics: Arc<ClusterMetrics>,
+    webrocket: Arc<WebRocket>,
 ) -> Result<Arc<dyn Broker>, StartError> {
     use crate::broker::transport::Transport;
     let (incoming_tx, incoming_rx) = tokio::sync::mpsc::channel(64 * 1024);
@@ -287,7 +298,7 @@ async fn start_cluster(
         .await
         .map_err(StartError)?,
     };
-    Ok(Cluster::start(transport, incoming_rx, interest, router, clients, metrics))
+    Ok(Cluster::start(transport, incoming_rx, interest, router, clients, metrics, webrocket))
 }
 
 /// Opens the state store when anything can use it (a webrocket vhost in the

@@ -330,3 +330,92 @@ fn redis_node_starts_before_its_broker() {
 fn nats_node_starts_before_its_broker() {
     a_node_starts_before_its_broker(Kind::Nats);
 }
+
+const TOKEN: &str = "cluster-admin-token-0123456789";
+
+fn admin(s: &Server, method: &str, path: &str, body: Option<serde_json::Value>) -> (u16, serde_json::Value) {
+    let req = ureq::request(method, &s.url(path)).set("Authorization", &format!("Bearer {TOKEN}"));
+    let result = match body {
+        Some(b) => req.send_string(&b.to_string()),
+        None => req.call(),
+    };
+    let (status, text) = match result {
+        Ok(r) => (r.status(), r.into_string().unwrap()),
+        Err(ureq::Error::Status(code, r)) => (code, r.into_string().unwrap()),
+        Err(e) => panic!("{method} {path}: {e}"),
+    };
+    (status, serde_json::from_str(&text).unwrap_or(serde_json::Value::String(text)))
+}
+
+fn ask(ws: &mut Ws, message: &str) -> String {
+    send_text(ws, message);
+    recv_text(ws)
+}
+
+fn webrocket_flows_are_cluster_wide(kind: Kind) {
+    let broker = BrokerServer::start(kind);
+    let config = format!(
+        "{}[server]\nadmin_token = \"{TOKEN}\"\n[[vhost]]\npath = \"/world\"\ndialect = \"webrocket\"\nanonymous = [\"READ\", \"WRITE\"]\n",
+        broker.config()
+    );
+    let a = Server::start(&config, 2);
+    let b = Server::start(&config, 2);
+    connected(&[&a, &b]);
+    // An admin change on A reaches B.
+    let joe =
+        serde_json::json!({ "vhost": "/world", "name": "joe", "permissions": ["READ", "WRITE", "MANAGE"] });
+    assert_eq!(admin(&a, "POST", "/admin/users", Some(joe)).0, 201);
+    assert!(eventually(Duration::from_secs(5), || admin(&b, "GET", "/admin/users?vhost=/world", None).1[0]
+        ["name"]
+        == "joe"));
+    // A channel made by a subscribe on B exists on A; A's broadcast reaches B.
+    let mut on_b = b.connect("/world");
+    assert_eq!(ask(&mut on_b, r#"{"subscribe":{"channel":"room"}}"#), r#"{"subscribed":"room"}"#);
+    let mut on_a = a.connect("/world");
+    assert!(eventually(Duration::from_secs(5), || {
+        ask(&mut on_a, r#"{"broadcast":{"event":"hi","channel":"room","data":[1]}}"#)
+            == r#"{"broadcasted":"room"}"#
+    }));
+    assert_eq!(recv_text(&mut on_b), r#"{"hi":{"channel":"room","data":[1]}}"#);
+    // Presence and channel counts on A see B's subscriber.
+    assert_eq!(ask(&mut on_a, r#"{"authenticate":{"user":"joe"}}"#), r#"{"authenticated":"joe"}"#);
+    assert!(eventually(Duration::from_secs(5), || {
+        ask(&mut on_a, r#"{"presence":{"channel":"room"}}"#)
+            == r#"{"presence":{"channel":"room","count":1,"users":[]}}"#
+    }));
+    let (_, channels) = admin(&a, "GET", "/admin/channels?vhost=/world", None);
+    assert_eq!(channels, serde_json::json!([{ "name": "room", "subscribers": 1 }]));
+    // A worker on B only: a trigger on A reaches it, its reply reaches A's session.
+    let token = admin(&b, "GET", "/admin/token?vhost=/world", None).1["token"].as_str().unwrap().to_string();
+    let bearer = format!("Bearer {token}");
+    let mut worker =
+        try_connect(b.api, "/workers/world", &[("Authorization", &bearer)]).expect("worker on B");
+    assert!(eventually(Duration::from_secs(5), || {
+        ask(&mut on_a, r#"{"trigger":{"event":"job","data":7}}"#) == r#"{"triggered":"job"}"#
+    }));
+    let trigger: serde_json::Value = serde_json::from_str(&recv_text(&mut worker)).unwrap();
+    assert_eq!(trigger["trigger"]["user"], "joe");
+    let sid = trigger["trigger"]["sid"].as_str().unwrap();
+    send_text(
+        &mut worker,
+        &serde_json::json!({ "reply": { "sid": sid, "event": "done", "data": 8 } }).to_string(),
+    );
+    assert_eq!(recv_text(&mut on_a), r#"{"done":8}"#);
+    drop(on_a);
+    send_text(
+        &mut worker,
+        &serde_json::json!({ "reply": { "sid": sid, "event": "done", "data": 9 } }).to_string(),
+    );
+    let err: serde_json::Value = serde_json::from_str(&recv_text(&mut worker)).unwrap();
+    assert_eq!(err["err"], "SESSION_NOT_FOUND");
+}
+
+#[test]
+fn redis_webrocket_flows_are_cluster_wide() {
+    webrocket_flows_are_cluster_wide(Kind::Redis);
+}
+
+#[test]
+fn nats_webrocket_flows_are_cluster_wide() {
+    webrocket_flows_are_cluster_wide(Kind::Nats);
+}

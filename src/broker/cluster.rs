@@ -15,13 +15,18 @@ use bytes::Bytes;
 use futures_channel::oneshot;
 use tracing::{debug, warn};
 
-use super::envelope::{self, Body, Gaps, Publication, PushReply, PushRequest, Seen};
+use super::envelope::proto::query::Ask;
+use super::envelope::{
+    self, Body, Gaps, Heartbeat, Publication, PushReply, PushRequest, Query, QueryReply, Replicate, Seen,
+    Trigger,
+};
 use super::transport::{Incoming, Transport, OPERATION_TIMEOUT};
 use super::{BoxFuture, Broker, Interest, InterestReceiver};
 use crate::clients::ClientRegistry;
 use crate::metrics::{self, Histogram};
 use crate::publish::{Batch, Delivery, PublishError};
 use crate::shard::{PushOutcome, ShardMsg, ShardRouter};
+use crate::webrocket::WebRocket;
 
 /// Frame bytes on their way to the broker at once; past it publishers get
 /// an error (counted) instead of queueing without bound.
@@ -37,6 +42,7 @@ pub struct ClusterMetrics {
     pub bad_envelopes: AtomicU64,
     pub received: AtomicU64,
     pub subscriptions: AtomicU64,
+    pub triggers_lost: AtomicU64,
     /// Publish → the broker took it.
     pub round_trip: Histogram,
 }
@@ -44,7 +50,13 @@ pub struct ClusterMetrics {
 impl ClusterMetrics {
     pub fn render(&self, broker: &str, out: &mut String) {
         use std::fmt::Write;
-        let series: [(&str, &str, &str, u64); 6] = [
+        let series: [(&str, &str, &str, u64); 7] = [
+            (
+                "ringcast_broker_triggers_lost_total",
+                "counter",
+                "WebRocket triggers forwarded to a node whose workers had gone.",
+                self.triggers_lost.load(Ordering::Relaxed),
+            ),
             (
                 "ringcast_broker_reconnects_total",
                 "counter",
@@ -131,15 +143,23 @@ pub struct Cluster {
     outgoing: Arc<tokio::sync::Semaphore>,
     requests: Mutex<HashMap<u64, oneshot::Sender<PushOutcome>>>,
     next_request: AtomicU64,
+    /// Answers to this node's queries, by query id.
+    queries: Mutex<HashMap<u64, tokio::sync::mpsc::UnboundedSender<QueryReply>>>,
+    /// Other nodes seen on the control subject, and the vhosts they have
+    /// workers for.
+    members: Mutex<HashMap<String, Member>>,
+    wr: Arc<WebRocket>,
 }
 
-/// A random node id (128 bits, hex): per process, so a restarted node's
-/// sequence numbers never look like old ones.
-fn node_id() -> String {
-    let mut b = [0u8; 16];
-    getrandom::fill(&mut b).expect("the OS random source works");
-    b.iter().map(|x| format!("{x:02x}")).collect()
+struct Member {
+    seen: Instant,
+    worker_vhosts: Vec<String>,
 }
+
+/// A node unheard of this long is gone.
+const MEMBER_TIMEOUT: Duration = Duration::from_secs(3);
+/// How long a query waits for the other nodes' answers.
+const QUERY_TIMEOUT: Duration = Duration::from_secs(1);
 
 fn outcome_of(o: i32) -> PushOutcome {
     use envelope::proto::push_reply::Outcome;
@@ -170,9 +190,10 @@ impl Cluster {
         router: ShardRouter,
         clients: Arc<ClientRegistry>,
         metrics: Arc<ClusterMetrics>,
+        wr: Arc<WebRocket>,
     ) -> Arc<Cluster> {
         let c = Arc::new(Cluster {
-            node: node_id(),
+            node: wr.node.clone(),
             transport,
             router,
             clients,
@@ -182,18 +203,21 @@ impl Cluster {
             outgoing: Arc::new(tokio::sync::Semaphore::new(OUTGOING_BYTES)),
             requests: Mutex::new(HashMap::new()),
             next_request: AtomicU64::new(1),
+            queries: Mutex::new(HashMap::new()),
+            members: Mutex::new(HashMap::new()),
+            wr,
         });
         tokio::spawn(c.clone().run_interest(interest));
         tokio::spawn(c.clone().run_incoming(incoming));
         tokio::spawn(c.clone().sweep());
-        if !c.transport.has_requests() {
-            // Replies to this node's push requests (brokers without requests).
-            let reply = c.transport.reply_subject(&c.node);
-            let t = c.clone();
-            tokio::spawn(async move {
-                let _ = t.transport.subscribe(reply).await;
-            });
-        }
+        // This node's inbox (answers, triggers, session replies) and the
+        // control subject every node hears (replication, heartbeats, queries).
+        let t = c.clone();
+        tokio::spawn(async move {
+            let _ = t.transport.subscribe(t.transport.reply_subject(&t.node)).await;
+            let _ = t.transport.subscribe(t.transport.control_subject()).await;
+        });
+        tokio::spawn(c.clone().heartbeat());
         c
     }
 
@@ -310,6 +334,26 @@ impl Cluster {
                         let _ = w.send(outcome_of(r.outcome));
                     }
                 }
+                // Our own control messages come back too: ignored.
+                _ if origin == self.node => {}
+                Body::Replicate(r) => self.on_replicate(&r.writes_json).await,
+                Body::Heartbeat(h) => self.on_heartbeat(origin, h.worker_vhosts),
+                Body::Query(q) => {
+                    let c = self.clone();
+                    tokio::spawn(async move { c.on_query(q).await });
+                }
+                Body::QueryReply(r) => {
+                    let waiting = self.queries.lock().unwrap_or_else(|e| e.into_inner()).get(&r.id).cloned();
+                    if let Some(w) = waiting {
+                        let _ = w.send(r);
+                    }
+                }
+                Body::Trigger(t) => {
+                    if self.wr.workers.assign(&t.vhost, t.message).is_err() {
+                        metrics::inc(&self.metrics.triggers_lost);
+                        warn!(vhost = %t.vhost, "a trigger forwarded here found no worker; dropped");
+                    }
+                }
             }
         }
     }
@@ -338,18 +382,47 @@ impl Cluster {
     }
 
     async fn on_push_request(&self, r: PushRequest, reply: Option<String>) {
-        let outcome = match self.clients.lookup(&r.client) {
+        let session = (!r.session_vhost.is_empty()).then(|| crate::webrocket::workers::parse_sid(&r.client));
+        let outcome = match session {
+            // A worker's reply to a WebRocket session here.
+            Some(Some((node, to)))
+                if to.shard < self.router.shard_count()
+                    && crate::webrocket::workers::is_node(node, &self.node) =>
+            {
+                let (tx, rx) = oneshot::channel();
+                let msg = ShardMsg::Send {
+                    to,
+                    vhost: r.session_vhost.as_str().into(),
+                    frame: r.body.clone(),
+                    reply: tx,
+                };
+                match self.router.send(to.shard, msg).await {
+                    Ok(()) => rx.await.unwrap_or(PushOutcome::NotConnected),
+                    Err(_) => PushOutcome::NotConnected,
+                }
+            }
+            Some(_) => PushOutcome::NotConnected,
+            None => self.push_here(&r).await,
+        };
+        self.answer(&r, reply, outcome).await;
+    }
+
+    async fn push_here(&self, r: &PushRequest) -> PushOutcome {
+        match self.clients.lookup(&r.client) {
             None => PushOutcome::NotConnected,
             Some(owner) => {
                 let (tx, rx) = oneshot::channel();
-                let msg = ShardMsg::Push { to: owner, body: r.body, reply: tx };
+                let msg = ShardMsg::Push { to: owner, body: r.body.clone(), reply: tx };
                 match self.router.send(owner.shard, msg).await {
                     Ok(()) => rx.await.unwrap_or(PushOutcome::NotConnected),
                     Err(_) => PushOutcome::NotConnected,
                 }
             }
-        };
-        let Some(to) = reply.or((!r.reply_to.is_empty()).then_some(r.reply_to)) else { return };
+        }
+    }
+
+    async fn answer(&self, r: &PushRequest, reply: Option<String>, outcome: PushOutcome) {
+        let Some(to) = reply.or((!r.reply_to.is_empty()).then(|| r.reply_to.clone())) else { return };
         let body = envelope::encode(
             &self.node,
             Body::PushReply(PushReply { id: r.id, outcome: outcome_code(outcome) }),
@@ -357,6 +430,143 @@ impl Cluster {
         if let Err(e) = self.transport.publish(vec![(to, body)]).await {
             debug!(error = %e, "a push reply did not reach the broker");
         }
+    }
+
+    /// Asks the node(s) subscribed to `subject` to push (or hand a session
+    /// reply) and waits for the outcome; NotConnected when nobody listens.
+    async fn request_node(
+        &self,
+        subject: String,
+        mut request: PushRequest,
+    ) -> Result<PushOutcome, PublishError> {
+        if !self.transport.connected() {
+            return Err(self.unreachable());
+        }
+        if self.transport.has_requests() {
+            let body = envelope::encode(&self.node, Body::PushRequest(request));
+            let asked = self.transport.request(subject, body).expect("has requests");
+            return match asked.await {
+                Ok(None) => Ok(PushOutcome::NotConnected),
+                Ok(Some(answer)) => match envelope::decode(answer) {
+                    Ok((_, Body::PushReply(r))) => Ok(outcome_of(r.outcome)),
+                    _ => Err(PublishError::Broker("an unreadable push reply".into())),
+                },
+                Err(e) => Err(PublishError::Broker(e)),
+            };
+        }
+        let id = self.next_request.fetch_add(1, Ordering::Relaxed);
+        let (tx, rx) = oneshot::channel();
+        self.requests.lock().unwrap_or_else(|e| e.into_inner()).insert(id, tx);
+        let forget = || self.requests.lock().unwrap_or_else(|e| e.into_inner()).remove(&id);
+        request.reply_to = self.transport.reply_subject(&self.node);
+        request.id = id;
+        let body = envelope::encode(&self.node, Body::PushRequest(request));
+        match self.transport.publish(vec![(subject, body)]).await {
+            Err(e) => {
+                forget();
+                Err(PublishError::Broker(e))
+            }
+            // Nobody subscribes: no node has it.
+            Ok(counts) if counts.first() == Some(&Some(0)) => {
+                forget();
+                Ok(PushOutcome::NotConnected)
+            }
+            Ok(_) => match tokio::time::timeout(OPERATION_TIMEOUT, rx).await {
+                Ok(Ok(outcome)) => Ok(outcome),
+                _ => {
+                    forget();
+                    Err(PublishError::Broker("the node holding the client did not answer".into()))
+                }
+            },
+        }
+    }
+
+    /// Tells the others every second that this node is alive, and which
+    /// vhosts it has workers for.
+    async fn heartbeat(self: Arc<Self>) {
+        let mut tick = tokio::time::interval(Duration::from_secs(1));
+        loop {
+            tick.tick().await;
+            if !self.transport.connected() {
+                continue;
+            }
+            let beat = Heartbeat { worker_vhosts: self.wr.workers.vhosts() };
+            let body = envelope::encode(&self.node, Body::Heartbeat(beat));
+            let _ = self.transport.publish(vec![(self.transport.control_subject(), body)]).await;
+            let mut members = self.members.lock().unwrap_or_else(|e| e.into_inner());
+            members.retain(|_, m| m.seen.elapsed() < MEMBER_TIMEOUT * 2);
+        }
+    }
+
+    fn on_heartbeat(&self, origin: String, worker_vhosts: Vec<String>) {
+        let mut members = self.members.lock().unwrap_or_else(|e| e.into_inner());
+        members.insert(origin, Member { seen: Instant::now(), worker_vhosts });
+    }
+
+    /// Another node's WebRocket change: committed here too, then applied.
+    async fn on_replicate(&self, json: &[u8]) {
+        let writes: Vec<crate::webrocket::store::Write> = match serde_json::from_slice(json) {
+            Ok(w) => w,
+            Err(e) => {
+                metrics::inc(&self.metrics.bad_envelopes);
+                warn!(error = %e, "an unreadable replicated change");
+                return;
+            }
+        };
+        if let Err(e) = self.wr.directory.store.apply(writes.clone()).await {
+            warn!(error = %e, "a replicated change could not be stored here");
+        }
+        for effect in crate::webrocket::replicate::apply(&self.wr, &writes) {
+            for shard in 0..self.router.shard_count() {
+                let _ = self.router.send(shard, effect.message()).await;
+            }
+        }
+    }
+
+    /// Another node asks: this node's part of the answer.
+    async fn on_query(&self, q: Query) {
+        let mut reply = QueryReply { id: q.id, ..Default::default() };
+        match q.ask {
+            Some(Ask::PresenceTopic(topic)) => {
+                for shard in 0..self.router.shard_count() {
+                    let (tx, rx) = oneshot::channel();
+                    if self
+                        .router
+                        .send(shard, ShardMsg::Presence { topic: topic.as_str().into(), reply: tx })
+                        .await
+                        .is_ok()
+                    {
+                        if let Ok((n, users)) = rx.await {
+                            reply.count += n as u64;
+                            reply.users.extend(users.iter().map(|u| u.to_string()));
+                        }
+                    }
+                }
+            }
+            Some(Ask::ChannelCountsVhost(vhost)) => {
+                let mut counts: HashMap<String, u64> = HashMap::new();
+                for shard in 0..self.router.shard_count() {
+                    let (tx, rx) = oneshot::channel();
+                    if self
+                        .router
+                        .send(shard, ShardMsg::ChannelCounts { vhost: vhost.as_str().into(), reply: tx })
+                        .await
+                        .is_ok()
+                    {
+                        for (name, n) in rx.await.unwrap_or_default() {
+                            *counts.entry(name).or_default() += n as u64;
+                        }
+                    }
+                }
+                for (name, n) in counts {
+                    reply.channels.push(name);
+                    reply.counts.push(n);
+                }
+            }
+            None => return,
+        }
+        let body = envelope::encode(&self.node, Body::QueryReply(reply));
+        let _ = self.transport.publish(vec![(q.reply_to, body)]).await;
     }
 
     fn unreachable(&self) -> PublishError {
@@ -389,59 +599,93 @@ impl Broker for Cluster {
     }
 
     fn push_elsewhere(&self, client: &str, body: Bytes) -> BoxFuture<'_, Result<PushOutcome, PublishError>> {
-        let client = client.to_string();
-        Box::pin(async move {
-            if !self.transport.connected() {
-                return Err(self.unreachable());
+        let request = PushRequest { client: client.to_string(), body, ..Default::default() };
+        Box::pin(self.request_node(self.transport.client_subject(client), request))
+    }
+
+    fn session_reply_elsewhere(
+        &self,
+        node: &str,
+        vhost: &str,
+        sid: &str,
+        frame: Bytes,
+    ) -> BoxFuture<'_, Result<PushOutcome, PublishError>> {
+        let request = PushRequest {
+            client: sid.to_string(),
+            body: frame,
+            session_vhost: vhost.to_string(),
+            ..Default::default()
+        };
+        Box::pin(self.request_node(self.transport.reply_subject(node), request))
+    }
+
+    fn replicate(&self, writes: Vec<crate::webrocket::store::Write>) {
+        let Ok(json) = serde_json::to_vec(&writes) else { return };
+        let body = envelope::encode(&self.node, Body::Replicate(Replicate { writes_json: json.into() }));
+        let subject = self.transport.control_subject();
+        let transport = self.transport.clone();
+        let metrics = self.metrics.clone();
+        self.wr.runtime.spawn(async move {
+            if let Err(e) = transport.publish(vec![(subject, body)]).await {
+                metrics::inc(&metrics.publish_errors);
+                warn!(error = %e, "a WebRocket change did not reach the other nodes (they keep their state)");
             }
-            let subject = self.transport.client_subject(&client);
-            let request = |reply_to: String, id: u64| {
-                envelope::encode(
-                    &self.node,
-                    Body::PushRequest(PushRequest {
-                        client: client.clone(),
-                        body: body.clone(),
-                        reply_to,
-                        id,
-                    }),
-                )
+        });
+    }
+
+    fn trigger_elsewhere(&self, vhost: &str, message: String) -> bool {
+        let nodes: Vec<String> = {
+            let members = self.members.lock().unwrap_or_else(|e| e.into_inner());
+            members
+                .iter()
+                .filter(|(_, m)| {
+                    m.seen.elapsed() < MEMBER_TIMEOUT && m.worker_vhosts.iter().any(|v| v == vhost)
+                })
+                .map(|(n, _)| n.clone())
+                .collect()
+        };
+        if nodes.is_empty() {
+            return false;
+        }
+        let pick = self.next_request.fetch_add(1, Ordering::Relaxed) as usize % nodes.len();
+        let subject = self.transport.reply_subject(&nodes[pick]);
+        let body = envelope::encode(&self.node, Body::Trigger(Trigger { vhost: vhost.to_string(), message }));
+        let transport = self.transport.clone();
+        let metrics = self.metrics.clone();
+        self.wr.runtime.spawn(async move {
+            if transport.publish(vec![(subject, body)]).await.is_err() {
+                metrics::inc(&metrics.triggers_lost);
+            }
+        });
+        true
+    }
+
+    fn gather(&self, ask: Ask) -> BoxFuture<'_, Vec<QueryReply>> {
+        Box::pin(async move {
+            let expected = {
+                let members = self.members.lock().unwrap_or_else(|e| e.into_inner());
+                members.values().filter(|m| m.seen.elapsed() < MEMBER_TIMEOUT).count()
             };
-            if let Some(asked) = self.transport.request(subject.clone(), request(String::new(), 0)) {
-                return match asked.await {
-                    Ok(None) => Ok(PushOutcome::NotConnected),
-                    Ok(Some(answer)) => match envelope::decode(answer) {
-                        Ok((_, Body::PushReply(r))) => Ok(outcome_of(r.outcome)),
-                        _ => Err(PublishError::Broker("an unreadable push reply".into())),
-                    },
-                    Err(e) => Err(PublishError::Broker(e)),
-                };
+            if expected == 0 || !self.transport.connected() {
+                return Vec::new();
             }
             let id = self.next_request.fetch_add(1, Ordering::Relaxed);
-            let (tx, rx) = oneshot::channel();
-            self.requests.lock().unwrap_or_else(|e| e.into_inner()).insert(id, tx);
-            let forget = || self.requests.lock().unwrap_or_else(|e| e.into_inner()).remove(&id);
-            let sent = self
-                .transport
-                .publish(vec![(subject, request(self.transport.reply_subject(&self.node), id))])
-                .await;
-            match sent {
-                Err(e) => {
-                    forget();
-                    Err(PublishError::Broker(e))
-                }
-                // Nobody subscribes to that ClientId: no node has it.
-                Ok(counts) if counts.first() == Some(&Some(0)) => {
-                    forget();
-                    Ok(PushOutcome::NotConnected)
-                }
-                Ok(_) => match tokio::time::timeout(OPERATION_TIMEOUT, rx).await {
-                    Ok(Ok(outcome)) => Ok(outcome),
-                    _ => {
-                        forget();
-                        Err(PublishError::Broker("the node holding the client did not answer".into()))
+            let (tx, mut rx) = tokio::sync::mpsc::unbounded_channel();
+            self.queries.lock().unwrap_or_else(|e| e.into_inner()).insert(id, tx);
+            let q = Query { id, reply_to: self.transport.reply_subject(&self.node), ask: Some(ask) };
+            let body = envelope::encode(&self.node, Body::Query(q));
+            let mut answers = Vec::new();
+            if self.transport.publish(vec![(self.transport.control_subject(), body)]).await.is_ok() {
+                let deadline = tokio::time::Instant::now() + QUERY_TIMEOUT;
+                while answers.len() < expected {
+                    match tokio::time::timeout_at(deadline, rx.recv()).await {
+                        Ok(Some(r)) => answers.push(r),
+                        _ => break,
                     }
-                },
+                }
             }
+            self.queries.lock().unwrap_or_else(|e| e.into_inner()).remove(&id);
+            answers
         })
     }
 

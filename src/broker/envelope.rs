@@ -11,7 +11,9 @@ pub mod proto {
 }
 
 pub use proto::envelope::Body;
-pub use proto::{Envelope, Publication, PushReply, PushRequest};
+pub use proto::{
+    Envelope, Heartbeat, Publication, PushReply, PushRequest, Query, QueryReply, Replicate, Trigger,
+};
 
 pub const VERSION: u32 = 1;
 

@@ -56,6 +56,31 @@ pub trait Broker: Send + Sync + 'static {
 
     /// A proxy ClientId connected to (true) or left (false) this node.
     fn client_here(&self, _client: &str, _here: bool) {}
+
+    /// WebRocket state committed here, for the other nodes to apply too.
+    fn replicate(&self, _writes: Vec<crate::webrocket::store::Write>) {}
+
+    /// A WebRocket worker's reply to a session on another node (`node`, from the sid).
+    fn session_reply_elsewhere(
+        &self,
+        _node: &str,
+        _vhost: &str,
+        _sid: &str,
+        _frame: Bytes,
+    ) -> BoxFuture<'_, Result<PushOutcome, PublishError>> {
+        Box::pin(async { Ok(PushOutcome::NotConnected) })
+    }
+
+    /// Hands a WebRocket trigger to a node with workers for `vhost`; false
+    /// if no other node has any.
+    fn trigger_elsewhere(&self, _vhost: &str, _message: String) -> bool {
+        false
+    }
+
+    /// Asks the other nodes (presence, channel counts); their answers.
+    fn gather(&self, _ask: envelope::proto::query::Ask) -> BoxFuture<'_, Vec<envelope::QueryReply>> {
+        Box::pin(async { Vec::new() })
+    }
 }
 
 /// What a shard tells a network broker about its topic index.

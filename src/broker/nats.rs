@@ -122,6 +122,10 @@ impl Transport for NatsTransport {
         format!("{}r.{}", self.prefix, encode(node))
     }
 
+    fn control_subject(&self) -> String {
+        format!("{}control", self.prefix)
+    }
+
     fn subscribe(&self, subject: String) -> BoxFuture<'_, Result<(), String>> {
         Box::pin(async move {
             if self.subscriptions().contains_key(&subject) {

@@ -154,6 +154,10 @@ impl Transport for RedisTransport {
         format!("{}reply:{node}", self.prefix)
     }
 
+    fn control_subject(&self) -> String {
+        format!("{}control", self.prefix)
+    }
+
     fn subscribe(&self, subject: String) -> BoxFuture<'_, Result<(), String>> {
         Box::pin(async move {
             self.wanted().insert(subject.clone());

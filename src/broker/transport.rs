@@ -43,6 +43,8 @@ pub trait Transport: Send + Sync + 'static {
     fn topic_subject(&self, topic: &str) -> String;
     fn client_subject(&self, client: &str) -> String;
     fn reply_subject(&self, node: &str) -> String;
+    /// What every node hears: replication, heartbeats, queries.
+    fn control_subject(&self) -> String;
 
     /// Subscribes; Ok once the broker confirmed. While disconnected it
     /// fails at once, and the subscription is made on reconnect.

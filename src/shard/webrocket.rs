@@ -108,11 +108,16 @@ impl Env for ShardEnv<'_> {
     }
 
     fn trigger(&mut self, message: String) -> bool {
-        self.shard.webrocket.workers.assign(self.vhost, message)
+        let wr = &self.shard.webrocket;
+        match wr.workers.assign(self.vhost, message) {
+            Ok(()) => true,
+            // No worker here: one on another node, if any has some.
+            Err(message) => wr.broker().is_some_and(|b| b.trigger_elsewhere(self.vhost, message)),
+        }
     }
 
     fn sid(&self) -> String {
-        workers::sid(self.st.owner)
+        workers::sid(&self.shard.webrocket.node, self.st.owner)
     }
 }
 
@@ -264,6 +269,16 @@ async fn presence(shard: &Shard, topic: String) -> (usize, Vec<Arc<str>>) {
         if let Ok((n, names)) = a.await {
             count += n;
             users.extend(names);
+        }
+    }
+    // The other nodes' subscribers (network broker), asked on the
+    // integration thread where the broker runs.
+    if let Some(broker) = shard.webrocket.broker().cloned() {
+        let ask = crate::broker::envelope::proto::query::Ask::PresenceTopic(topic.clone());
+        let remote = shard.webrocket.runtime.spawn(async move { broker.gather(ask).await });
+        for r in remote.await.unwrap_or_default() {
+            count += r.count as usize;
+            users.extend(r.users.into_iter().map(Arc::from));
         }
     }
     users.sort();

@@ -34,6 +34,22 @@ pub struct Vhost {
     token: RwLock<Arc<str>>,
     deleted: AtomicBool,
     store: Store,
+    hooks: Arc<Hooks>,
+}
+
+/// Called when a subscribe created a channel (to tell the other nodes).
+pub type ChannelHook = Box<dyn Fn(&str, &str) + Send + Sync>;
+
+/// Set once the broker runs.
+#[derive(Default)]
+pub struct Hooks {
+    pub channel_created: std::sync::OnceLock<ChannelHook>,
+}
+
+impl std::fmt::Debug for Hooks {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("Hooks")
+    }
 }
 
 fn read<T>(l: &RwLock<T>) -> std::sync::RwLockReadGuard<'_, T> {
@@ -54,7 +70,14 @@ pub fn new_token() -> String {
 }
 
 impl Vhost {
-    fn new(path: &str, anonymous: Perms, from_config: bool, token: String, store: Store) -> Vhost {
+    fn new(
+        path: &str,
+        anonymous: Perms,
+        from_config: bool,
+        token: String,
+        store: Store,
+        hooks: Arc<Hooks>,
+    ) -> Vhost {
         Vhost {
             path: path.into(),
             anonymous,
@@ -65,6 +88,7 @@ impl Vhost {
             token: RwLock::new(token.into()),
             deleted: AtomicBool::new(false),
             store,
+            hooks,
         }
     }
 
@@ -112,6 +136,9 @@ impl Vhost {
         if created {
             self.store
                 .apply_later(vec![Write::PutChannel { vhost: self.path.to_string(), name: name.into() }]);
+            if let Some(hook) = self.hooks.channel_created.get() {
+                hook(&self.path, name);
+            }
         }
         created
     }
@@ -161,6 +188,7 @@ impl Vhost {
 pub struct Directory {
     vhosts: RwLock<HashMap<Box<str>, Arc<Vhost>>>,
     pub store: Store,
+    pub hooks: Arc<Hooks>,
 }
 
 /// A vhost the config file declares.
@@ -174,6 +202,7 @@ impl Directory {
     /// the writes that must be committed before serving (new tokens).
     pub fn load(store: Store, loaded: Loaded, configured: &[ConfigVhost<'_>]) -> (Directory, Vec<Write>) {
         let tokens: HashMap<String, String> = loaded.tokens.into_iter().collect();
+        let hooks = Arc::new(Hooks::default());
         let mut initial = Vec::new();
         let mut vhosts = HashMap::new();
         let mut token_for = |path: &str| match tokens.get(path) {
@@ -185,13 +214,19 @@ impl Directory {
             }
         };
         for c in configured {
-            let v = Vhost::new(c.path, c.anonymous, true, token_for(c.path), store.clone());
+            let v = Vhost::new(c.path, c.anonymous, true, token_for(c.path), store.clone(), hooks.clone());
             vhosts.insert(c.path.into(), Arc::new(v));
         }
         for (path, anonymous) in loaded.vhosts {
             if !vhosts.contains_key(path.as_str()) {
-                let v =
-                    Vhost::new(&path, Perms::from_bits(anonymous), false, token_for(&path), store.clone());
+                let v = Vhost::new(
+                    &path,
+                    Perms::from_bits(anonymous),
+                    false,
+                    token_for(&path),
+                    store.clone(),
+                    hooks.clone(),
+                );
                 vhosts.insert(path.into(), Arc::new(v));
             }
         }
@@ -205,7 +240,7 @@ impl Directory {
                 v.add_channel(&name);
             }
         }
-        (Directory { vhosts: RwLock::new(vhosts), store }, initial)
+        (Directory { vhosts: RwLock::new(vhosts), store, hooks }, initial)
     }
 
     pub fn vhost(&self, path: &str) -> Option<Arc<Vhost>> {
@@ -224,7 +259,7 @@ impl Directory {
         if all.contains_key(path) {
             return None;
         }
-        let v = Arc::new(Vhost::new(path, anonymous, false, token, self.store.clone()));
+        let v = Arc::new(Vhost::new(path, anonymous, false, token, self.store.clone(), self.hooks.clone()));
         all.insert(path.into(), v.clone());
         Some(v)
     }

@@ -4,6 +4,7 @@
 //! `crate::dialect::webrocket`.
 
 pub mod directory;
+pub mod replicate;
 pub mod secrets;
 pub mod session;
 pub mod store;
@@ -20,6 +21,22 @@ pub struct WebRocket {
     pub secrets: secrets::Checker,
     /// Serializes admin changes (store and directory in the same order).
     pub admin_lock: tokio::sync::Mutex<()>,
+    /// This node's id (random per process; part of session ids, and the
+    /// node's name in a cluster).
+    pub node: String,
+    /// The integration thread's runtime: shards run broker calls there.
+    pub runtime: tokio::runtime::Handle,
+    /// The broker, once started (shards ask it for other nodes' workers,
+    /// presence and replies).
+    pub broker: std::sync::OnceLock<Arc<dyn crate::broker::Broker>>,
+}
+
+/// A random node id (48 bits, 12 hex digits): per process, so a restarted
+/// node's sequence numbers and session ids never look like old ones.
+fn node_id() -> String {
+    let mut b = [0u8; 6];
+    getrandom::fill(&mut b).expect("the OS random source works");
+    b.iter().map(|x| format!("{x:02x}")).collect()
 }
 
 impl WebRocket {
@@ -27,8 +44,16 @@ impl WebRocket {
         Arc::new(WebRocket {
             directory,
             workers: workers::Workers::default(),
-            secrets: secrets::Checker::new(runtime),
+            secrets: secrets::Checker::new(runtime.clone()),
             admin_lock: tokio::sync::Mutex::new(()),
+            node: node_id(),
+            runtime,
+            broker: std::sync::OnceLock::new(),
         })
+    }
+
+    /// The broker (set right after the start, before any client connects).
+    pub fn broker(&self) -> Option<&Arc<dyn crate::broker::Broker>> {
+        self.broker.get()
     }
 }

@@ -42,7 +42,7 @@ pub struct Loaded {
 }
 
 /// One change; a list of them commits as one transaction.
-#[derive(Debug, Clone)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub enum Write {
     PutVhost {
         path: String,

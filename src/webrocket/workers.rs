@@ -51,12 +51,12 @@ impl Workers {
         self.pools.lock().unwrap_or_else(|e| e.into_inner())
     }
 
-    /// Gives `message` to the next worker of `vhost` that has room; false
-    /// when none is connected or all are full.
-    pub fn assign(&self, vhost: &str, message: String) -> bool {
+    /// Gives `message` to the next worker of `vhost` that has room; gives
+    /// it back when none is connected or all are full.
+    pub fn assign(&self, vhost: &str, message: String) -> Result<(), String> {
         let mut pools = self.pools();
         let Some(pool) = pools.get_mut(vhost) else {
-            return false;
+            return Err(message);
         };
         let mut message = message;
         for _ in 0..pool.workers.len() {
@@ -70,12 +70,17 @@ impl Workers {
             match w.tx.try_send(message) {
                 Ok(()) => {
                     w.queued.fetch_add(size, Ordering::Relaxed);
-                    return true;
+                    return Ok(());
                 }
                 Err(mpsc::error::TrySendError::Full(m) | mpsc::error::TrySendError::Closed(m)) => message = m,
             }
         }
-        false
+        Err(message)
+    }
+
+    /// The vhosts with at least one worker here.
+    pub fn vhosts(&self) -> Vec<String> {
+        self.pools().iter().filter(|(_, p)| !p.workers.is_empty()).map(|(v, _)| v.to_string()).collect()
     }
 
     pub fn count(&self, vhost: &str) -> usize {
@@ -108,17 +113,25 @@ impl Workers {
     }
 }
 
-/// A session id as workers see it: the connection's process-wide id and
-/// its slot, so a reply finds the shard and checks it is the same session.
-pub fn sid(owner: crate::clients::Owner) -> String {
-    format!("{:x}-{:x}", owner.id, owner.key)
+/// A session id as workers see it: the node's id, the connection's
+/// process-wide id and its slot — so a reply finds the node and the shard,
+/// and checks it is the same session.
+pub fn sid(node: &str, owner: crate::clients::Owner) -> String {
+    format!("{node}-{:x}-{:x}", owner.id, owner.key)
 }
 
-pub fn parse_sid(sid: &str) -> Option<crate::clients::Owner> {
-    let (id, key) = sid.split_once('-')?;
+/// The node prefix and the session's handle.
+pub fn parse_sid(sid: &str) -> Option<(&str, crate::clients::Owner)> {
+    let mut parts = sid.splitn(3, '-');
+    let (node, id, key) = (parts.next()?, parts.next()?, parts.next()?);
     let id = u64::from_str_radix(id, 16).ok()?;
     let key = usize::from_str_radix(key, 16).ok()?;
-    Some(crate::clients::Owner { shard: (id >> 48) as usize, key, id })
+    Some((node, crate::clients::Owner { shard: (id >> 48) as usize, key, id }))
+}
+
+/// Whether a sid's node part names `node`.
+pub fn is_node(part: &str, node: &str) -> bool {
+    part == node
 }
 
 /// What a worker connection works with.
@@ -168,7 +181,7 @@ where
                 let Some(Ok(message)) = message else { break };
                 last_heard = tokio::time::Instant::now();
                 let answer = match message {
-                    Message::Text(text) => on_message(text.as_str(), &vhost, &router, &*broker).await,
+                    Message::Text(text) => on_message(text.as_str(), &vhost, &wr, &router, &*broker).await,
                     Message::Binary(_) => Some(WrError::new(ErrorId::InvalidPayload, "binary frames are not supported")),
                     Message::Close(_) => break,
                     _ => None,
@@ -194,6 +207,7 @@ where
 async fn on_message(
     text: &str,
     vhost: &super::directory::Vhost,
+    wr: &WebRocket,
     router: &ShardRouter,
     broker: &dyn crate::broker::Broker,
 ) -> Option<WrError> {
@@ -204,11 +218,21 @@ async fn on_message(
     match command {
         WorkerCommand::Reply { sid, event, data } => {
             let not_found = || Some(WrError::new(ErrorId::SessionNotFound, sid.to_string()));
-            let Some(to) = parse_sid(&sid).filter(|o| o.shard < router.shard_count()) else {
+            let Some((node, to)) = parse_sid(&sid) else {
                 return not_found();
             };
-            let (reply, answer) = futures_channel::oneshot::channel();
             let frame = wire::reply_frame(&event, data);
+            if !is_node(node, &wr.node) {
+                // A session on another node of the cluster.
+                return match broker.session_reply_elsewhere(node, &vhost.path, &sid, frame).await {
+                    Ok(PushOutcome::Queued) => None,
+                    _ => not_found(),
+                };
+            }
+            if to.shard >= router.shard_count() {
+                return not_found();
+            }
+            let (reply, answer) = futures_channel::oneshot::channel();
             let msg = ShardMsg::Send { to, frame, vhost: vhost.path.clone(), reply };
             if router.send(to.shard, msg).await.is_err() {
                 return not_found();
