@@ -419,3 +419,60 @@ fn redis_webrocket_flows_are_cluster_wide() {
 fn nats_webrocket_flows_are_cluster_wide() {
     webrocket_flows_are_cluster_wide(Kind::Nats);
 }
+
+/// Stops nginx gracefully: SIGKILL to the master would leave its workers.
+struct Nginx(Child);
+
+impl Drop for Nginx {
+    fn drop(&mut self) {
+        let _ = Command::new("kill").args(["-TERM", &self.0.id().to_string()]).status();
+        let _ = self.0.wait();
+    }
+}
+
+/// The shipped nginx config (config/nginx-cluster.conf) in front of three
+/// nodes: clients through nginx land on different nodes, and a publication
+/// on any node's API reaches all of them.
+#[test]
+fn nginx_in_front_of_three_nodes() {
+    let broker = BrokerServer::start(Kind::Redis);
+    let nodes: Vec<Server> = (0..3).map(|_| node(&broker, "")).collect();
+    connected(&nodes.iter().collect::<Vec<_>>());
+    let shipped =
+        std::fs::read_to_string(concat!(env!("CARGO_MANIFEST_DIR"), "/config/nginx-cluster.conf")).unwrap();
+    let listen = broker_port();
+    let mut conf = shipped.replace("127.0.0.1:8000", &format!("127.0.0.1:{listen}"));
+    for (default, n) in ["127.0.0.1:8080", "127.0.0.1:8090", "127.0.0.1:8100"].iter().zip(&nodes) {
+        assert!(conf.contains(default), "the shipped config lists {default}");
+        conf = conf.replace(default, &n.ws.to_string());
+    }
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("nginx.conf");
+    std::fs::write(&path, conf).unwrap();
+    let nginx = Command::new("nginx")
+        .arg("-c")
+        .arg(&path)
+        .arg("-p")
+        .arg(dir.path())
+        .args(["-g", "daemon off;"])
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .expect("nginx (scripts/test.sh installs nginx-light)");
+    let _nginx = Nginx(nginx);
+    wait_port(listen);
+    let front: std::net::SocketAddr = format!("127.0.0.1:{listen}").parse().unwrap();
+    let mut clients: Vec<Ws> = (0..6)
+        .map(|_| {
+            let mut ws = try_connect(front, "/ws", &[]).expect("upgrade through nginx");
+            join(&mut ws, &["lb"]);
+            ws
+        })
+        .collect();
+    let held: Vec<u64> = nodes.iter().map(|n| n.metric("ringcast_connections")).collect();
+    assert!(held.iter().filter(|&&n| n > 0).count() >= 2, "spread over the nodes: {held:?}");
+    assert_eq!(publish(&nodes[2], "lb", "through nginx").0, 200);
+    for ws in clients.iter_mut() {
+        assert_eq!(recv_text(ws), delivery("lb", "through nginx"));
+    }
+}
