@@ -30,9 +30,11 @@ const TIMELINE_BUCKET_MS: u64 = 100;
 
 #[derive(clap::Args, Clone)]
 pub struct Args {
-    /// The server's WebSocket address.
-    #[arg(long, default_value = "127.0.0.1:8080")]
-    target: SocketAddr,
+    /// The server's WebSocket address; several, comma-separated, spread
+    /// the subscribers over them in turn (nodes of a cluster), and the
+    /// publisher uses the first.
+    #[arg(long, default_value = "127.0.0.1:8080", value_delimiter = ',')]
+    target: Vec<SocketAddr>,
     /// How subscribers join: roadrunner (ringcast, bench/peers/*.js), nchan, nats.
     #[arg(long, value_enum, default_value = "roadrunner")]
     protocol: Protocol,
@@ -150,7 +152,7 @@ pub fn run(args: Args) -> Result<(), String> {
     let publish_addr = args.publish_addr.unwrap_or(match via {
         Via::Rpc => SocketAddr::from(([127, 0, 0, 1], 6001)),
         Via::Nats => SocketAddr::from(([127, 0, 0, 1], 4222)),
-        Via::Http | Via::Ws => args.target,
+        Via::Http | Via::Ws => args.target[0],
     });
     let publish_path = args.publish_path.clone().unwrap_or_else(|| match args.protocol {
         Protocol::Nchan | Protocol::Roadrunner => "/pub".into(),
@@ -185,7 +187,7 @@ pub fn run(args: Args) -> Result<(), String> {
                 let _ = c.send(Command::Stop);
             }
             return Err(format!(
-                "only {} of {} subscribers joined (raise ulimit -n? is the gateway at {}?)",
+                "only {} of {} subscribers joined (raise ulimit -n? is the gateway at {:?}?)",
                 joined.load(Ordering::Relaxed),
                 args.subscribers,
                 args.target
@@ -466,7 +468,7 @@ async fn subscriber(
     let path =
         args.protocol.subscribe_path(args.path.as_deref().unwrap_or(args.protocol.default_path()), &topic);
     let crate::wire::Upgraded { stream: mut s, mut buf, mut filled } =
-        crate::wire::ws_connect(i, args.target, &path, args.sources).await?;
+        crate::wire::ws_connect(i, args.target[i % args.target.len()], &path, args.sources).await?;
     let mut out = Vec::with_capacity(128);
     args.protocol.subscribe_frames(&topic, &mut out);
     s.write_all(&out).await.map_err(|e| e.to_string())?;
