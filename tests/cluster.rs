@@ -147,6 +147,38 @@ fn publish(s: &Server, topic: &str, payload: &str) -> (u16, String) {
     s.publish_json(&serde_json::json!({ "topics": [topic], "payload": payload }).to_string())
 }
 
+/// `broadcast.Publish` over goridge RPC (RoadRunner's PHP path); true on
+/// a success reply.
+fn publish_rpc(s: &Server, topic: &str, payload: &str) -> bool {
+    use prost::Message as _;
+    use ringcast::rpc::{frame, proto::broadcast};
+    use std::io::{Read, Write};
+    let body = broadcast::Request {
+        messages: vec![broadcast::Message {
+            command: String::new(),
+            topics: vec![topic.into()],
+            payload: payload.into(),
+        }],
+    }
+    .encode_to_vec();
+    let method = b"broadcast.Publish";
+    let mut out = Vec::new();
+    frame::encode(&mut out, frame::CODEC_PROTO, &[1, method.len() as u32], &[method, &body]);
+    let mut c = std::net::TcpStream::connect(s.rpc).unwrap();
+    c.set_read_timeout(Some(Duration::from_secs(5))).unwrap();
+    c.write_all(&out).unwrap();
+    let mut buf = Vec::new();
+    let mut chunk = [0u8; 4096];
+    loop {
+        if let Ok(Some((f, _))) = frame::decode(&buf, 1 << 20) {
+            return f.flags & frame::ERROR == 0;
+        }
+        let n = c.read(&mut chunk).unwrap();
+        assert!(n > 0, "the RPC connection closed");
+        buf.extend_from_slice(&chunk[..n]);
+    }
+}
+
 fn delivery(topic: &str, payload: &str) -> String {
     format!(r#"{{"topic":"{topic}","payload":"{payload}"}}"#)
 }
@@ -189,6 +221,11 @@ fn three_nodes_each_publication_reaches_every_subscriber_once(kind: Kind) {
         got.dedup();
         assert_eq!(got.len(), 100);
         assert_silent(ws, Duration::from_millis(200));
+    }
+    // goridge RPC publishes go through the broker too.
+    assert!(publish_rpc(&nodes[1], "news", "by rpc"));
+    for ws in subs.iter_mut() {
+        assert_eq!(recv_text(ws), delivery("news", "by rpc"));
     }
     for n in &nodes {
         assert_eq!(n.metric("ringcast_broker_gaps_total"), 0);
