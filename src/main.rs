@@ -2,7 +2,7 @@ use std::path::PathBuf;
 use std::process::ExitCode;
 
 use clap::Parser;
-use ringcast::config::Config;
+use ringcast::config::{Config, LogFormat};
 
 /// Thread-per-core WebSocket pub/sub gateway on io_uring.
 ///
@@ -101,11 +101,11 @@ fn main() -> ExitCode {
     // blocked stderr never stalls a shard; lines past the buffer are dropped
     // (the writer reports how many). The guard flushes at exit.
     let (writer, _flush_on_exit) = tracing_appender::non_blocking(std::io::stderr());
-    tracing_subscriber::fmt()
-        .with_env_filter(filter)
-        .with_writer(writer)
-        .with_ansi(std::io::stderr().is_terminal())
-        .init();
+    let logs = tracing_subscriber::fmt().with_env_filter(filter).with_writer(writer);
+    match config.log.format {
+        LogFormat::Json => logs.json().init(),
+        LogFormat::Text => logs.with_ansi(std::io::stderr().is_terminal()).init(),
+    }
     match ringcast::server::run(config) {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => fail(&e.to_string()),

@@ -365,3 +365,21 @@ fn a_stalled_log_pipe_does_not_stall_the_shards() {
     assert_eq!(s.publish_json(r#"{"topics":["still"],"payload":"serving"}"#).0, 200);
     assert_eq!(recv_text(&mut ws), r#"{"topic":"still","payload":"serving"}"#);
 }
+
+/// `log.format = "json"`: every log line is one JSON object with its level
+/// and message (for log shippers).
+#[test]
+fn json_logs_are_one_object_per_line() {
+    let s =
+        Server::start("[log]\nformat = \"json\"\n[[vhost]]\npath = \"/ws\"\ndialect = \"roadrunner\"\n", 1);
+    drop(s.connect("/ws"));
+    let log = s.log();
+    let lines: Vec<&str> = log.lines().filter(|l| !l.trim().is_empty()).collect();
+    assert!(!lines.is_empty());
+    for line in &lines {
+        let v: serde_json::Value =
+            serde_json::from_str(line).unwrap_or_else(|e| panic!("not JSON ({e}): {line}"));
+        assert!(v["level"].is_string() && v["fields"]["message"].is_string(), "{line}");
+    }
+    assert!(lines.iter().any(|l| l.contains("ringcast listening")), "{log}");
+}
