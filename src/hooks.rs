@@ -85,16 +85,12 @@ impl HookOutcome {
 }
 
 const OUTCOMES: [&str; 6] = ["2xx", "refused", "unreachable", "timeout", "busy", "too_large"];
-/// Latency histogram bucket bounds in milliseconds.
-const BUCKETS_MS: [u64; 10] = [1, 2, 5, 10, 25, 50, 100, 250, 1000, 5000];
-
 #[derive(Debug, Default)]
 pub struct HookMetrics {
     /// Requests queued or running (for a shutdown that lets them finish).
     pending: AtomicU64,
     requests: [[AtomicU64; 6]; 4],
-    latency_buckets: [[AtomicU64; BUCKETS_MS.len() + 1]; 4],
-    latency_sum_us: [AtomicU64; 4],
+    latency: [crate::metrics::Histogram; 4],
 }
 
 impl HookMetrics {
@@ -102,10 +98,7 @@ impl HookMetrics {
         let k = kind as usize;
         self.requests[k][outcome.metric_index()].fetch_add(1, Relaxed);
         if !matches!(outcome, HookOutcome::Busy) {
-            let ms = took.as_millis() as u64;
-            let b = BUCKETS_MS.iter().position(|&le| ms <= le).unwrap_or(BUCKETS_MS.len());
-            self.latency_buckets[k][b].fetch_add(1, Relaxed);
-            self.latency_sum_us[k].fetch_add(took.as_micros() as u64, Relaxed);
+            self.latency[k].record(took);
         }
     }
 
@@ -137,26 +130,8 @@ impl HookMetrics {
         let _ = writeln!(out, "# HELP ringcast_hook_duration_seconds Backend hook latency.");
         let _ = writeln!(out, "# TYPE ringcast_hook_duration_seconds histogram");
         for kind in HookKind::ALL {
-            let k = kind as usize;
-            let mut cumulative = 0;
-            for (i, le) in BUCKETS_MS.iter().enumerate() {
-                cumulative += self.latency_buckets[k][i].load(Relaxed);
-                let _ = writeln!(
-                    out,
-                    "ringcast_hook_duration_seconds_bucket{{hook=\"{}\",le=\"{}\"}} {cumulative}",
-                    kind.name(),
-                    *le as f64 / 1000.0
-                );
-            }
-            cumulative += self.latency_buckets[k][BUCKETS_MS.len()].load(Relaxed);
-            let name = kind.name();
-            let sum = self.latency_sum_us[k].load(Relaxed) as f64 / 1e6;
-            let _ = writeln!(
-                out,
-                "ringcast_hook_duration_seconds_bucket{{hook=\"{name}\",le=\"+Inf\"}} {cumulative}"
-            );
-            let _ = writeln!(out, "ringcast_hook_duration_seconds_sum{{hook=\"{name}\"}} {sum}");
-            let _ = writeln!(out, "ringcast_hook_duration_seconds_count{{hook=\"{name}\"}} {cumulative}");
+            let labels = format!("hook=\"{}\"", kind.name());
+            self.latency[kind as usize].render_series("ringcast_hook_duration_seconds", &labels, out);
         }
     }
 }

@@ -1,3 +1,4 @@
+use std::io::Write;
 use std::path::PathBuf;
 use std::process::ExitCode;
 
@@ -87,7 +88,8 @@ fn main() -> ExitCode {
         if shown.server.admin_token.is_some() {
             shown.server.admin_token = Some("<redacted>".into());
         }
-        println!("{shown:#?}");
+        // A closed pipe (`| head`) is not an error worth a panic.
+        let _ = writeln!(std::io::stdout(), "{shown:#?}");
         return ExitCode::SUCCESS;
     }
     let filter = tracing_subscriber::EnvFilter::try_from_default_env()

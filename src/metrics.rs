@@ -51,7 +51,8 @@ impl GlobalMetrics {
 }
 
 /// Upper bounds (seconds) of the latency histograms' buckets.
-const BOUNDS: [f64; 12] = [0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5];
+const BOUNDS: [f64; 14] =
+    [0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0];
 
 /// A Prometheus histogram of durations: relaxed atomics, no locks.
 #[derive(Debug, Default)]
@@ -77,6 +78,12 @@ impl Histogram {
 
     pub fn render(&self, name: &str, help: &str, labels: &str, out: &mut String) {
         let _ = writeln!(out, "# HELP {name} {help}\n# TYPE {name} histogram");
+        self.render_series(name, labels, out);
+    }
+
+    /// The series alone (one label set of a histogram whose HELP and TYPE
+    /// are written once).
+    pub fn render_series(&self, name: &str, labels: &str, out: &mut String) {
         let mut cumulative = 0;
         for (i, b) in self.buckets.iter().enumerate() {
             cumulative += b.load(Relaxed);
@@ -223,5 +230,23 @@ mod tests {
         assert!(text.contains("ringcast_connections{shard=\"1\"} 1\n"));
         assert!(text.contains("# TYPE ringcast_messages_out_total counter\n"));
         assert!(text.contains("ringcast_rpc_requests_total 0\n"));
+    }
+
+    #[test]
+    fn histogram_buckets_are_cumulative_with_sum_and_count() {
+        use std::time::Duration;
+        let h = Histogram::default();
+        h.record(Duration::from_micros(300));
+        h.record(Duration::from_millis(3));
+        h.record(Duration::from_secs(20));
+        let mut out = String::new();
+        h.render("x_seconds", "help", "k=\"v\"", &mut out);
+        assert!(out.contains("# TYPE x_seconds histogram"), "{out}");
+        assert!(out.contains("x_seconds_bucket{k=\"v\",le=\"0.0005\"} 1\n"), "{out}");
+        assert!(out.contains("x_seconds_bucket{k=\"v\",le=\"0.005\"} 2\n"), "{out}");
+        assert!(out.contains("x_seconds_bucket{k=\"v\",le=\"10\"} 2\n"), "{out}");
+        assert!(out.contains("x_seconds_bucket{k=\"v\",le=\"+Inf\"} 3\n"), "{out}");
+        assert!(out.contains("x_seconds_count{k=\"v\"} 3"), "{out}");
+        assert!(out.contains("x_seconds_sum{k=\"v\"} 20.0033"), "{out}");
     }
 }
