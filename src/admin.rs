@@ -36,12 +36,19 @@ fn ok(status: StatusCode, body: serde_json::Value) -> Reply {
     reply_json(status, body.to_string())
 }
 
-/// Is the request carrying the admin token? Compared in constant time.
-pub fn authorized(header: Option<&hyper::header::HeaderValue>, token: &str) -> bool {
+/// The bearer token of a request (empty when there is none).
+pub fn bearer(headers: &hyper::HeaderMap) -> &str {
+    headers
+        .get(hyper::header::AUTHORIZATION)
+        .and_then(|h| h.to_str().ok())
+        .and_then(|h| h.strip_prefix("Bearer "))
+        .unwrap_or("")
+}
+
+/// Compares a presented token with the expected one in constant time.
+pub fn token_eq(presented: &str, expected: &str) -> bool {
     use subtle::ConstantTimeEq;
-    let presented =
-        header.and_then(|h| h.to_str().ok()).and_then(|h| h.strip_prefix("Bearer ")).unwrap_or("");
-    presented.len() == token.len() && bool::from(presented.as_bytes().ct_eq(token.as_bytes()))
+    presented.len() == expected.len() && bool::from(presented.as_bytes().ct_eq(expected.as_bytes()))
 }
 
 pub async fn route(method: &Method, path: &str, query: Option<&str>, body: Bytes, ctx: &ApiContext) -> Reply {

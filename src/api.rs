@@ -141,7 +141,7 @@ async fn admin_route(req: Request<Incoming>, ctx: &ApiContext) -> Reply {
             "the admin API is off: set server.admin_token or RINGCAST_ADMIN_TOKEN",
         );
     };
-    if !crate::admin::authorized(req.headers().get(hyper::header::AUTHORIZATION), token) {
+    if !crate::admin::token_eq(crate::admin::bearer(req.headers()), token) {
         let mut r = error(StatusCode::UNAUTHORIZED, "missing or wrong admin token (Authorization: Bearer …)");
         r.headers_mut().insert(hyper::header::WWW_AUTHENTICATE, HeaderValue::from_static("Bearer"));
         return r;
@@ -163,14 +163,8 @@ fn worker_route(mut req: Request<Incoming>, vhost: &str, ctx: &Arc<ApiContext>) 
     let Some(v) = ctx.webrocket.directory.vhost(vhost) else {
         return error(StatusCode::NOT_FOUND, &format!("no webrocket vhost {vhost}"));
     };
-    let presented = req
-        .headers()
-        .get(hyper::header::AUTHORIZATION)
-        .and_then(|h| h.to_str().ok())
-        .and_then(|h| h.strip_prefix("Bearer "))
-        .unwrap_or("")
-        .to_string();
-    if !v.token_matches(&presented) {
+    let presented = crate::admin::bearer(req.headers()).to_string();
+    if !crate::admin::token_eq(&presented, &v.token()) {
         let mut r =
             error(StatusCode::UNAUTHORIZED, "missing or wrong vhost access token (Authorization: Bearer …)");
         r.headers_mut().insert(hyper::header::WWW_AUTHENTICATE, HeaderValue::from_static("Bearer"));

@@ -425,17 +425,7 @@ fn nats_node_starts_before_its_broker() {
 const TOKEN: &str = "cluster-admin-token-0123456789";
 
 fn admin(s: &Server, method: &str, path: &str, body: Option<serde_json::Value>) -> (u16, serde_json::Value) {
-    let req = ureq::request(method, &s.url(path)).set("Authorization", &format!("Bearer {TOKEN}"));
-    let result = match body {
-        Some(b) => req.send_string(&b.to_string()),
-        None => req.call(),
-    };
-    let (status, text) = match result {
-        Ok(r) => (r.status(), r.into_string().unwrap()),
-        Err(ureq::Error::Status(code, r)) => (code, r.into_string().unwrap()),
-        Err(e) => panic!("{method} {path}: {e}"),
-    };
-    (status, serde_json::from_str(&text).unwrap_or(serde_json::Value::String(text)))
+    admin_call(s, TOKEN, method, path, body)
 }
 
 fn ask(ws: &mut Ws, message: &str) -> String {

@@ -23,17 +23,7 @@ fn admin(s: &Server, method: &str, path: &str, body: Option<Value>) -> (u16, Val
 }
 
 fn admin_with(s: &Server, method: &str, path: &str, body: Option<Value>, token: &str) -> (u16, Value) {
-    let req = ureq::request(method, &s.url(path)).set("Authorization", &format!("Bearer {token}"));
-    let result = match body {
-        Some(b) => req.send_string(&b.to_string()),
-        None => req.call(),
-    };
-    let (status, text) = match result {
-        Ok(r) => (r.status(), r.into_string().unwrap()),
-        Err(ureq::Error::Status(code, r)) => (code, r.into_string().unwrap()),
-        Err(e) => panic!("{method} {path}: {e}"),
-    };
-    (status, serde_json::from_str(&text).unwrap_or(Value::String(text)))
+    admin_call(s, token, method, path, body)
 }
 
 fn add_user(s: &Server, name: &str, secret: Option<&str>, perms: &[&str]) {

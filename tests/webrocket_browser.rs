@@ -39,13 +39,9 @@ fn chromium() -> PathBuf {
 }
 
 fn admin(s: &Server, method: &str, path: &str, body: Option<Value>) -> Value {
-    let req = ureq::request(method, &s.url(path)).set("Authorization", &format!("Bearer {TOKEN}"));
-    let r = match body {
-        Some(b) => req.send_string(&b.to_string()),
-        None => req.call(),
-    }
-    .unwrap_or_else(|e| panic!("{method} {path}: {e}"));
-    serde_json::from_str(&r.into_string().unwrap()).unwrap()
+    let (status, answer) = admin_call(s, TOKEN, method, path, body);
+    assert!((200..300).contains(&status), "{method} {path}: {status} {answer}");
+    answer
 }
 
 /// A DevTools session on one page, recording console errors and exceptions.

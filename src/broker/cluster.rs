@@ -734,7 +734,10 @@ impl Cluster {
         let items = batch
             .iter()
             .map(|d| {
-                let n = seq.entry(d.topic.clone()).or_insert(0);
+                let n = match seq.get_mut(&d.topic) {
+                    Some(n) => n,
+                    None => seq.entry(d.topic.clone()).or_insert(0),
+                };
                 *n += 1;
                 let p = Publication { topic: d.topic.to_string(), seq: *n, frame: d.frame.clone() };
                 (self.transport.topic_subject(&d.topic), envelope::encode(&self.node, Body::Publication(p)))

@@ -41,7 +41,9 @@ pub fn decode(bytes: Bytes) -> Result<(String, Body), BadEnvelope> {
 /// duplicate, ignored by the count.
 #[derive(Default)]
 pub struct Gaps {
-    next: HashMap<(String, String), u64>,
+    /// origin → topic → next expected; looked up by `&str`, so a
+    /// publication on a known stream allocates nothing.
+    next: HashMap<String, HashMap<String, u64>>,
 }
 
 /// What one received publication means for its stream.
@@ -56,10 +58,13 @@ pub enum Seen {
 
 impl Gaps {
     pub fn see(&mut self, origin: &str, topic: &str, seq: u64) -> Seen {
-        let key = (origin.to_string(), topic.to_string());
-        let Some(next) = self.next.get_mut(&key) else {
+        let topics = match self.next.get_mut(origin) {
+            Some(t) => t,
+            None => self.next.entry(origin.to_string()).or_default(),
+        };
+        let Some(next) = topics.get_mut(topic) else {
             // The first seen on this stream: nothing to compare with.
-            self.next.insert(key, seq.saturating_add(1));
+            topics.insert(topic.to_string(), seq.saturating_add(1));
             return Seen::InOrder;
         };
         if seq < *next {
@@ -76,7 +81,10 @@ impl Gaps {
 
     /// Interest in `topic` ended: its streams restart from whatever comes next.
     pub fn forget_topic(&mut self, topic: &str) {
-        self.next.retain(|(_, t), _| t != topic);
+        for topics in self.next.values_mut() {
+            topics.remove(topic);
+        }
+        self.next.retain(|_, t| !t.is_empty());
     }
 }
 

@@ -217,6 +217,8 @@ impl<'de: 'a, 'a> Deserialize<'de> for Entries<'a> {
 #[derive(Deserialize, Default)]
 struct Payload<'a> {
     #[serde(borrow, default)]
+    sid: Option<Cow<'a, str>>,
+    #[serde(borrow, default)]
     user: Option<Cow<'a, str>>,
     #[serde(borrow, default)]
     secret: Option<Cow<'a, str>>,
@@ -235,13 +237,8 @@ const EVENTS: &[&str] =
 /// and existence are the session's.
 pub fn parse(message: &[u8]) -> Result<Command<'_>, WrError> {
     let text = std::str::from_utf8(message).map_err(|_| WrError::payload("the message is not UTF-8"))?;
-    let Entries(entries) = serde_json::from_str(text)
-        .map_err(|e| WrError::payload(format!("expected a JSON object with one key, the event: {e}")))?;
-    let [(event, payload)] = &entries[..] else {
-        return Err(WrError::payload("expected a JSON object with exactly one key, the event"));
-    };
-    let payload: &'_ RawValue = payload;
-    let event: &str = event;
+    let (event, payload) = one_key(text)?;
+    let event: &str = &event;
     if !EVENTS.contains(&event) {
         return Err(WrError::new(ErrorId::UndefinedEvent, event));
     }
@@ -251,12 +248,7 @@ pub fn parse(message: &[u8]) -> Result<Command<'_>, WrError> {
         }
         return Ok(if event == "logout" { Command::Logout } else { Command::Disconnect });
     }
-    let raw = payload.get();
-    if !raw.starts_with('{') {
-        return Err(WrError::payload(format!("the payload of {event} must be an object")));
-    }
-    let p: Payload<'_> = serde_json::from_str(raw)
-        .map_err(|e| WrError::payload(format!("invalid payload of {event}: {e}")))?;
+    let p = object(event, payload)?;
     let data = p.data.map_or("null", RawValue::get);
     let channel = || named(p.channel.clone(), channel_name_is_valid, ErrorId::InvalidChannelName, "channel");
     let ev = || named(p.event.clone(), event_name_is_valid, ErrorId::InvalidEventName, "event");
@@ -275,6 +267,25 @@ pub fn parse(message: &[u8]) -> Result<Command<'_>, WrError> {
         "trigger" => Command::Trigger { event: ev()?, data },
         _ => unreachable!("EVENTS lists every event handled"),
     })
+}
+
+/// The one key of a message object and its value's JSON text.
+fn one_key(text: &str) -> Result<(Cow<'_, str>, &RawValue), WrError> {
+    let Entries(entries) = serde_json::from_str(text)
+        .map_err(|e| WrError::payload(format!("expected a JSON object with one key: {e}")))?;
+    let mut entries = entries.into_iter();
+    match (entries.next(), entries.next()) {
+        (Some(entry), None) => Ok(entry),
+        _ => Err(WrError::payload("expected a JSON object with exactly one key")),
+    }
+}
+
+/// A payload that must be an object.
+fn object<'a>(key: &str, raw: &'a RawValue) -> Result<Payload<'a>, WrError> {
+    if !raw.get().starts_with('{') {
+        return Err(WrError::payload(format!("the payload of {key} must be an object")));
+    }
+    serde_json::from_str(raw.get()).map_err(|e| WrError::payload(format!("invalid payload of {key}: {e}")))
 }
 
 fn named<'a>(
@@ -362,36 +373,15 @@ pub enum WorkerCommand<'a> {
     Broadcast { channel: Cow<'a, str>, event: Cow<'a, str>, data: &'a str },
 }
 
-#[derive(Deserialize)]
-struct WorkerPayload<'a> {
-    #[serde(borrow, default)]
-    sid: Option<Cow<'a, str>>,
-    #[serde(borrow, default)]
-    channel: Option<Cow<'a, str>>,
-    #[serde(borrow, default)]
-    event: Option<Cow<'a, str>>,
-    #[serde(borrow, default)]
-    data: Option<&'a RawValue>,
-}
-
 /// Parses a worker's message: `{"reply":{"sid","event","data"}}` or
 /// `{"broadcast":{"channel","event","data"}}`.
 pub fn parse_worker(message: &str) -> Result<WorkerCommand<'_>, WrError> {
-    let Entries(entries) = serde_json::from_str(message)
-        .map_err(|e| WrError::payload(format!("expected a JSON object with one key: {e}")))?;
-    let [(kind, payload)] = &entries[..] else {
-        return Err(WrError::payload("expected a JSON object with exactly one key"));
-    };
-    let kind: &str = kind;
+    let (kind, payload) = one_key(message)?;
+    let kind: &str = &kind;
     if kind != "reply" && kind != "broadcast" {
         return Err(WrError::new(ErrorId::UndefinedEvent, kind));
     }
-    let raw = payload.get();
-    if !raw.starts_with('{') {
-        return Err(WrError::payload(format!("the payload of {kind} must be an object")));
-    }
-    let p: WorkerPayload<'_> =
-        serde_json::from_str(raw).map_err(|e| WrError::payload(format!("invalid payload of {kind}: {e}")))?;
+    let p = object(kind, payload)?;
     let data = p.data.map_or("null", RawValue::get);
     let event = named(p.event, event_name_is_valid, ErrorId::InvalidEventName, "event")?;
     if kind == "reply" {

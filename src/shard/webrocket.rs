@@ -28,11 +28,8 @@ struct ShardEnv<'a> {
     st: &'a mut ConnState,
     key: ConnKey,
     vhost: &'a str,
-    /// Broadcasts whose inbox was full, to finish in a task.
-    waiting: Vec<(usize, ShardMsg)>,
-    /// Broker confirmations of new subscriptions, and the frames held until then.
-    confirmations: Vec<oneshot::Receiver<()>>,
-    held: Vec<Bytes>,
+    /// What this message leaves for a task to finish.
+    left: Leftover,
 }
 
 impl Env for ShardEnv<'_> {
@@ -51,7 +48,7 @@ impl Env for ShardEnv<'_> {
     fn subscribe(&mut self, topic: &str) {
         let (name, confirm) = self.shard.index_subscribe(topic, self.key);
         self.st.topics.push(name);
-        self.confirmations.extend(confirm);
+        self.left.confirmations.extend(confirm);
     }
 
     fn unsubscribe(&mut self, topic: &str) {
@@ -71,8 +68,8 @@ impl Env for ShardEnv<'_> {
     fn send(&mut self, frame: Bytes) {
         // After a subscription the broker has yet to confirm, replies wait
         // for it (a `subscribed` promises cluster-wide delivery).
-        if !self.confirmations.is_empty() {
-            self.held.push(frame);
+        if !self.left.confirmations.is_empty() {
+            self.left.held.push(frame);
             return;
         }
         if self.st.push(frame, self.shard.config.limits.max_backpressure).is_err() {
@@ -96,13 +93,13 @@ impl Env for ShardEnv<'_> {
             let msg = ShardMsg::Deliver(batch.clone());
             // Once one waits, later shards wait behind it: keeps each
             // shard's view of this sender's broadcasts in order.
-            if !self.waiting.is_empty() {
-                self.waiting.push((shard, msg));
+            if !self.left.waiting.is_empty() {
+                self.left.waiting.push((shard, msg));
                 continue;
             }
             match self.shard.router.try_send(shard, msg) {
                 Ok(()) | Err(TrySendError::Disconnected(_)) => {}
-                Err(TrySendError::Full(back)) => self.waiting.push((shard, back)),
+                Err(TrySendError::Full(back)) => self.left.waiting.push((shard, back)),
             }
         }
     }
@@ -146,22 +143,11 @@ fn with_session<R>(
 ) -> Option<(R, Leftover)> {
     let mut session = st.wr.take()?;
     let key = st.owner.key;
-    let vhost = session.vhost.path.clone();
-    let mut env = ShardEnv {
-        shard,
-        st,
-        key,
-        vhost: &vhost,
-        waiting: Vec::new(),
-        confirmations: Vec::new(),
-        held: Vec::new(),
-    };
+    // A reference count, not a copy of the path, per message.
+    let vhost = session.vhost.clone();
+    let mut env = ShardEnv { shard, st, key, vhost: &vhost.path, left: Leftover::default() };
     let r = f(&mut session, &mut env);
-    let left = Leftover {
-        waiting: std::mem::take(&mut env.waiting),
-        confirmations: std::mem::take(&mut env.confirmations),
-        held: std::mem::take(&mut env.held),
-    };
+    let left = std::mem::take(&mut env.left);
     st.wr = Some(session);
     Some((r, left))
 }

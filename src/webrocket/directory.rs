@@ -147,13 +147,6 @@ impl Vhost {
         read(&self.token).clone()
     }
 
-    /// Compares a presented token with this vhost's in constant time.
-    pub fn token_matches(&self, presented: &str) -> bool {
-        use subtle::ConstantTimeEq;
-        let token = self.token();
-        token.len() == presented.len() && bool::from(token.as_bytes().ct_eq(presented.as_bytes()))
-    }
-
     // The mutators below are called by the admin API after the store
     // committed the same change.
 

@@ -261,6 +261,28 @@ pub fn http_post(url: &str, content_type: &str, body: &[u8]) -> (u16, String) {
     }
 }
 
+/// An admin API call (`/admin/…`) with `token` as the bearer: (status, the
+/// JSON answer, or the text as a JSON string when it is not JSON).
+pub fn admin_call(
+    s: &Server,
+    token: &str,
+    method: &str,
+    path: &str,
+    body: Option<serde_json::Value>,
+) -> (u16, serde_json::Value) {
+    let req = ureq::request(method, &s.url(path)).set("Authorization", &format!("Bearer {token}"));
+    let result = match body {
+        Some(b) => req.send_string(&b.to_string()),
+        None => req.call(),
+    };
+    let (status, text) = match result {
+        Ok(r) => (r.status(), r.into_string().unwrap()),
+        Err(ureq::Error::Status(code, r)) => (code, r.into_string().unwrap()),
+        Err(e) => panic!("{method} {path}: {e}"),
+    };
+    (status, serde_json::from_str(&text).unwrap_or(serde_json::Value::String(text)))
+}
+
 /// Sends raw bytes and returns everything the server sends until it closes
 /// or `wait` passes.
 pub fn raw_exchange(addr: SocketAddr, request: &[u8], wait: Duration) -> Vec<u8> {
