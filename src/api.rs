@@ -27,6 +27,9 @@ use crate::shard::{PushOutcome, ShardMsg, ShardRouter};
 pub struct ApiContext {
     pub broker: Arc<dyn Broker>,
     pub shard_metrics: Vec<Arc<ShardMetrics>>,
+    pub shard_stats: Vec<Arc<crate::stats::ShardStats>>,
+    /// When the gateway started (uptime).
+    pub started: std::time::Instant,
     pub metrics: Arc<GlobalMetrics>,
     pub hook_metrics: Arc<HookMetrics>,
     pub max_body: usize,
@@ -58,7 +61,7 @@ pub async fn serve(listener: TcpListener, ctx: Arc<ApiContext>) {
         tokio::spawn(async move {
             let service = hyper::service::service_fn(move |req| {
                 let ctx = ctx.clone();
-                async move { Ok::<_, Infallible>(route(req, &ctx).await) }
+                async move { Ok::<_, Infallible>(route_streaming(req, ctx).await) }
             });
             // Without a timer hyper silently skips its header-read timeout.
             if let Err(e) = hyper::server::conn::http1::Builder::new()
@@ -87,8 +90,32 @@ fn error(status: StatusCode, message: &str) -> Reply {
     json(status, serde_json::json!({ "error": message }).to_string())
 }
 
+/// The one streaming route, else `route`.
+async fn route_streaming(req: Request<Incoming>, ctx: Arc<ApiContext>) -> crate::live::StreamReply {
+    if req.uri().path() == "/stats/stream" && req.method() == Method::GET {
+        return match crate::live::check(req.headers(), &ctx) {
+            Some(denied) => denied.map(|b| b.boxed_unsync()),
+            None => crate::live::stream(ctx),
+        };
+    }
+    route(req, &ctx).await.map(|b| b.boxed_unsync())
+}
+
 async fn route(req: Request<Incoming>, ctx: &Arc<ApiContext>) -> Reply {
     let path = req.uri().path();
+    if matches!(path, "/stats" | "/dashboard" | "/debug/pprof/profile") {
+        if req.method() != Method::GET {
+            return error(StatusCode::METHOD_NOT_ALLOWED, "method not allowed");
+        }
+        if let Some(denied) = crate::live::check(req.headers(), ctx) {
+            return denied;
+        }
+        return match path {
+            "/stats" => crate::live::stats(ctx),
+            "/dashboard" => crate::live::dashboard(),
+            _ => crate::live::profile(req.uri().query(), ctx).await,
+        };
+    }
     if path.starts_with("/admin/") {
         return admin_route(req, ctx).await;
     }
@@ -107,6 +134,7 @@ async fn route(req: Request<Incoming>, ctx: &Arc<ApiContext>) -> Reply {
         (&Method::GET, "/metrics") => {
             let mut text = metrics::render(&ctx.shard_metrics, &ctx.metrics);
             ctx.hook_metrics.render(&mut text);
+            crate::snapshot::render_metrics(ctx, &mut text);
             if let Some(m) = &ctx.cluster_metrics {
                 m.render(ctx.broker.name(), &mut text);
             }

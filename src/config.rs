@@ -17,6 +17,7 @@ pub struct Config {
     pub limits: Limits,
     pub rpc: RpcConfig,
     pub log: LogConfig,
+    pub stats: StatsConfig,
     /// Broker for publications: `memory` (this node), `redis` or `nats`
     /// (many nodes as one, docs/cluster.md).
     pub broker: String,
@@ -130,6 +131,23 @@ pub struct LogConfig {
     pub level: String,
     /// `text` (human-readable) or `json` (one object per line).
     pub format: LogFormat,
+}
+
+/// The live measurements of docs/metrics.md beyond plain counters.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct StatsConfig {
+    /// Publish → socket latency, send queue depths, hottest topics. Off:
+    /// shards record none of them (the counters stay).
+    pub enabled: bool,
+    /// Topics listed by subscribers and by message rate (dashboard, `/stats`).
+    pub top_topics: usize,
+}
+
+impl Default for StatsConfig {
+    fn default() -> Self {
+        StatsConfig { enabled: true, top_topics: 10 }
+    }
 }
 
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize)]
@@ -265,6 +283,7 @@ impl Default for Config {
             limits: Limits::default(),
             rpc: RpcConfig::default(),
             log: LogConfig::default(),
+            stats: StatsConfig::default(),
             broker: "memory".into(),
             redis: RedisConfig::default(),
             nats: NatsConfig::default(),
@@ -379,6 +398,9 @@ impl Config {
         let fail = |key: &str, why: &str| Err(ConfigError(format!("invalid `{key}`: {why}")));
         if self.server.shards > 1024 {
             return fail("server.shards", "at most 1024");
+        }
+        if self.stats.top_topics > 1000 {
+            return fail("stats.top_topics", "at most 1000");
         }
         if self.server.max_connections == 0 {
             return fail("server.max_connections", "must be at least 1");

@@ -102,6 +102,20 @@ impl HookMetrics {
         }
     }
 
+    /// Requests that got no usable answer: unreachable, timeout, too large.
+    pub fn failures(&self) -> u64 {
+        self.requests.iter().map(|k| k[2].load(Relaxed) + k[3].load(Relaxed) + k[5].load(Relaxed)).sum()
+    }
+
+    /// Latency percentiles (ms) per hook that was called.
+    pub fn percentiles_ms(&self) -> std::collections::BTreeMap<String, crate::snapshot::Percentiles> {
+        HookKind::ALL
+            .iter()
+            .filter(|k| self.latency[**k as usize].count() > 0)
+            .map(|k| (k.name().to_string(), self.latency[*k as usize].percentiles_ms()))
+            .collect()
+    }
+
     pub fn pending(&self) -> u64 {
         self.pending.load(Relaxed)
     }

@@ -24,6 +24,69 @@ pub struct ShardMetrics {
     pub backend_errors: AtomicU64,
     pub close_backlog: AtomicU64,
     pub close_hooks_dropped: AtomicU64,
+    /// Upgrades refused, by `Refusal`.
+    pub refused: [AtomicU64; Refusal::ALL.len()],
+}
+
+/// Why an upgrade did not become a connection (`reason` label).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Refusal {
+    /// `server.max_connections` reached (HTTP 503).
+    MaxConnections,
+    /// Not a valid WebSocket upgrade (400, 405, 426, 431).
+    BadRequest,
+    /// No vhost at the path (404).
+    NotFound,
+    /// Origin not allowed (403).
+    Origin,
+    /// The request did not arrive within `handshake_timeout_ms` (408).
+    Timeout,
+    /// The ClientId is connected already (409).
+    DuplicateClient,
+    /// The connect hook answered no.
+    BackendRefused,
+    /// The connect hook failed: unreachable, timeout, too large, busy.
+    BackendError,
+    /// The gateway is shutting down.
+    ShuttingDown,
+    /// The peer left or the socket failed before the upgrade completed.
+    PeerGone,
+}
+
+impl Refusal {
+    pub const ALL: [Refusal; 10] = [
+        Refusal::MaxConnections,
+        Refusal::BadRequest,
+        Refusal::NotFound,
+        Refusal::Origin,
+        Refusal::Timeout,
+        Refusal::DuplicateClient,
+        Refusal::BackendRefused,
+        Refusal::BackendError,
+        Refusal::ShuttingDown,
+        Refusal::PeerGone,
+    ];
+
+    pub fn name(self) -> &'static str {
+        match self {
+            Refusal::MaxConnections => "max_connections",
+            Refusal::BadRequest => "bad_request",
+            Refusal::NotFound => "not_found",
+            Refusal::Origin => "origin",
+            Refusal::Timeout => "timeout",
+            Refusal::DuplicateClient => "duplicate_client",
+            Refusal::BackendRefused => "backend_refused",
+            Refusal::BackendError => "backend_error",
+            Refusal::ShuttingDown => "shutting_down",
+            Refusal::PeerGone => "peer_gone",
+        }
+    }
+}
+
+impl ShardMetrics {
+    pub fn refuse(&self, why: Refusal) {
+        inc(&self.refused[why as usize]);
+    }
 }
 
 #[derive(Debug, Default)]
@@ -51,7 +114,7 @@ impl GlobalMetrics {
 }
 
 /// Upper bounds (seconds) of the latency histograms' buckets.
-const BOUNDS: [f64; 14] =
+pub const BOUNDS: [f64; 14] =
     [0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0];
 
 /// A Prometheus histogram of durations: relaxed atomics, no locks.
@@ -74,6 +137,34 @@ impl Histogram {
 
     pub fn count(&self) -> u64 {
         self.count.load(Relaxed)
+    }
+
+    /// Percentiles in ms, each the upper bound of the bucket it falls in
+    /// (beyond the last bound: the last bound).
+    pub fn percentiles_ms(&self) -> crate::snapshot::Percentiles {
+        let counts: Vec<u64> = self.buckets.iter().map(|b| b.load(Relaxed)).collect();
+        let total: u64 = counts.iter().sum();
+        let at = |q: f64| {
+            let rank = ((q * total as f64).ceil() as u64).max(1);
+            let mut seen = 0;
+            for (i, c) in counts.iter().enumerate() {
+                seen += c;
+                if seen >= rank {
+                    return BOUNDS[i.min(BOUNDS.len() - 1)] * 1000.0;
+                }
+            }
+            BOUNDS[BOUNDS.len() - 1] * 1000.0
+        };
+        if total == 0 {
+            return Default::default();
+        }
+        crate::snapshot::Percentiles {
+            count: total,
+            p50: at(0.5),
+            p99: at(0.99),
+            p999: at(0.999),
+            max: at(1.0),
+        }
     }
 
     pub fn render(&self, name: &str, help: &str, labels: &str, out: &mut String) {
@@ -248,5 +339,7 @@ mod tests {
         assert!(out.contains("x_seconds_bucket{k=\"v\",le=\"+Inf\"} 3\n"), "{out}");
         assert!(out.contains("x_seconds_count{k=\"v\"} 3"), "{out}");
         assert!(out.contains("x_seconds_sum{k=\"v\"} 20.0033"), "{out}");
+        let p = h.percentiles_ms();
+        assert_eq!((p.count, p.p50, p.max), (3, 5.0, 10_000.0));
     }
 }

@@ -124,6 +124,14 @@ pub fn validate(messages: &[Message], limits: &Limits) -> Result<(), PublishErro
 pub struct Delivery {
     pub topic: Box<str>,
     pub frame: Bytes,
+    /// When this node got the publication (publish → socket latency).
+    pub received: std::time::Instant,
+}
+
+impl Delivery {
+    pub fn new(topic: &str, frame: Bytes) -> Self {
+        Delivery { topic: topic.into(), frame, received: std::time::Instant::now() }
+    }
 }
 
 /// What shards receive: deliveries shared by reference across shards.
@@ -131,12 +139,15 @@ pub type Batch = Arc<[Delivery]>;
 
 /// Encodes each (message, topic) pair into one complete WebSocket frame.
 pub fn encode(messages: &[Message]) -> Batch {
+    let received = std::time::Instant::now();
     messages
         .iter()
         .flat_map(|m| {
-            m.topics
-                .iter()
-                .map(move |t| Delivery { topic: t.as_str().into(), frame: delivery_frame(t, &m.payload) })
+            m.topics.iter().map(move |t| Delivery {
+                topic: t.as_str().into(),
+                frame: delivery_frame(t, &m.payload),
+                received,
+            })
         })
         .collect()
 }

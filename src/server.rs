@@ -74,6 +74,8 @@ pub fn run(config: Config) -> Result<(), StartError> {
     let (router, inboxes) =
         ShardRouter::new(shards, server.shard_inbox, server.shard_inbox_bytes, global_metrics.clone());
     let shard_metrics: Vec<Arc<ShardMetrics>> = (0..shards).map(|_| Arc::default()).collect();
+    let shard_stats: Vec<Arc<crate::stats::ShardStats>> =
+        (0..shards).map(|_| Arc::new(crate::stats::ShardStats::new(config.vhosts.len()))).collect();
     let open_connections = Arc::new(AtomicUsize::new(0));
     let clients = Arc::new(ClientRegistry::default());
     let (registry_handle, registry_ops) = crate::clients::handle();
@@ -114,6 +116,7 @@ pub fn run(config: Config) -> Result<(), StartError> {
             clients: registry_handle.clone(),
             webrocket: webrocket.clone(),
             interest: interest_tx.clone(),
+            stats: shard_stats[id].clone(),
         };
         let cpu = (!cores.is_empty()).then(|| cores[id % cores.len()].id);
         let ready = ready_tx.clone();
@@ -173,6 +176,8 @@ pub fn run(config: Config) -> Result<(), StartError> {
     let api_ctx = Arc::new(ApiContext {
         broker,
         shard_metrics,
+        shard_stats,
+        started: std::time::Instant::now(),
         metrics: global_metrics,
         hook_metrics: hook_metrics.clone(),
         max_body: config.rpc.max_frame_size,

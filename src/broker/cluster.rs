@@ -375,7 +375,7 @@ impl Cluster {
             }
             Seen::InOrder => {}
         }
-        let batch: Batch = Arc::from(vec![Delivery { topic: p.topic.into(), frame: p.frame }]);
+        let batch: Batch = Arc::from(vec![Delivery::new(&p.topic, p.frame)]);
         // Parks while a shard's inbox is full: the broker's buffers take
         // the difference (and loss past them shows as gaps).
         let _ = self.router.dispatch(batch).await;

@@ -26,7 +26,7 @@ use crate::config::{DuplicateClient, OnBackendError, VhostConfig};
 use crate::dialect::roadrunner::{self, Command, Reply};
 use crate::dialect::{proxy, Dialect};
 use crate::hooks::{HookKind, HookOutcome, HookRequest};
-use crate::metrics;
+use crate::metrics::{self, Refusal};
 use crate::rt::{self, TcpStream};
 use crate::ws::handshake::{self, http_response, HttpError, MAX_REQUEST_HEAD};
 use crate::ws::{close_frame, data_frame, Decoder, Event, Flow};
@@ -58,6 +58,9 @@ pub struct ConnState {
     closing: bool,
     /// Drop the connection now.
     forced: bool,
+    /// The publication followed for latency this connection carries
+    /// (`stats::ProbeMark`; 0: none).
+    pub(crate) probe: crate::stats::ProbeMark,
 }
 
 impl ConnState {
@@ -107,6 +110,16 @@ impl ConnState {
         self.queue.push_unbounded(frame);
         self.closing = true;
         self.wake();
+        true
+    }
+
+    /// Marks the frame just queued as the probe `id`'s; false if closing
+    /// (the frame was not queued).
+    pub fn carry_probe(&mut self, id: u32) -> bool {
+        if self.closing {
+            return false;
+        }
+        self.probe = crate::stats::probe_mark(id, self.queue.frames());
         true
     }
 
@@ -186,15 +199,20 @@ async fn open(shard: Rc<Shard>, mut stream: TcpStream) -> Option<Connection> {
         wr: wr.map(|v| Box::new(crate::webrocket::session::Session::new(v))),
         ..Default::default()
     }));
-    let owner = shard.register(&state);
+    let owner = shard.register(&state, vhost);
     let v = &shard.vhost_config(vhost);
     if let Some(id) = &client {
         match shard.clients.claim(id, owner, v.duplicate_client == DuplicateClient::Replace).await {
             Ok(None) => {}
             Ok(Some(old)) => shard.replace(old).await,
             Err(live) => {
-                shard.unregister(owner.key);
+                shard.unregister(owner.key, vhost);
                 metrics::inc(&shard.metrics.handshake_failures);
+                shard.metrics.refuse(if live.is_some() {
+                    Refusal::DuplicateClient
+                } else {
+                    Refusal::ShuttingDown
+                });
                 let e = match live {
                     Some(_) => HttpError::new(409, format!("client {id} is already connected")),
                     None => HttpError::new(503, "gateway shutting down"),
@@ -239,14 +257,20 @@ struct Accepted {
 
 enum HandshakeEnd {
     /// Answer with this HTTP response and close.
-    Refused(Vec<u8>),
+    Refused(Vec<u8>, Refusal),
     /// The peer went away or the socket failed: nobody to answer.
     Gone,
 }
 
 impl From<HttpError> for HandshakeEnd {
     fn from(e: HttpError) -> Self {
-        HandshakeEnd::Refused(e.response())
+        let why = match e.status {
+            403 => Refusal::Origin,
+            404 => Refusal::NotFound,
+            408 => Refusal::Timeout,
+            _ => Refusal::BadRequest,
+        };
+        HandshakeEnd::Refused(e.response(), why)
     }
 }
 
@@ -267,10 +291,15 @@ async fn upgrade(shard: &Shard, stream: &mut TcpStream, peer: Option<SocketAddr>
         Ok(accepted) => Some(accepted),
         Err(end) => {
             metrics::inc(&shard.metrics.handshake_failures);
-            if let HandshakeEnd::Refused(resp) = end {
-                let status = String::from_utf8_lossy(resp.split(|&b| b == b'\r').next().unwrap_or_default());
-                tracing::debug!(shard = shard.id, ?peer, %status, "upgrade refused");
-                write_with_timeout(stream, &resp).await;
+            match end {
+                HandshakeEnd::Refused(resp, why) => {
+                    shard.metrics.refuse(why);
+                    let status =
+                        String::from_utf8_lossy(resp.split(|&b| b == b'\r').next().unwrap_or_default());
+                    tracing::debug!(shard = shard.id, ?peer, %status, reason = why.name(), "upgrade refused");
+                    write_with_timeout(stream, &resp).await;
+                }
+                HandshakeEnd::Gone => shard.metrics.refuse(Refusal::PeerGone),
             }
             None
         }
@@ -384,7 +413,9 @@ async fn authorize(shard: &Shard, a: &Accepted, peer: Option<SocketAddr>) -> Res
     let mut request = hook_request(v, HookKind::Connect, hyper::Method::GET, url, 64 * 1024);
     request.headers = header_pairs(&forward);
     let outcome = shard.call_hook(request).await;
-    let refusal = |status: u16, message: &str| Err(HttpError::new(status, message).into());
+    let refusal = |status: u16, message: &str| {
+        Err(HandshakeEnd::Refused(HttpError::new(status, message).response(), Refusal::BackendError))
+    };
     match outcome {
         HookOutcome::Response { status, body, .. }
             if (a.client.is_some() && proxy::connect_allowed(status, &body))
@@ -395,7 +426,7 @@ async fn authorize(shard: &Shard, a: &Accepted, peer: Option<SocketAddr>) -> Res
         HookOutcome::Response { status, content_type, body } => {
             let ct =
                 content_type.as_ref().and_then(|c| c.to_str().ok()).unwrap_or("text/plain; charset=utf-8");
-            Err(HandshakeEnd::Refused(http_response(status, ct, "", &body)))
+            Err(HandshakeEnd::Refused(http_response(status, ct, "", &body), Refusal::BackendRefused))
         }
         HookOutcome::Unreachable(e) => {
             if shard.log_allowed() {
@@ -463,7 +494,7 @@ impl Connection {
     /// Unregisters the connection and tells the backend it is gone.
     fn finish(&mut self) {
         let shard = &self.shard;
-        shard.unregister(self.owner.key);
+        shard.unregister(self.owner.key, self.vhost);
         let (client, reason) = {
             let mut st = self.state.borrow_mut();
             (st.client.clone(), st.close_reason.take())
@@ -543,6 +574,12 @@ impl Connection {
     /// Writes as much of the queue as the socket takes; registers for
     /// writability when it takes no more. Err: the socket failed.
     fn flush(&mut self, cx: &mut Context<'_>) -> io::Result<()> {
+        {
+            let st = self.state.borrow();
+            if !st.queue.is_empty() {
+                self.shard.recorder.borrow_mut().queue_depth(st.queue.queued_bytes());
+            }
+        }
         loop {
             let mut st = self.state.borrow_mut();
             if st.queue.is_empty() {
@@ -571,6 +608,7 @@ impl Connection {
                 return Err(io::ErrorKind::WriteZero.into());
             }
             let frames = st.queue.advance(written);
+            self.shard.frames_gone(&mut st, frames);
             let m = &self.shard.metrics;
             metrics::add(&m.bytes_out, written as u64);
             metrics::add(&m.messages_out, frames as u64);

@@ -31,6 +31,7 @@ use crate::hooks::{HookOutcome, HookRequest, HookSender};
 use crate::metrics::{self, ShardMetrics};
 use crate::publish::Delivery;
 use crate::rt;
+use crate::stats::{self, Recorder, ShardStats, TopN};
 use crate::webrocket::WebRocket;
 use conn::{ConnRef, ConnState};
 use topics::{ConnKey, TopicIndex};
@@ -65,6 +66,8 @@ pub struct ShardSetup {
     pub webrocket: Arc<WebRocket>,
     /// With a network broker: where first and last subscribers are reported.
     pub interest: Option<InterestSender>,
+    /// Where the shard publishes its measurements once a second.
+    pub stats: Arc<ShardStats>,
 }
 
 pub struct Shard {
@@ -86,6 +89,8 @@ pub struct Shard {
     pub clients: RegistryHandle,
     pub webrocket: Arc<WebRocket>,
     interest: Option<InterestSender>,
+    stats: Arc<ShardStats>,
+    pub(crate) recorder: RefCell<Recorder>,
     /// The settings of vhosts added at run time (WebRocket, defaults).
     runtime_vhost: crate::config::VhostConfig,
     hooks_in_flight: Cell<usize>,
@@ -102,6 +107,7 @@ pub struct Shard {
 /// Runs a shard until it has drained after a shutdown message.
 pub async fn run(setup: ShardSetup) {
     let listener = rt::adopt_listener(setup.listener);
+    let recorder = Recorder::new(setup.config.stats.enabled, setup.config.vhosts.len());
     let shard = Rc::new_cyclic(|me| Shard {
         me: me.clone(),
         id: setup.id,
@@ -120,6 +126,8 @@ pub async fn run(setup: ShardSetup) {
         clients: setup.clients,
         webrocket: setup.webrocket,
         interest: setup.interest,
+        recorder: RefCell::new(recorder),
+        stats: setup.stats,
         runtime_vhost: crate::config::VhostConfig::runtime_webrocket(),
         hooks_in_flight: Cell::new(0),
         close_backlog: RefCell::new(VecDeque::new()),
@@ -129,6 +137,7 @@ pub async fn run(setup: ShardSetup) {
     });
     rt::spawn(accept_loop(shard.clone(), listener));
     rt::spawn(keepalive_loop(shard.clone()));
+    rt::spawn(stats_loop(shard.clone()));
     let inbox = setup.inbox;
     // glommio never preempts: an inbox that stays full would keep every
     // connection from writing (their queues fill, they get closed as slow
@@ -216,11 +225,18 @@ impl Shard {
 
     /// Queues a delivery to this shard's subscribers of its topic: a
     /// reference-counted clone of the frame, nothing copied or re-encoded.
+    /// One delivery at a time is followed to its last socket (`stats`).
     fn deliver(&self, d: &Delivery) {
         let conns = self.conns.borrow();
-        let topics = self.topics.borrow();
+        let mut topics = self.topics.borrow_mut();
+        let Some(entry) = topics.entry_mut(&d.topic) else {
+            return;
+        };
+        entry.messages += 1;
+        let probe = self.recorder.borrow_mut().start_probe(d.received);
+        let mut probed = 0;
         let budget = self.config.limits.max_backpressure;
-        for key in topics.subscribers(&d.topic) {
+        for &key in entry.subscribers.iter() {
             let Some(conn) = conns.get(key) else {
                 debug_assert!(false, "topic index names a connection that is gone");
                 continue;
@@ -228,14 +244,35 @@ impl Shard {
             let mut st = conn.borrow_mut();
             if st.push(d.frame.clone(), budget).is_err() {
                 self.close_slow_consumer(&mut st);
+            } else if let Some(id) = probe {
+                probed += usize::from(st.carry_probe(id));
             }
+        }
+        if let Some(id) = probe {
+            self.recorder.borrow_mut().arm_probe(id, probed);
+        }
+    }
+
+    /// `frames` of a connection's queue were written (or dropped): releases
+    /// the probe it carried once the probe's frame is among them.
+    pub(crate) fn frames_gone(&self, st: &mut ConnState, frames: usize) {
+        let (left, done) = stats::probe_advance(st.probe, frames);
+        st.probe = left;
+        if let Some(id) = done {
+            self.recorder.borrow_mut().probe_done(id);
         }
     }
 
     pub(crate) fn close_slow_consumer(&self, st: &mut ConnState) {
         metrics::inc(&self.metrics.slow_consumer_closes);
-        debug!(shard = self.id, queued = st.queue.queued_bytes(), "closing slow consumer");
+        debug!(
+            shard = self.id,
+            conn = st.owner.id,
+            queued = st.queue.queued_bytes(),
+            "closing slow consumer"
+        );
         st.queue.discard_unsent();
+        self.frames_gone(st, usize::MAX);
         self.start_close(st, Some(1013), "slow consumer", CLOSE_LINGER);
     }
 
@@ -261,8 +298,9 @@ impl Shard {
         ((self.id as u64) << 48) | n
     }
 
-    fn register(&self, conn: &ConnRef) -> Owner {
+    fn register(&self, conn: &ConnRef, vhost: usize) -> Owner {
         metrics::inc(&self.metrics.connections);
+        self.recorder.borrow_mut().vhost_connections[vhost.min(self.config.vhosts.len())] += 1;
         metrics::inc(&self.metrics.connections_accepted);
         let id = self.next_conn_id();
         let key = self.conns.borrow_mut().insert(conn.clone());
@@ -378,10 +416,15 @@ impl Shard {
         sent > 0
     }
 
-    fn unregister(&self, key: ConnKey) {
+    fn unregister(&self, key: ConnKey, vhost: usize) {
         let conn = self.conns.borrow_mut().remove(key);
         let mut topics = self.topics.borrow_mut();
         let mut st = conn.borrow_mut();
+        self.frames_gone(&mut st, usize::MAX);
+        let mut recorder = self.recorder.borrow_mut();
+        let count = &mut recorder.vhost_connections[vhost.min(self.config.vhosts.len())];
+        *count = count.saturating_sub(1);
+        drop(recorder);
         for t in st.topics.drain(..) {
             self.index_unsubscribe(&mut topics, &t, key);
         }
@@ -544,6 +587,7 @@ async fn accept_loop(shard: Rc<Shard>, listener: rt::TcpListener) {
                 if shard.open_connections.fetch_add(1, Ordering::Relaxed) >= max {
                     shard.open_connections.fetch_sub(1, Ordering::Relaxed);
                     metrics::inc(&shard.metrics.connections_refused);
+                    shard.metrics.refuse(metrics::Refusal::MaxConnections);
                     rt::spawn(conn::refuse(stream));
                 } else {
                     rt::spawn(conn::serve(shard.clone(), stream));
@@ -561,6 +605,45 @@ async fn accept_loop(shard: Rc<Shard>, listener: rt::TcpListener) {
 /// Pings connections silent for `ping_interval_ms` and closes those silent
 /// for `idle_timeout_ms`. One pass per second over the shard's connections,
 /// instead of a timer per connection.
+/// Topics looked at per slice of a scan before the shard yields.
+const SCAN_SLICE: usize = 4096;
+
+/// Once a second: publishes the shard's measurements; while someone looks
+/// (`ShardStats::wanted`), ranks its topics first, a slice per turn.
+async fn stats_loop(shard: Rc<Shard>) {
+    let mut last_scan = Instant::now();
+    loop {
+        rt::sleep(Duration::from_secs(1)).await;
+        if shard.draining.get() {
+            return;
+        }
+        let top_n = shard.config.stats.top_topics;
+        let top = if shard.config.stats.enabled && shard.stats.wanted() {
+            let seconds = last_scan.elapsed().as_secs_f64();
+            last_scan = Instant::now();
+            let (mut by_subscribers, mut by_rate) = (TopN::new(top_n), TopN::new(top_n));
+            let mut at = Some(0);
+            while let Some(from) = at {
+                at = shard.topics.borrow_mut().scan(
+                    from,
+                    SCAN_SLICE,
+                    seconds,
+                    &mut by_subscribers,
+                    &mut by_rate,
+                );
+                if at.is_some() {
+                    rt::yield_now().await;
+                }
+            }
+            Some((by_subscribers.into_vec(), by_rate.into_vec()))
+        } else {
+            None
+        };
+        let topics = shard.topics.borrow().topic_count() as u64;
+        shard.stats.fold(&mut shard.recorder.borrow_mut(), topics, top);
+    }
+}
+
 async fn keepalive_loop(shard: Rc<Shard>) {
     let ping_after = shard.config.limits.ping_interval_ms;
     let close_after = shard.config.limits.idle_timeout_ms;

@@ -307,7 +307,7 @@ mod tests {
     }
 
     fn batch(topic: &str) -> Batch {
-        Arc::from(vec![Delivery { topic: topic.into(), frame: Bytes::new() }])
+        Arc::from(vec![Delivery::new(topic, Bytes::new())])
     }
 
     #[test]
@@ -339,9 +339,7 @@ mod tests {
 
     #[test]
     fn inboxes_are_bounded_in_bytes_too() {
-        let big = |n: usize| -> Batch {
-            Arc::from(vec![Delivery { topic: "t".into(), frame: Bytes::from(vec![0u8; n]) }])
-        };
+        let big = |n: usize| -> Batch { Arc::from(vec![Delivery::new("t", Bytes::from(vec![0u8; n]))]) };
         let (router, inboxes) = ShardRouter::new(1, 100, 1000, Arc::default());
         // An empty inbox takes any one message, even past the bound.
         router.try_send(0, ShardMsg::Deliver(big(5000))).unwrap();

@@ -44,6 +44,11 @@ impl SendQueue {
         self.frames.is_empty()
     }
 
+    /// Frames queued, the front one even if partly written.
+    pub fn frames(&self) -> usize {
+        self.frames.len()
+    }
+
     pub fn queued_bytes(&self) -> usize {
         self.queued
     }

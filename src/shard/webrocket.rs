@@ -79,7 +79,7 @@ impl Env for ShardEnv<'_> {
 
     fn broadcast(&mut self, topic: String, frame: Bytes) {
         metrics::inc(&self.shard.metrics.broadcasts);
-        let batch: Batch = Arc::from(vec![Delivery { topic: topic.into(), frame }]);
+        let batch: Batch = Arc::from(vec![Delivery::new(&topic, frame)]);
         if let Some(network) = &self.shard.interest {
             // Through the network broker, which brings it back to this
             // node's shards too.

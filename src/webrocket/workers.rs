@@ -246,10 +246,8 @@ async fn on_message(
             if !vhost.channel_exists(&channel) {
                 return Some(WrError::new(ErrorId::ChannelNotFound, format!("no channel {channel:?}")));
             }
-            let delivery = Delivery {
-                topic: vhost.topic(&channel).into(),
-                frame: wire::broadcast_frame(&event, &channel, data),
-            };
+            let delivery =
+                Delivery::new(&vhost.topic(&channel), wire::broadcast_frame(&event, &channel, data));
             let batch: crate::publish::Batch = Arc::from(vec![delivery]);
             // Through the broker: with a network broker it reaches every node.
             broker
