@@ -1,5 +1,6 @@
 //! `ringcast ctl`: manages WebRocket vhosts, users, channels and worker
-//! tokens through the admin API (docs/admin.md). Exit 0 on success; else one
+//! tokens through the admin API (docs/admin.md); `ctl monitor` shows the
+//! live view (docs/metrics.md). Exit 0 on success; else one
 //! line on stderr and exit 1.
 
 use clap::{Args, Subcommand};
@@ -31,6 +32,15 @@ enum CtlCommand {
     /// Channels of a vhost.
     #[command(subcommand)]
     Channel(ChannelCmd),
+    /// The live view of the dashboard in the terminal (Ctrl-C ends it).
+    Monitor {
+        /// Print one snapshot and exit (text; with --json, the JSON of `GET /stats`).
+        #[arg(long)]
+        once: bool,
+        /// Refresh interval in milliseconds.
+        #[arg(long, default_value_t = 1000, value_parser = clap::value_parser!(u64).range(100..=60_000))]
+        interval_ms: u64,
+    },
 }
 
 #[derive(Subcommand, Debug)]
@@ -153,8 +163,43 @@ pub fn run(args: CtlArgs) -> Result<(), String> {
         CtlCommand::Channel(ChannelCmd::Delete { path, name }) => {
             client.call("DELETE", "/admin/channels", &[("vhost", &path), ("name", &name)], None)?;
         }
+        CtlCommand::Monitor { once, interval_ms } => monitor(&client, once, json_out, interval_ms)?,
     }
     Ok(())
+}
+
+fn monitor(client: &Client, once: bool, json_out: bool, interval_ms: u64) -> Result<(), String> {
+    use crate::snapshot::Snapshot;
+    let fetch = || -> Result<Snapshot, String> {
+        let v = client.call("GET", "/stats", &[], None)?;
+        serde_json::from_value(v).map_err(|e| format!("unexpected /stats answer (another version?): {e}"))
+    };
+    if once {
+        let s = fetch()?;
+        if json_out {
+            println!("{}", serde_json::to_string(&s).unwrap_or_default());
+        } else {
+            print!("{}", crate::monitor::render(&s));
+        }
+        return Ok(());
+    }
+    let mut previous: Option<Snapshot> = None;
+    loop {
+        let mut s = fetch()?;
+        if let Some(p) = &previous {
+            s.rates = Some(s.rates_since(p));
+        }
+        if json_out {
+            println!("{}", serde_json::to_string(&s).unwrap_or_default());
+        } else {
+            // Home, draw, clear what the previous screen left below.
+            print!("\x1b[H\x1b[2J{}", crate::monitor::render(&s));
+        }
+        use std::io::Write;
+        let _ = std::io::stdout().flush();
+        previous = Some(s);
+        std::thread::sleep(std::time::Duration::from_millis(interval_ms));
+    }
 }
 
 fn user_body(f: UserFields) -> Result<Value, String> {
@@ -214,16 +259,20 @@ impl Client {
         query: &[(&str, &str)],
         body: Option<Value>,
     ) -> Result<Value, String> {
-        let token =
-            self.token.as_deref().ok_or("no admin token: pass --token or set RINGCAST_ADMIN_TOKEN")?;
+        // The operator routes need it only when the gateway has one set.
+        let token = match (self.token.as_deref(), path.starts_with("/admin/")) {
+            (None, true) => return Err("no admin token: pass --token or set RINGCAST_ADMIN_TOKEN".into()),
+            (token, _) => token,
+        };
         let mut url = format!("{}{path}", self.api);
         if !query.is_empty() {
             url.push('?');
             url.push_str(&form_urlencoded::Serializer::new(String::new()).extend_pairs(query).finish());
         }
-        let request = ureq::request(method, &url)
-            .timeout(std::time::Duration::from_secs(30))
-            .set("Authorization", &format!("Bearer {token}"));
+        let mut request = ureq::request(method, &url).timeout(std::time::Duration::from_secs(30));
+        if let Some(token) = token {
+            request = request.set("Authorization", &format!("Bearer {token}"));
+        }
         let result = match body {
             Some(b) => request.set("Content-Type", "application/json").send_string(&b.to_string()),
             None => request.call(),
@@ -242,7 +291,10 @@ impl Client {
                     .unwrap_or(text);
                 Err(format!("{why} (HTTP {status})"))
             }
-            Err(e) => Err(format!("cannot reach the admin API at {}: {e}", self.api)),
+            Err(e) => {
+                let which = if path.starts_with("/admin/") { "admin API" } else { "API" };
+                Err(format!("cannot reach the {which} at {}: {e}", self.api))
+            }
         }
     }
 }

@@ -231,25 +231,43 @@ pub async fn run(mut receiver: HookReceiver, metrics: Arc<HookMetrics>) {
     // instead of opening a new connection for every request of a burst
     // (measured: 15,000 closes at once took seconds each without it).
     let permits = Arc::new(tokio::sync::Semaphore::new(MAX_CONCURRENT_REQUESTS));
+    // Request ids: a per-process random prefix and a counter, sent to the
+    // backend as `X-Request-Id` and logged with the call, so one hook call
+    // can be found in both logs.
+    let mut prefix = [0u8; 4];
+    let _ = getrandom::fill(&mut prefix);
+    let prefix = u32::from_le_bytes(prefix);
+    let mut calls: u64 = 0;
     while let Some(job) = receiver.rx.recv().await {
         let Ok(permit) = permits.clone().acquire_owned().await else { break };
         let client = client.clone();
         let metrics = metrics.clone();
+        calls += 1;
+        let request_id = format!("{prefix:08x}-{calls}");
         tokio::spawn(async move {
             let started = Instant::now();
-            let outcome = execute(&client, &job.request).await;
+            let outcome = execute(&client, &job.request, &request_id).await;
             drop(permit);
-            metrics.record(job.request.kind, &outcome, started.elapsed());
+            let took = started.elapsed();
+            debug!(
+                request_id,
+                hook = job.request.kind.name(),
+                url = %job.request.url,
+                outcome = OUTCOMES[outcome.metric_index()],
+                ms = took.as_secs_f64() * 1e3,
+                "hook call"
+            );
+            metrics.record(job.request.kind, &outcome, took);
             let _ = job.reply.send(outcome);
             metrics.pending.fetch_sub(1, Relaxed);
         });
     }
 }
 
-async fn execute(client: &HttpClient, r: &HookRequest) -> HookOutcome {
+async fn execute(client: &HttpClient, r: &HookRequest, request_id: &str) -> HookOutcome {
     let mut attempt = 0;
     loop {
-        let outcome = attempt_once(client, r).await;
+        let outcome = attempt_once(client, r, request_id).await;
         let (retry, outcome) = match outcome {
             Attempt::Done(o) => (false, o),
             Attempt::NotSent(e) => (true, HookOutcome::Unreachable(e)),
@@ -259,7 +277,7 @@ async fn execute(client: &HttpClient, r: &HookRequest) -> HookOutcome {
             return outcome;
         }
         attempt += 1;
-        debug!(url = %r.url, attempt, "retrying hook request");
+        debug!(request_id, url = %r.url, attempt, "retrying hook request");
         tokio::time::sleep(Duration::from_millis(20 << attempt.min(5))).await;
     }
 }
@@ -272,8 +290,9 @@ enum Attempt {
     MaybeSent(HookOutcome),
 }
 
-async fn attempt_once(client: &HttpClient, r: &HookRequest) -> Attempt {
-    let mut builder = hyper::Request::builder().method(r.method.clone()).uri(&r.url);
+async fn attempt_once(client: &HttpClient, r: &HookRequest, request_id: &str) -> Attempt {
+    let mut builder =
+        hyper::Request::builder().method(r.method.clone()).uri(&r.url).header("x-request-id", request_id);
     for (k, v) in &r.headers {
         builder = builder.header(k, v);
     }

@@ -11,6 +11,7 @@ pub mod dialect;
 pub mod hooks;
 pub mod live;
 pub mod metrics;
+pub mod monitor;
 pub mod publish;
 pub mod rpc;
 pub mod rt;

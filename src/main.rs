@@ -44,7 +44,15 @@ enum Command {
     Ctl(ringcast::ctl::CtlArgs),
 }
 
+/// `--features dhat-heap`: every allocation is tracked; `dhat-heap.json`
+/// is written when the gateway exits (docs/metrics.md, heap profiling).
+#[cfg(feature = "dhat-heap")]
+#[global_allocator]
+static ALLOC: dhat::Alloc = dhat::Alloc;
+
 fn main() -> ExitCode {
+    #[cfg(feature = "dhat-heap")]
+    let _heap_profile = dhat::Profiler::new_heap();
     let cli = Cli::parse();
     if let Some(Command::Ctl(args)) = cli.command {
         return match ringcast::ctl::run(args) {

@@ -238,6 +238,15 @@ async fn open(shard: Rc<Shard>, mut stream: TcpStream) -> Option<Connection> {
         conn.finish();
         return None;
     }
+    tracing::debug!(
+        shard = shard.id,
+        conn = owner.id,
+        vhost = %v.path,
+        dialect = %v.dialect,
+        ?peer,
+        client = client.as_deref(),
+        "connection open"
+    );
     if !leftover.is_empty() {
         conn.on_bytes(&mut leftover);
     }
@@ -503,6 +512,14 @@ impl Connection {
             shard.clients.release(id, self.owner);
         }
         let v = &shard.vhost_config(self.vhost);
+        tracing::debug!(
+            shard = shard.id,
+            conn = self.owner.id,
+            vhost = %v.path,
+            peer = ?self.stream.peer_addr().ok(),
+            reason = reason.as_deref().unwrap_or("peer closed or socket failed"),
+            "connection closed"
+        );
         if let Some(request) = close_hook(v, self.owner.id, client.as_deref(), reason.as_deref()) {
             // Not awaited (the outcome is counted in the hook metrics); a
             // full hook queue puts it in the shard's backlog, not a timer.
