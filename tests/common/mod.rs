@@ -13,6 +13,7 @@ use tungstenite::stream::MaybeTlsStream;
 use tungstenite::{Message, WebSocket};
 
 pub mod backend;
+pub mod browser;
 
 pub type Ws = WebSocket<MaybeTlsStream<TcpStream>>;
 

@@ -1,0 +1,131 @@
+//! Headless Chromium driven over the DevTools protocol (a WebSocket, spoken
+//! with tungstenite), for the tests of pages the gateway serves or talks to.
+//! scripts/test.sh installs Debian's chromium when missing.
+
+use std::io::{BufRead, BufReader};
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::time::Duration;
+
+use serde_json::{json, Value};
+use tungstenite::Message;
+
+/// Kills a child process when dropped.
+pub struct Killed(pub Child);
+
+impl Drop for Killed {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+pub fn chromium() -> PathBuf {
+    ["chromium", "chromium-browser", "google-chrome"]
+        .iter()
+        .find_map(|name| {
+            let out = Command::new("sh").args(["-c", &format!("command -v {name}")]).output().ok()?;
+            let path = String::from_utf8(out.stdout).ok()?.trim().to_string();
+            (!path.is_empty()).then(|| PathBuf::from(path))
+        })
+        .expect("chromium is not installed: run scripts/test.sh (it installs Debian's chromium)")
+}
+
+/// A DevTools session on one page, recording console errors and exceptions.
+pub struct Page {
+    pub ws: tungstenite::WebSocket<tungstenite::stream::MaybeTlsStream<std::net::TcpStream>>,
+    pub session: String,
+    next_id: u64,
+    pub errors: Vec<String>,
+}
+
+impl Page {
+    pub fn call(&mut self, session: Option<&str>, method: &str, params: Value) -> Value {
+        self.next_id += 1;
+        let id = self.next_id;
+        let mut msg = json!({ "id": id, "method": method, "params": params });
+        if let Some(s) = session {
+            msg["sessionId"] = json!(s);
+        }
+        self.ws.send(Message::text(msg.to_string())).unwrap();
+        loop {
+            let Message::Text(text) = self.ws.read().expect("devtools answers") else { continue };
+            let v: Value = serde_json::from_str(&text).unwrap();
+            if v["id"] == id {
+                assert!(v.get("error").is_none(), "{method}: {v}");
+                return v["result"].clone();
+            }
+            self.record(&v);
+        }
+    }
+
+    fn record(&mut self, v: &Value) {
+        match v["method"].as_str() {
+            Some("Runtime.exceptionThrown") => self.errors.push(v["params"]["exceptionDetails"].to_string()),
+            Some("Runtime.consoleAPICalled") if v["params"]["type"] == "error" => {
+                self.errors.push(v["params"]["args"].to_string())
+            }
+            Some("Log.entryAdded") if v["params"]["entry"]["level"] == "error" => {
+                self.errors.push(v["params"]["entry"]["text"].to_string())
+            }
+            _ => {}
+        }
+    }
+
+    /// Evaluates `expression` until it is true (within `within`).
+    pub fn wait_until(&mut self, expression: &str, within: Duration) -> bool {
+        let deadline = std::time::Instant::now() + within;
+        while std::time::Instant::now() < deadline {
+            if self.eval(expression) == Value::Bool(true) {
+                return true;
+            }
+            std::thread::sleep(Duration::from_millis(50));
+        }
+        false
+    }
+
+    pub fn eval(&mut self, expression: &str) -> Value {
+        let session = self.session.clone();
+        let r = self.call(
+            Some(&session),
+            "Runtime.evaluate",
+            json!({ "expression": expression, "returnByValue": true, "awaitPromise": true }),
+        );
+        assert!(r.get("exceptionDetails").is_none(), "{expression}: {r}");
+        r["result"]["value"].clone()
+    }
+}
+
+pub fn open_page(dir: &Path, url: &str) -> (Killed, Page) {
+    let mut child = Command::new(chromium())
+        .args(["--headless", "--no-sandbox", "--disable-gpu", "--no-first-run", "--remote-debugging-port=0"])
+        .arg(format!("--user-data-dir={}", dir.display()))
+        .arg("about:blank")
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("start chromium");
+    let stderr = child.stderr.take().unwrap();
+    let (tx, rx) = std::sync::mpsc::channel();
+    std::thread::spawn(move || {
+        for line in BufReader::new(stderr).lines().map_while(Result::ok) {
+            if let Some(at) = line.find("ws://") {
+                let _ = tx.send(line[at..].trim().to_string());
+            }
+        }
+    });
+    let child = Killed(child);
+    let endpoint = rx.recv_timeout(Duration::from_secs(30)).expect("chromium prints its DevTools endpoint");
+    let (ws, _) = tungstenite::connect(&endpoint).expect("connect to DevTools");
+    let mut page = Page { ws, session: String::new(), next_id: 0, errors: Vec::new() };
+    let target = page.call(None, "Target.createTarget", json!({ "url": "about:blank" }));
+    let attached =
+        page.call(None, "Target.attachToTarget", json!({ "targetId": target["targetId"], "flatten": true }));
+    page.session = attached["sessionId"].as_str().unwrap().to_string();
+    let session = page.session.clone();
+    page.call(Some(&session), "Runtime.enable", json!({}));
+    page.call(Some(&session), "Log.enable", json!({}));
+    page.call(Some(&session), "Page.enable", json!({}));
+    page.call(Some(&session), "Page.navigate", json!({ "url": url }));
+    (child, page)
+}
