@@ -30,6 +30,8 @@ pub struct ApiContext {
     pub shard_stats: Vec<Arc<crate::stats::ShardStats>>,
     /// When the gateway started (uptime).
     pub started: std::time::Instant,
+    /// The addresses bound: WebSocket, API, RPC.
+    pub bound: [std::net::SocketAddr; 3],
     pub metrics: Arc<GlobalMetrics>,
     pub hook_metrics: Arc<HookMetrics>,
     pub max_body: usize,

@@ -65,7 +65,9 @@ pub fn dashboard() -> Reply {
     // Self-contained: nothing loads from elsewhere.
     h.insert(
         "content-security-policy",
-        HeaderValue::from_static("default-src 'self'; script-src 'unsafe-inline'; style-src 'unsafe-inline'"),
+        HeaderValue::from_static(
+            "default-src 'self'; img-src 'self' data:; script-src 'unsafe-inline'; style-src 'unsafe-inline'",
+        ),
     );
     r
 }

@@ -178,6 +178,7 @@ pub fn run(config: Config) -> Result<(), StartError> {
         shard_metrics,
         shard_stats,
         started: std::time::Instant::now(),
+        bound: [ws_addr, api_addr, rpc_addr],
         metrics: global_metrics,
         hook_metrics: hook_metrics.clone(),
         max_body: config.rpc.max_frame_size,

@@ -153,7 +153,9 @@ impl Merged {
     }
 }
 
-/// Sums each shard's top list by topic and ranks again.
+/// Merges the shards' top lists by topic and ranks again: subscribers add
+/// up; the message rate is the highest any shard saw (each shard with
+/// subscribers gets every message of the topic).
 fn merge_top(
     lists: impl Iterator<Item = Vec<TopicStat>>,
     n: usize,
@@ -168,7 +170,7 @@ fn merge_top(
                 messages_per_second: 0.0,
             });
             v.subscribers += t.subscribers;
-            v.messages_per_second += t.messages_per_second;
+            v.messages_per_second = v.messages_per_second.max(t.messages_per_second);
         }
     }
     let mut all: Vec<TopicView> = by_topic.into_values().collect();
@@ -241,9 +243,9 @@ impl Snapshot {
                 .map_or(0, |d| d.as_millis() as u64),
             uptime_seconds: ctx.started.elapsed().as_secs_f64(),
             config: ConfigSummary {
-                listen: server.listen.to_string(),
-                api_listen: server.api_listen.to_string(),
-                rpc_listen: server.rpc_listen.to_string(),
+                listen: ctx.bound[0].to_string(),
+                api_listen: ctx.bound[1].to_string(),
+                rpc_listen: ctx.bound[2].to_string(),
                 shards: ctx.shard_metrics.len(),
                 broker: ctx.config.broker.clone(),
                 max_connections: server.max_connections,
@@ -455,7 +457,7 @@ mod tests {
     }
 
     #[test]
-    fn top_lists_of_shards_are_summed_by_topic() {
+    fn top_lists_of_shards_are_merged_by_topic() {
         let stat =
             |t: &str, s: u64, r: f64| TopicStat { topic: t.into(), subscribers: s, messages_per_second: r };
         let lists = vec![vec![stat("a", 5, 1.0), stat("b", 4, 0.0)], vec![stat("b", 3, 2.0)]];
