@@ -107,6 +107,18 @@ fn the_dashboard_shows_live_numbers_in_chromium() {
     publisher.join().unwrap();
     let _clients = reader.join().unwrap();
     assert!(text_of(&mut page, "vhosts").contains("/wsroadrunner5"), "{}", text_of(&mut page, "vhosts"));
+    // A phone: nothing wider than the screen.
+    page.call(
+        Some(&session),
+        "Emulation.setDeviceMetricsOverride",
+        json!({ "width": 390, "height": 844, "deviceScaleFactor": 2, "mobile": true }),
+    );
+    assert!(
+        page.wait_until("document.documentElement.scrollWidth <= window.innerWidth", Duration::from_secs(5)),
+        "the page is wider than a phone: {} > {}",
+        page.eval("document.documentElement.scrollWidth"),
+        page.eval("window.innerWidth")
+    );
     page.eval("true");
     assert!(page.errors.is_empty(), "console errors: {:?}", page.errors);
 }

@@ -307,3 +307,38 @@ fn the_profile_is_a_flamegraph_naming_ringcast_functions() {
     assert!(svg.starts_with("<?xml") && svg.contains("<svg"), "{}", &svg[..svg.len().min(200)]);
     assert!(svg.contains("ringcast::"), "the flamegraph names no ringcast function");
 }
+
+#[test]
+fn hook_calls_carry_request_ids_and_connections_are_logged_at_debug() {
+    let backend = common::backend::Backend::start(|seen| match seen.method.as_str() {
+        "GET" => common::backend::Answer::new(200, "ok"),
+        _ => common::backend::Answer::new(200, ""),
+    });
+    let config = format!("[[vhost]]\npath = \"/c/\"\ndialect = \"proxy\"\nbackend = \"{}\"\n", backend.url());
+    let s = Server::start_with(&config, 1, "ringcast=debug", false);
+    let mut ws = s.connect("/c/alice");
+    send_text(&mut ws, "hello");
+    drop(ws);
+    // connect, message, close: three calls, three different ids.
+    assert!(eventually(Duration::from_secs(5), || backend.seen().len() == 3), "{:?}", backend.seen());
+    let ids: Vec<String> = backend
+        .seen()
+        .iter()
+        .map(|r| r.header("x-request-id").expect("every call has an id").to_string())
+        .collect();
+    assert!(ids[0] != ids[1] && ids[1] != ids[2] && ids[0] != ids[2], "{ids:?}");
+    let log = || s.log();
+    assert!(
+        eventually(Duration::from_secs(5), || ids.iter().all(|id| log().contains(id.as_str()))),
+        "each id is logged with its call:\n{}",
+        log()
+    );
+    let text = log();
+    let open = text.lines().find(|l| l.contains("connection open")).expect("open logged");
+    assert!(
+        open.contains("vhost=/c/") && open.contains("shard=0") && open.contains("peer=Some(127.0.0.1:"),
+        "{open}"
+    );
+    assert!(open.contains("client=\"alice\""), "{open}");
+    assert!(text.lines().any(|l| l.contains("connection closed") && l.contains("vhost=/c/")), "{text}");
+}
