@@ -75,7 +75,10 @@ pub fn dashboard() -> Reply {
 /// `text/event-stream`: a snapshot at once, then one a second with the
 /// rates since the previous one, until the client goes.
 pub fn stream(ctx: Arc<ApiContext>) -> StreamReply {
-    let state = (ctx, None::<Snapshot>, tokio::time::interval(Duration::from_secs(1)));
+    let mut ticks = tokio::time::interval(Duration::from_secs(1));
+    // A late tick must not be followed by a burst of catch-up events.
+    ticks.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    let state = (ctx, None::<Snapshot>, ticks);
     let events = futures_util::stream::unfold(state, |(ctx, previous, mut ticks)| async move {
         ticks.tick().await;
         let mut now = Snapshot::collect(&ctx);

@@ -65,7 +65,9 @@ pub fn render(s: &Snapshot) -> String {
         "slow-consumer closes {}  refused upgrades {}  hooks pending {}  hook failures {}",
         t.slow_consumer_closes, t.refused, s.health.hooks_pending, s.health.hook_failures
     );
-    let _ = writeln!(out, "\npublish → socket   {}", latency(&s.publish_to_socket_ms));
+    let _ =
+        writeln!(out, "\npublish → socket   {}  (last second)", latency(&s.publish_to_socket_last_second_ms));
+    let _ = writeln!(out, "publish → socket   {}  (since start)", latency(&s.publish_to_socket_ms));
     for (hook, p) in &s.hook_ms {
         let _ = writeln!(out, "hook {hook:<13} {}", latency(p));
     }

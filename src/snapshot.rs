@@ -25,8 +25,11 @@ pub struct Snapshot {
     pub vhosts: Vec<VhostView>,
     /// Upgrades refused since the start, by reason.
     pub refused: BTreeMap<String, u64>,
-    /// Publish (received by this node) → last subscriber socket, in ms.
+    /// Publish (received by this node) → last subscriber socket, in ms,
+    /// since the start.
     pub publish_to_socket_ms: Percentiles,
+    /// The same over the last second (what the shards folded last).
+    pub publish_to_socket_last_second_ms: Percentiles,
     /// Bytes queued on a connection when it starts a write.
     pub queue_depth_bytes: Percentiles,
     /// Backend hook latency per hook (ms; bucket upper bounds).
@@ -137,6 +140,7 @@ pub fn percentiles(h: &Histogram<u64>, scale: f64) -> Percentiles {
 pub struct Merged {
     pub per_shard: Vec<Published>,
     pub publish_to_socket: Histogram<u64>,
+    pub publish_to_socket_recent: Histogram<u64>,
     pub queue_depth: Histogram<u64>,
 }
 
@@ -144,12 +148,14 @@ impl Merged {
     pub fn read(ctx: &ApiContext) -> Merged {
         let per_shard: Vec<Published> = ctx.shard_stats.iter().map(|s| s.read()).collect();
         let mut publish_to_socket = crate::stats::latency_histogram();
+        let mut publish_to_socket_recent = crate::stats::latency_histogram();
         let mut queue_depth = crate::stats::depth_histogram();
         for p in &per_shard {
             let _ = publish_to_socket.add(&p.publish_to_socket);
+            let _ = publish_to_socket_recent.add(&p.publish_to_socket_recent);
             let _ = queue_depth.add(&p.queue_depth);
         }
-        Merged { per_shard, publish_to_socket, queue_depth }
+        Merged { per_shard, publish_to_socket, publish_to_socket_recent, queue_depth }
     }
 }
 
@@ -264,6 +270,7 @@ impl Snapshot {
             shards,
             refused,
             publish_to_socket_ms: percentiles(&merged.publish_to_socket, 1000.0),
+            publish_to_socket_last_second_ms: percentiles(&merged.publish_to_socket_recent, 1000.0),
             queue_depth_bytes: percentiles(&merged.queue_depth, 1.0),
             hook_ms: ctx.hook_metrics.percentiles_ms(),
             broker_round_trip_ms: ctx.cluster_metrics.as_ref().map(|m| m.round_trip.percentiles_ms()),

@@ -148,6 +148,8 @@ pub struct TopicStat {
 #[derive(Clone)]
 pub struct Published {
     pub publish_to_socket: Histogram<u64>,
+    /// Only what the last fold brought (about the last second).
+    pub publish_to_socket_recent: Histogram<u64>,
     pub queue_depth: Histogram<u64>,
     pub probes_given_up: u64,
     pub vhost_connections: Vec<u64>,
@@ -173,6 +175,7 @@ impl ShardStats {
         ShardStats {
             published: Mutex::new(Published {
                 publish_to_socket: latency_histogram(),
+                publish_to_socket_recent: latency_histogram(),
                 queue_depth: depth_histogram(),
                 probes_given_up: 0,
                 vhost_connections: vec![0; vhosts + 1],
@@ -200,6 +203,7 @@ impl ShardStats {
     pub fn fold(&self, r: &mut Recorder, topics: u64, top: Option<(Vec<TopicStat>, Vec<TopicStat>)>) {
         let mut p = self.published.lock().unwrap_or_else(|e| e.into_inner());
         let _ = p.publish_to_socket.add(&r.publish_to_socket);
+        p.publish_to_socket_recent.clone_from(&r.publish_to_socket);
         let _ = p.queue_depth.add(&r.queue_depth);
         r.publish_to_socket.reset();
         r.queue_depth.reset();
@@ -300,6 +304,7 @@ mod tests {
         stats.fold(&mut r, 7, None);
         let p = stats.read();
         assert_eq!(p.queue_depth.len(), 2);
+        assert_eq!(p.publish_to_socket_recent.len(), 0);
         assert_eq!(p.vhost_connections, [3, 0]);
         assert_eq!(p.topics, 7);
         assert!(stats.wanted());

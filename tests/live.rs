@@ -90,6 +90,7 @@ fn measurements_move_with_a_real_subscriber_and_publications() {
     let snapshot = stats(&s);
     assert_eq!(snapshot["totals"]["connections"], 1);
     assert_eq!(snapshot["publish_to_socket_ms"]["count"], 3);
+    assert!(snapshot["publish_to_socket_last_second_ms"]["count"].as_u64().unwrap() <= 3);
     assert!(snapshot["publish_to_socket_ms"]["p99"].as_f64().unwrap() > 0.0);
     assert_eq!(snapshot["refused"]["not_found"], 1);
     assert_eq!(snapshot["vhosts"][0]["path"], "/ws");
@@ -165,7 +166,7 @@ fn the_event_stream_yields_a_snapshot_a_second_with_rates() {
         assert_eq!(e["health"]["status"], "ok");
     }
     let (t1, t2) = (events[1]["unix_ms"].as_u64().unwrap(), events[2]["unix_ms"].as_u64().unwrap());
-    assert!((800..=1500).contains(&(t2 - t1)), "a snapshot a second: {t1} → {t2}");
+    assert!((900..=3000).contains(&(t2 - t1)), "a snapshot a second: {t1} → {t2}");
     let out: f64 = events[1..].iter().map(|e| e["rates"]["messages_out"].as_f64().unwrap()).sum();
     assert!(out > 0.0, "the delivery shows in a rate: {:?}", &events[1..]);
     assert_eq!(events[2]["totals"]["published"], 1);
@@ -218,8 +219,9 @@ fn ctl_monitor_once_json_matches_metrics() {
         .output()
         .unwrap();
     let screen = String::from_utf8_lossy(&out.stdout);
-    assert!(screen.contains("connections 2 "), "{screen}");
-    assert!(screen.contains("/ws                              roadrunner             2"), "{screen}");
+    let n = clients.len();
+    assert!(screen.contains(&format!("connections {n} ")), "{screen}");
+    assert!(screen.contains(&format!("{:<32} {:<11} {n:>12}", "/ws", "roadrunner")), "{screen}");
 }
 
 #[test]
