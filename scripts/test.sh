@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # Every test: unit and integration tests (real binary, real sockets), a build
 # of the fuzz targets, then the Autobahn conformance cases. Installs what it needs (nginx + nchan,
-# nats-server, redis-server and chromium from apt; kosoku and websockets from PyPI).
+# nats-server, redis-server, chromium and prometheus from apt; kosoku and websockets from PyPI).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 # The benchmark's peer adapters are tested against real Nchan and NATS.
@@ -14,10 +14,15 @@ if ! command -v redis-server >/dev/null || ! command -v redis-cli >/dev/null; th
   echo "installing redis-server (apt) for tests/cluster.rs" >&2
   apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq redis-server >/dev/null
 fi
-# The WebRocket example is driven in headless Chromium with its Python worker.
+# The WebRocket example and the dashboard are driven in headless Chromium.
 if ! command -v chromium >/dev/null; then
-  echo "installing chromium (apt) for tests/webrocket_browser.rs" >&2
+  echo "installing chromium (apt) for tests/webrocket_browser.rs and tests/dashboard_browser.rs" >&2
   apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium >/dev/null
+fi
+# The Grafana dashboard's queries run against a real Prometheus (tests/grafana.rs).
+if ! command -v prometheus >/dev/null; then
+  echo "installing prometheus (apt) for tests/grafana.rs" >&2
+  apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends prometheus >/dev/null
 fi
 if ! python3 -c 'import websockets' 2>/dev/null; then
   python3 -m pip install --quiet --disable-pip-version-check websockets
