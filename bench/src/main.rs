@@ -10,6 +10,7 @@ mod protocol;
 mod publisher;
 mod report;
 mod roundtrip;
+mod sendpath;
 mod stub_backend;
 mod wire;
 
@@ -36,6 +37,8 @@ enum Scenario {
     Roundtrip(roundtrip::Args),
     /// A fast ws2api backend (HTTP) for `roundtrip`: allows, echoes, accepts closes.
     StubBackend(stub_backend::Args),
+    /// Kernel cost of one delivery by send path: sendmsg per socket vs io_uring batches.
+    Sendpath(sendpath::Args),
 }
 
 fn main() {
@@ -47,6 +50,7 @@ fn main() {
         Scenario::Hold(a) => hold::run(a),
         Scenario::Roundtrip(a) => roundtrip::run(a),
         Scenario::StubBackend(a) => stub_backend::run(a),
+        Scenario::Sendpath(a) => sendpath::run(a),
     };
     if let Err(e) = result {
         eprintln!("ringcast-bench: {e}");

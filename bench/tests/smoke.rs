@@ -288,3 +288,19 @@ fn connect_ramp_reports_every_connection() {
     ]);
     assert!(out.contains("connected 0 failed 5") && out.contains("first error: connect:"), "{out}");
 }
+
+#[test]
+fn sendpath_measures_each_path_on_real_sockets() {
+    let out = bench(&["sendpath", "--connections", "200", "--passes", "3", "--paths", "sendmsg,uring"]);
+    let rows: Vec<&str> =
+        out.lines().filter(|l| l.starts_with("| Sendmsg") || l.starts_with("| Uring")).collect();
+    assert_eq!(rows.len(), 2, "{out}");
+    for row in rows {
+        let cells: Vec<&str> = row.split('|').map(str::trim).collect();
+        assert_eq!(cells[2], "600", "3 passes × 200 sends: {row}");
+        let cpu_per_send: f64 = cells[3].parse().unwrap();
+        assert!(cpu_per_send > 0.0, "{row}");
+    }
+    let uring = out.lines().find(|l| l.starts_with("| Uring")).unwrap();
+    assert!(uring.ends_with("| 1.0 |"), "one io_uring_enter per pass of 200: {uring}");
+}
