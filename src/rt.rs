@@ -52,15 +52,66 @@ where
         .map_err(|e| io::Error::other(e.to_string()))
 }
 
-/// Runs `fut` on the current shard, detached. glommio may poll it before
-/// this returns: hold no `RefCell` borrow that `fut` takes across this call.
+thread_local! {
+    /// The shard's main task queue, once `run_prompt` made another: tasks
+    /// spawned from the prompt queue still go here (glommio would put them in
+    /// the spawner's queue, ahead of every connection).
+    static MAIN_QUEUE: std::cell::Cell<Option<glommio::TaskQueueHandle>> = const { std::cell::Cell::new(None) };
+}
+
+/// Runs `fut` on the current shard, detached, in its main task queue.
+/// glommio may poll it before this returns: hold no `RefCell` borrow that
+/// `fut` takes across this call.
 pub fn spawn<F: Future<Output = ()> + 'static>(fut: F) {
-    glommio::spawn_local(fut).detach();
+    let task = match MAIN_QUEUE.with(|q| q.get()) {
+        Some(queue) => glommio::spawn_local_into(fut, queue).expect("the main task queue exists"),
+        None => glommio::spawn_local(fut),
+    };
+    task.detach();
+}
+
+/// Runs `fut` on the current shard in a task queue of its own that the
+/// scheduler turns to within `latency` of it becoming ready, even in the
+/// middle of a long run of other tasks; awaits its end.
+pub async fn run_prompt<T: 'static>(
+    fut: impl Future<Output = T> + 'static,
+    latency: Duration,
+    name: &str,
+) -> T {
+    let ex = glommio::executor();
+    MAIN_QUEUE.with(|q| {
+        if q.get().is_none() {
+            q.set(Some(ex.current_task_queue()));
+        }
+    });
+    let queue = ex.create_task_queue(glommio::Shares::default(), glommio::Latency::Matters(latency), name);
+    match glommio::spawn_local_into(fut, queue) {
+        Ok(task) => task.await,
+        Err(e) => panic!("cannot spawn into task queue {name}: {e}"),
+    }
 }
 
 /// Lets every other ready task of this shard run before continuing.
 pub async fn yield_now() {
     futures_lite::future::yield_now().await
+}
+
+/// A task queue of this shard.
+#[derive(Clone, Copy)]
+pub struct Queue(glommio::TaskQueueHandle);
+
+/// The queue the calling task runs in.
+pub fn current_queue() -> Queue {
+    Queue(glommio::executor().current_task_queue())
+}
+
+/// Waits until every task that is ready in `queue` now has run once: a task
+/// spawned there runs after them (a queue runs its tasks in order).
+pub async fn after_ready_tasks(queue: Queue) {
+    match glommio::spawn_local_into(async {}, queue.0) {
+        Ok(task) => task.await,
+        Err(_) => yield_now().await,
+    }
 }
 
 pub async fn sleep(d: Duration) {
