@@ -25,7 +25,7 @@ from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT / "bench" / "peers"))
-from compare import free_port, wait_port  # noqa: E402  (one copy of the helpers)
+from compare import free_port, stop, wait_port  # noqa: E402  (one copy of the helpers)
 BENCH = ROOT / "target" / "release" / "ringcast-bench"
 RINGCAST = ROOT / "target" / "release" / "ringcast"
 TICKS = os.sysconf("SC_CLK_TCK")
@@ -113,11 +113,7 @@ def run(setup, opts, work, log):
                 "cores": cores, "generator": gen[0] if gen else ""}
     finally:
         for p in reversed(procs):
-            p.terminate()
-            try:
-                p.wait(10)
-            except subprocess.TimeoutExpired:
-                p.kill()
+            stop(p)
 
 
 def main():

@@ -25,7 +25,7 @@ from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT / "bench" / "peers"))
-from compare import LOAD_CORE, SERVER_CORE, free_port, wait_port  # noqa: E402
+from compare import LOAD_CORE, SERVER_CORE, free_port, stop, wait_port  # noqa: E402
 BENCH = ROOT / "target" / "release" / "ringcast-bench"
 RINGCAST = ROOT / "target" / "release" / "ringcast"
 
@@ -64,8 +64,7 @@ def run(variant, args, workdir, rate, secs, tag):
         if watcher:
             watcher.kill()
             watcher.wait()
-        server.terminate()
-        server.wait()
+        stop(server)
 
 
 def main():

@@ -9,31 +9,15 @@ Chromium for --seconds, then saves a screenshot.
 The dashboard test (tests/dashboard_browser.rs) checks the page; this only
 makes the picture for the docs, with a minute of history in the charts.
 """
-import argparse, asyncio, base64, json, os, re, socket, subprocess, tempfile, time
+import argparse, asyncio, base64, json, re, subprocess, sys, tempfile
 from pathlib import Path
 
 import websockets  # PyPI; scripts/test.sh installs it
 
 ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(ROOT / "bench" / "peers"))
+from compare import free_port, stop, wait_port  # noqa: E402  (one copy of the helpers)
 TOKEN = "screenshot-admin-token-0123456789"
-
-
-def free_port():
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
-def wait_port(port, proc):
-    for _ in range(200):
-        if proc.poll() is not None:
-            raise SystemExit(f"process exited with {proc.returncode}")
-        try:
-            socket.create_connection(("127.0.0.1", port), 0.1).close()
-            return
-        except OSError:
-            time.sleep(0.05)
-    raise SystemExit(f"port {port} never opened")
 
 
 async def shoot(endpoint, url, seconds, out):
@@ -103,11 +87,7 @@ def main():
             print(f"wrote {args.out}")
     finally:
         for p in reversed(procs):
-            p.terminate()
-            try:
-                p.wait(10)
-            except subprocess.TimeoutExpired:
-                p.kill()
+            stop(p)
 
 
 if __name__ == "__main__":

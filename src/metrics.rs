@@ -168,7 +168,7 @@ impl Histogram {
     }
 
     pub fn render(&self, name: &str, help: &str, labels: &str, out: &mut String) {
-        let _ = writeln!(out, "# HELP {name} {help}\n# TYPE {name} histogram");
+        head(out, name, "histogram", help);
         self.render_series(name, labels, out);
     }
 
@@ -184,6 +184,11 @@ impl Histogram {
         let sum = self.sum_micros.load(Relaxed) as f64 / 1e6;
         let _ = writeln!(out, "{name}_sum{{{labels}}} {sum}\n{name}_count{{{labels}}} {}", self.count());
     }
+}
+
+/// A series' `# HELP` and `# TYPE` lines.
+pub fn head(out: &mut String, name: &str, kind: &str, help: &str) {
+    let _ = writeln!(out, "# HELP {name} {help}\n# TYPE {name} {kind}");
 }
 
 pub fn inc(c: &AtomicU64) {
@@ -267,7 +272,7 @@ const SHARD_SERIES: &[(&str, &str, &str, Field)] = &[
 pub fn render(shards: &[Arc<ShardMetrics>], global: &GlobalMetrics) -> String {
     let mut out = String::with_capacity(4096);
     for (name, kind, help, field) in SHARD_SERIES {
-        let _ = writeln!(out, "# HELP {name} {help}\n# TYPE {name} {kind}");
+        head(&mut out, name, kind, help);
         for (i, m) in shards.iter().enumerate() {
             let _ = writeln!(out, "{name}{{shard=\"{i}\"}} {}", field(m).load(Relaxed));
         }

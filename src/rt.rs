@@ -96,21 +96,14 @@ pub async fn yield_now() {
     futures_lite::future::yield_now().await
 }
 
-/// A task queue of this shard.
-#[derive(Clone, Copy)]
-pub struct Queue(glommio::TaskQueueHandle);
-
-/// The queue the calling task runs in.
-pub fn current_queue() -> Queue {
-    Queue(glommio::executor().current_task_queue())
-}
-
-/// Waits until every task that is ready in `queue` now has run once: a task
-/// spawned there runs after them (a queue runs its tasks in order).
-pub async fn after_ready_tasks(queue: Queue) {
-    match glommio::spawn_local_into(async {}, queue.0) {
-        Ok(task) => task.await,
-        Err(_) => yield_now().await,
+/// Waits until every task ready now in the shard's main queue has run
+/// once: a task spawned there runs after them (a queue runs its tasks in
+/// order). For a task in a `run_prompt` queue, where `yield_now` would
+/// only run itself again.
+pub async fn after_ready_tasks() {
+    match MAIN_QUEUE.with(|q| q.get()) {
+        Some(queue) => glommio::spawn_local_into(async {}, queue).expect("the main task queue exists").await,
+        None => yield_now().await,
     }
 }
 

@@ -157,6 +157,15 @@ impl Merged {
         }
         Merged { per_shard, publish_to_socket, publish_to_socket_recent, queue_depth }
     }
+
+    /// The `n` top topics by subscribers and by message rate, all shards merged.
+    pub fn top(&self, n: usize) -> (Vec<TopicView>, Vec<TopicView>) {
+        let shards = || self.per_shard.iter();
+        (
+            merge_top(shards().map(|p| p.top_by_subscribers.clone()), n, |t| t.subscribers as f64),
+            merge_top(shards().map(|p| p.top_by_rate.clone()), n, |t| t.messages_per_second),
+        )
+    }
 }
 
 /// Merges the shards' top lists by topic and ranks again: subscribers add
@@ -185,18 +194,28 @@ fn merge_top(
     all
 }
 
+/// Path and dialect of vhost index `i` (past the configured ones: the
+/// share of the vhosts added at run time).
+fn vhost_label(ctx: &ApiContext, i: usize) -> (String, String) {
+    ctx.config.vhosts.get(i).map_or((RUNTIME_VHOSTS.to_string(), "webrocket".to_string()), |v| {
+        (v.path.clone(), v.dialect.to_string())
+    })
+}
+
 /// Every vhost with its connections (the configured ones, then the runtime share).
 pub fn vhost_views(ctx: &ApiContext, merged: &Merged) -> Vec<VhostView> {
-    let cfg = &ctx.config.vhosts;
-    (0..=cfg.len())
-        .map(|i| VhostView {
-            path: cfg.get(i).map_or(RUNTIME_VHOSTS.to_string(), |v| v.path.clone()),
-            dialect: cfg.get(i).map_or("webrocket".to_string(), |v| v.dialect.to_string()),
-            connections: merged
-                .per_shard
-                .iter()
-                .map(|p| p.vhost_connections.get(i).copied().unwrap_or(0))
-                .sum(),
+    (0..=ctx.config.vhosts.len())
+        .map(|i| {
+            let (path, dialect) = vhost_label(ctx, i);
+            VhostView {
+                path,
+                dialect,
+                connections: merged
+                    .per_shard
+                    .iter()
+                    .map(|p| p.vhost_connections.get(i).copied().unwrap_or(0))
+                    .sum(),
+            }
         })
         .collect()
 }
@@ -240,7 +259,7 @@ impl Snapshot {
         };
         let degraded = ctx.broker.degraded();
         let server = &ctx.config.server;
-        let n = ctx.config.stats.top_topics;
+        let (top_topics_by_subscribers, top_topics_by_rate) = merged.top(ctx.config.stats.top_topics);
         Snapshot {
             version: env!("CARGO_PKG_VERSION").to_string(),
             node: ctx.webrocket.node.clone(),
@@ -274,14 +293,8 @@ impl Snapshot {
             queue_depth_bytes: percentiles(&merged.queue_depth, 1.0),
             hook_ms: ctx.hook_metrics.percentiles_ms(),
             broker_round_trip_ms: ctx.cluster_metrics.as_ref().map(|m| m.round_trip.percentiles_ms()),
-            top_topics_by_subscribers: merge_top(
-                merged.per_shard.iter().map(|p| p.top_by_subscribers.clone()),
-                n,
-                |t| t.subscribers as f64,
-            ),
-            top_topics_by_rate: merge_top(merged.per_shard.iter().map(|p| p.top_by_rate.clone()), n, |t| {
-                t.messages_per_second
-            }),
+            top_topics_by_subscribers,
+            top_topics_by_rate,
             rates: None,
         }
     }
@@ -323,121 +336,69 @@ fn hdr_series(name: &str, labels: &str, h: &Histogram<u64>, bounds: &[f64], unit
 
 /// The series of docs/metrics.md built on the shards' measurements.
 pub fn render_metrics(ctx: &ApiContext, out: &mut String) {
+    use crate::metrics::head;
     use std::fmt::Write;
     let merged = Merged::read(ctx);
-    let _ = writeln!(
-        out,
-        "# HELP ringcast_publish_to_socket_seconds A publication received by this node to its last \
-         subscriber's socket write (sampled: one in flight per shard).\n\
-         # TYPE ringcast_publish_to_socket_seconds histogram"
-    );
-    for (i, p) in merged.per_shard.iter().enumerate() {
-        let labels = format!("shard=\"{i}\"");
-        let name = "ringcast_publish_to_socket_seconds";
-        hdr_series(name, &labels, &p.publish_to_socket, &crate::metrics::BOUNDS, 1e6, out);
+    let shards = || merged.per_shard.iter().enumerate();
+    let name = "ringcast_publish_to_socket_seconds";
+    head(out, name, "histogram", "A publication received by this node to its last subscriber's socket write (sampled: one in flight per shard).");
+    for (i, p) in shards() {
+        hdr_series(name, &format!("shard=\"{i}\""), &p.publish_to_socket, &crate::metrics::BOUNDS, 1e6, out);
     }
+    let name = "ringcast_send_queue_depth_bytes";
+    head(out, name, "histogram", "Bytes queued on a connection when it starts a write.");
     let depth_bounds: Vec<f64> = DEPTH_BOUNDS.iter().map(|b| *b as f64).collect();
-    let _ = writeln!(
-        out,
-        "# HELP ringcast_send_queue_depth_bytes Bytes queued on a connection when it starts a write.\n\
-         # TYPE ringcast_send_queue_depth_bytes histogram"
-    );
-    for (i, p) in merged.per_shard.iter().enumerate() {
-        hdr_series(
-            "ringcast_send_queue_depth_bytes",
-            &format!("shard=\"{i}\""),
-            &p.queue_depth,
-            &depth_bounds,
-            1.0,
-            out,
-        );
+    for (i, p) in shards() {
+        hdr_series(name, &format!("shard=\"{i}\""), &p.queue_depth, &depth_bounds, 1.0, out);
     }
-    let _ = writeln!(
-        out,
-        "# HELP ringcast_latency_probes_given_up_total Followed publications not written to every subscriber within 10 s.\n\
-         # TYPE ringcast_latency_probes_given_up_total counter"
-    );
-    for (i, p) in merged.per_shard.iter().enumerate() {
-        let _ =
-            writeln!(out, "ringcast_latency_probes_given_up_total{{shard=\"{i}\"}} {}", p.probes_given_up);
+    let name = "ringcast_latency_probes_given_up_total";
+    head(out, name, "counter", "Followed publications not written to every subscriber within 10 s.");
+    for (i, p) in shards() {
+        let _ = writeln!(out, "{name}{{shard=\"{i}\"}} {}", p.probes_given_up);
     }
-    let _ = writeln!(
-        out,
-        "# HELP ringcast_vhost_connections Open connections by vhost and dialect.\n# TYPE ringcast_vhost_connections gauge"
-    );
-    let cfg = &ctx.config.vhosts;
-    for (i, p) in merged.per_shard.iter().enumerate() {
+    let name = "ringcast_vhost_connections";
+    head(out, name, "gauge", "Open connections by vhost and dialect.");
+    for (i, p) in shards() {
         for (v, n) in p.vhost_connections.iter().enumerate() {
-            let (path, dialect) =
-                cfg.get(v).map_or((RUNTIME_VHOSTS.to_string(), "webrocket".to_string()), |c| {
-                    (c.path.clone(), c.dialect.to_string())
-                });
-            let _ = writeln!(
-                out,
-                "ringcast_vhost_connections{{shard=\"{i}\",vhost=\"{}\",dialect=\"{dialect}\"}} {n}",
-                label_value(&path)
-            );
+            let (path, dialect) = vhost_label(ctx, v);
+            let path = label_value(&path);
+            let _ = writeln!(out, "{name}{{shard=\"{i}\",vhost=\"{path}\",dialect=\"{dialect}\"}} {n}");
         }
     }
-    let _ = writeln!(out, "# HELP ringcast_topics Topics with subscribers.\n# TYPE ringcast_topics gauge");
-    for (i, p) in merged.per_shard.iter().enumerate() {
+    head(out, "ringcast_topics", "gauge", "Topics with subscribers.");
+    for (i, p) in shards() {
         let _ = writeln!(out, "ringcast_topics{{shard=\"{i}\"}} {}", p.topics);
     }
-    let _ = writeln!(
-        out,
-        "# HELP ringcast_handshakes_refused_total Upgrades that did not become connections, by reason.\n\
-         # TYPE ringcast_handshakes_refused_total counter"
-    );
+    let name = "ringcast_handshakes_refused_total";
+    head(out, name, "counter", "Upgrades that did not become connections, by reason.");
     for (i, m) in ctx.shard_metrics.iter().enumerate() {
         for why in Refusal::ALL {
             let n = m.refused[why as usize].load(Relaxed);
-            let _ = writeln!(
-                out,
-                "ringcast_handshakes_refused_total{{shard=\"{i}\",reason=\"{}\"}} {n}",
-                why.name()
-            );
+            let _ = writeln!(out, "{name}{{shard=\"{i}\",reason=\"{}\"}} {n}", why.name());
         }
     }
-    let n = ctx.config.stats.top_topics;
-    let by_subscribers =
-        merge_top(merged.per_shard.iter().map(|p| p.top_by_subscribers.clone()), n, |t| t.subscribers as f64);
-    let by_rate =
-        merge_top(merged.per_shard.iter().map(|p| p.top_by_rate.clone()), n, |t| t.messages_per_second);
-    let _ = writeln!(
-        out,
-        "# HELP ringcast_top_topic_subscribers Subscribers of the stats.top_topics topics with the most.\n\
-         # TYPE ringcast_top_topic_subscribers gauge"
-    );
-    for t in &by_subscribers {
-        let _ = writeln!(
-            out,
-            "ringcast_top_topic_subscribers{{topic=\"{}\"}} {}",
-            label_value(&t.topic),
-            t.subscribers
-        );
+    let (by_subscribers, by_rate) = merged.top(ctx.config.stats.top_topics);
+    let name = "ringcast_top_topic_subscribers";
+    top_gauge(out, name, "Subscribers of the stats.top_topics topics with the most.", &by_subscribers, |t| {
+        t.subscribers as f64
+    });
+    let name = "ringcast_top_topic_messages_per_second";
+    top_gauge(out, name, "Message rate of the stats.top_topics busiest topics.", &by_rate, |t| {
+        t.messages_per_second
+    });
+    head(out, "ringcast_uptime_seconds", "gauge", "Seconds since the gateway started.");
+    let _ = writeln!(out, "ringcast_uptime_seconds {}", ctx.started.elapsed().as_secs_f64());
+    head(out, "ringcast_build_info", "gauge", "The running version.");
+    let _ = writeln!(out, "ringcast_build_info{{version=\"{}\"}} 1", env!("CARGO_PKG_VERSION"));
+}
+
+/// A gauge per listed topic.
+fn top_gauge(out: &mut String, name: &str, help: &str, topics: &[TopicView], value: fn(&TopicView) -> f64) {
+    use std::fmt::Write;
+    crate::metrics::head(out, name, "gauge", help);
+    for t in topics {
+        let _ = writeln!(out, "{name}{{topic=\"{}\"}} {}", label_value(&t.topic), value(t));
     }
-    let _ = writeln!(
-        out,
-        "# HELP ringcast_top_topic_messages_per_second Message rate of the stats.top_topics busiest topics.\n\
-         # TYPE ringcast_top_topic_messages_per_second gauge"
-    );
-    for t in &by_rate {
-        let _ = writeln!(
-            out,
-            "ringcast_top_topic_messages_per_second{{topic=\"{}\"}} {}",
-            label_value(&t.topic),
-            t.messages_per_second
-        );
-    }
-    let _ = writeln!(
-        out,
-        "# HELP ringcast_uptime_seconds Seconds since the gateway started.\n# TYPE ringcast_uptime_seconds gauge\n\
-         ringcast_uptime_seconds {}\n\
-         # HELP ringcast_build_info The running version.\n# TYPE ringcast_build_info gauge\n\
-         ringcast_build_info{{version=\"{}\"}} 1",
-        ctx.started.elapsed().as_secs_f64(),
-        env!("CARGO_PKG_VERSION")
-    );
 }
 
 /// A Prometheus label value: backslash, quote and newline escaped.

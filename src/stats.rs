@@ -70,7 +70,7 @@ pub struct Recorder {
     last_probe_id: u32,
     probes_given_up: u64,
     /// Open connections per vhost index (the last: vhosts added at run time).
-    pub vhost_connections: Vec<u64>,
+    vhost_connections: Vec<u64>,
 }
 
 impl Recorder {
@@ -126,6 +126,19 @@ impl Recorder {
             self.publish_to_socket.saturating_record(us.max(1));
             self.probe = None;
         }
+    }
+
+    /// A connection of vhost `index` (past the configured ones: a runtime
+    /// vhost) registered.
+    pub fn connection_opened(&mut self, index: usize) {
+        let last = self.vhost_connections.len() - 1;
+        self.vhost_connections[index.min(last)] += 1;
+    }
+
+    pub fn connection_closed(&mut self, index: usize) {
+        let last = self.vhost_connections.len() - 1;
+        let n = &mut self.vhost_connections[index.min(last)];
+        *n = n.saturating_sub(1);
     }
 
     /// A connection is about to write `bytes` queued bytes.
@@ -298,7 +311,11 @@ mod tests {
         let stats = ShardStats::new(1);
         let mut r = Recorder::new(true, 1);
         r.queue_depth(500);
-        r.vhost_connections[0] = 3;
+        for _ in 0..3 {
+            r.connection_opened(0);
+        }
+        r.connection_opened(7);
+        r.connection_closed(7);
         stats.fold(&mut r, 7, None);
         r.queue_depth(700);
         stats.fold(&mut r, 7, None);

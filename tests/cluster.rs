@@ -11,16 +11,6 @@ use std::time::{Duration, Instant};
 use common::backend::{Answer, Backend};
 use common::*;
 
-/// Kills the process when dropped.
-struct Proc(Child);
-
-impl Drop for Proc {
-    fn drop(&mut self) {
-        let _ = self.0.kill();
-        let _ = self.0.wait();
-    }
-}
-
 /// A free port below the ephemeral range: a client reconnecting in a loop
 /// to a dead broker's ephemeral-range port can end up connected to itself
 /// (TCP simultaneous open) and keep the restarted broker from binding it.
@@ -56,7 +46,7 @@ struct BrokerServer {
     kind: Kind,
     port: u16,
     monitor: u16,
-    proc: Option<Proc>,
+    proc: Option<Killed>,
 }
 
 impl BrokerServer {
@@ -81,7 +71,7 @@ impl BrokerServer {
                 .spawn()
                 .expect("nats-server (scripts/test.sh installs it)"),
         };
-        self.proc = Some(Proc(child));
+        self.proc = Some(Killed(child));
         wait_port(self.port);
     }
 

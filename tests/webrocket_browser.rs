@@ -10,7 +10,7 @@ use std::path::Path;
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
-use common::browser::{open_page, Killed, Page};
+use common::browser::{open_page, Page};
 use common::*;
 use serde_json::{json, Value};
 

@@ -49,6 +49,17 @@ def wait_port(port, proc, seconds=15):
     raise RuntimeError(f"nothing listens on {port} after {seconds} s")
 
 
+def stop(proc):
+    """Ends a process: SIGTERM, SIGKILL after 10 s."""
+    if proc and proc.poll() is None:
+        proc.terminate()
+        try:
+            proc.wait(10)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.wait()
+
+
 def raise_fd_limit():
     _, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
     resource.setrlimit(resource.RLIMIT_NOFILE, (hard, hard))
@@ -75,13 +86,7 @@ class Server:
         return self.proc.pid
 
     def stop(self):
-        if self.proc and self.proc.poll() is None:
-            self.proc.terminate()
-            try:
-                self.proc.wait(10)
-            except subprocess.TimeoutExpired:
-                self.proc.kill()
-                self.proc.wait()
+        stop(self.proc)
 
     def spawn(self, cmd, workdir, env=None):
         log = open(Path(workdir) / f"{self.name}.log", "w")
@@ -102,40 +107,6 @@ class Ringcast(Server):
         wait_port(api, self.proc)
         # Its fastest idiomatic path: goridge PublishAsync, a batch per ms.
         return ["--target", f"127.0.0.1:{ws}", "--publish-via", "rpc", "--publish-addr", f"127.0.0.1:{rpc}"]
-
-
-class RingcastStats(Ringcast):
-    """ringcast with its live measurements switched off ([stats] enabled =
-    false), or on and watched: a client reads /stats/stream (the dashboard's
-    feed) throughout, so topic ranking and snapshots run too. Against
-    `ringcast` (on, nobody looking) in the same run: what the measurements cost."""
-
-    def __init__(self, name, label, enabled, watched):
-        self.name, self.label, self.enabled, self.watched = name, label, enabled, watched
-        self.watcher = None
-
-    def start(self, workdir):
-        ws, api, rpc = free_port(), free_port(), free_port()
-        config = Path(workdir) / f"{self.name}.toml"
-        config.write_text(f"[stats]\nenabled = {'true' if self.enabled else 'false'}\n"
-                          '[[vhost]]\npath = "/ws"\ndialect = "roadrunner"\n')
-        self.spawn([str(RINGCAST), "--config", str(config), "--shards", "1", "--listen", f"127.0.0.1:{ws}",
-                    "--api-listen", f"127.0.0.1:{api}", "--rpc-listen", f"127.0.0.1:{rpc}"],
-                   workdir, {"RUST_LOG": "warn"})
-        wait_port(ws, self.proc)
-        wait_port(api, self.proc)
-        if self.watched:
-            self.watcher = subprocess.Popen(
-                ["taskset", "-c", LOAD_CORE, "curl", "-sN", f"http://127.0.0.1:{api}/stats/stream"],
-                stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-        return ["--target", f"127.0.0.1:{ws}", "--publish-via", "rpc", "--publish-addr", f"127.0.0.1:{rpc}"]
-
-    def stop(self):
-        if self.watcher:
-            self.watcher.kill()
-            self.watcher.wait()
-            self.watcher = None
-        super().stop()
 
 
 class RingcastWebRocket(Server):
@@ -246,8 +217,6 @@ class Nats(Server):
 
 SERVERS = [
     Ringcast(),
-    RingcastStats("ringcast-stats-off", "ringcast, [stats] enabled = false", False, False),
-    RingcastStats("ringcast-watched", "ringcast, /stats/stream read throughout", True, True),
     RingcastWebRocket(),
     NodePeer("uws", "uWebSockets.js 3.0.6", "uws.js", "uwebsockets"),
     NodePeer("ws", "Node ws", "ws.js", "ws"),
@@ -387,8 +356,7 @@ def table(results, opts):
 
 def main():
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    # The stats variants measure our own switch; named explicitly only.
-    ap.add_argument("--servers", default=",".join(s.name for s in SERVERS if not isinstance(s, RingcastStats)))
+    ap.add_argument("--servers", default=",".join(s.name for s in SERVERS))
     ap.add_argument("--scenarios", default="hold,saturate,fixed")
     ap.add_argument("--out", default=str(ROOT / "target" / "bench" / "compare"))
     ap.add_argument("--connections", type=int, default=15000, help="hold: idle subscribed connections")

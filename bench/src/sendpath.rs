@@ -89,19 +89,23 @@ struct Measured {
     enters: u64,
 }
 
-fn sendmsg_pass(pairs: &[Pair], iov: &[libc::iovec]) -> Result<u64, String> {
+/// A message of the frames `iov` points to (no address, no control data).
+fn message(iov: &[libc::iovec]) -> libc::msghdr {
+    libc::msghdr {
+        msg_name: std::ptr::null_mut(),
+        msg_namelen: 0,
+        msg_iov: iov.as_ptr() as *mut libc::iovec,
+        msg_iovlen: iov.len(),
+        msg_control: std::ptr::null_mut(),
+        msg_controllen: 0,
+        msg_flags: 0,
+    }
+}
+
+fn sendmsg_pass(pairs: &[Pair], msg: &libc::msghdr) -> Result<u64, String> {
     for p in pairs {
-        // SAFETY: the iovecs point into `frame`, alive for the whole call.
-        let msg = libc::msghdr {
-            msg_name: std::ptr::null_mut(),
-            msg_namelen: 0,
-            msg_iov: iov.as_ptr() as *mut libc::iovec,
-            msg_iovlen: iov.len(),
-            msg_control: std::ptr::null_mut(),
-            msg_controllen: 0,
-            msg_flags: 0,
-        };
-        let n = unsafe { libc::sendmsg(p.server.as_raw_fd(), &msg, libc::MSG_DONTWAIT | libc::MSG_NOSIGNAL) };
+        // SAFETY: `msg` and the iovecs and frame it points to outlive the call.
+        let n = unsafe { libc::sendmsg(p.server.as_raw_fd(), msg, libc::MSG_DONTWAIT | libc::MSG_NOSIGNAL) };
         if n < 0 {
             return Err(format!("sendmsg: {}", std::io::Error::last_os_error()));
         }
@@ -152,15 +156,7 @@ pub fn run(a: Args) -> Result<(), String> {
     let iov: Vec<libc::iovec> = (0..a.frames)
         .map(|_| libc::iovec { iov_base: frame.as_ptr() as *mut libc::c_void, iov_len: frame.len() })
         .collect();
-    let msg = libc::msghdr {
-        msg_name: std::ptr::null_mut(),
-        msg_namelen: 0,
-        msg_iov: iov.as_ptr() as *mut libc::iovec,
-        msg_iovlen: iov.len(),
-        msg_control: std::ptr::null_mut(),
-        msg_controllen: 0,
-        msg_flags: 0,
-    };
+    let msg = message(&iov);
     let budget = 100_000 / (a.frame_bytes * a.frames).max(1);
     if a.passes * a.paths.len() > budget {
         return Err(format!(
@@ -190,7 +186,7 @@ pub fn run(a: Args) -> Result<(), String> {
         for _ in 0..a.passes {
             m.enters += match &mut ring {
                 None => {
-                    sendmsg_pass(&pairs, &iov)?;
+                    sendmsg_pass(&pairs, &msg)?;
                     0
                 }
                 Some(r) => uring_pass(r, &pairs, &msg, a.ring as usize)?,

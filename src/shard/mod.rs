@@ -144,8 +144,7 @@ pub async fn run(setup: ShardSetup) {
     // publication that arrives mid-sweep is queued to the connections the
     // sweep has not reached yet, and they write it with what they had, so
     // it waits about one sweep, not the rest of this one plus its own.
-    let connections = rt::current_queue();
-    let inbox = rt::run_prompt(inbox_loop(shard.clone(), inbox, connections), INBOX_LATENCY, "inbox").await;
+    let inbox = rt::run_prompt(inbox_loop(shard.clone(), inbox), INBOX_LATENCY, "inbox").await;
     // Publishers see the shard as gone from now on instead of waiting on it.
     drop(inbox);
     shard.drain().await;
@@ -155,7 +154,7 @@ pub async fn run(setup: ShardSetup) {
 const INBOX_LATENCY: Duration = Duration::from_millis(1);
 
 /// Takes the shard's messages until shutdown; hands the inbox back.
-async fn inbox_loop(shard: Rc<Shard>, inbox: Inbox, connections: rt::Queue) -> Inbox {
+async fn inbox_loop(shard: Rc<Shard>, inbox: Inbox) -> Inbox {
     // An inbox that stays full must not keep the connections from writing
     // (their queues would fill and they would be closed as slow consumers)
     // while the publisher is the one to slow down. So a turn of inbox work
@@ -184,7 +183,7 @@ async fn inbox_loop(shard: Rc<Shard>, inbox: Inbox, connections: rt::Queue) -> I
             Some(ShardMsg::Deliver(batch)) => {
                 for d in batch.iter() {
                     if turn_bytes >= budget_share || turn.elapsed() >= TURN_MAX {
-                        rt::after_ready_tasks(connections).await;
+                        rt::after_ready_tasks().await;
                         (turn, turn_bytes) = (Instant::now(), 0);
                     }
                     turn_bytes += d.frame.len() + send_queue::SLOT_COST;
@@ -317,7 +316,7 @@ impl Shard {
 
     fn register(&self, conn: &ConnRef, vhost: usize) -> Owner {
         metrics::inc(&self.metrics.connections);
-        self.recorder.borrow_mut().vhost_connections[vhost.min(self.config.vhosts.len())] += 1;
+        self.recorder.borrow_mut().connection_opened(vhost);
         metrics::inc(&self.metrics.connections_accepted);
         let id = self.next_conn_id();
         let key = self.conns.borrow_mut().insert(conn.clone());
@@ -438,10 +437,7 @@ impl Shard {
         let mut topics = self.topics.borrow_mut();
         let mut st = conn.borrow_mut();
         self.frames_gone(&mut st, usize::MAX);
-        let mut recorder = self.recorder.borrow_mut();
-        let count = &mut recorder.vhost_connections[vhost.min(self.config.vhosts.len())];
-        *count = count.saturating_sub(1);
-        drop(recorder);
+        self.recorder.borrow_mut().connection_closed(vhost);
         for t in st.topics.drain(..) {
             self.index_unsubscribe(&mut topics, &t, key);
         }
@@ -619,9 +615,6 @@ async fn accept_loop(shard: Rc<Shard>, listener: rt::TcpListener) {
     }
 }
 
-/// Pings connections silent for `ping_interval_ms` and closes those silent
-/// for `idle_timeout_ms`. One pass per second over the shard's connections,
-/// instead of a timer per connection.
 /// Topics looked at per slice of a scan before the shard yields.
 const SCAN_SLICE: usize = 4096;
 
@@ -661,6 +654,9 @@ async fn stats_loop(shard: Rc<Shard>) {
     }
 }
 
+/// Pings connections silent for `ping_interval_ms` and closes those silent
+/// for `idle_timeout_ms`. One pass per second over the shard's connections,
+/// instead of a timer per connection.
 async fn keepalive_loop(shard: Rc<Shard>) {
     let ping_after = shard.config.limits.ping_interval_ms;
     let close_after = shard.config.limits.idle_timeout_ms;

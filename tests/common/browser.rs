@@ -4,21 +4,13 @@
 
 use std::io::{BufRead, BufReader};
 use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Stdio};
+use std::process::{Command, Stdio};
+
+use super::Killed;
 use std::time::Duration;
 
 use serde_json::{json, Value};
 use tungstenite::Message;
-
-/// Kills a child process when dropped.
-pub struct Killed(pub Child);
-
-impl Drop for Killed {
-    fn drop(&mut self) {
-        let _ = self.0.kill();
-        let _ = self.0.wait();
-    }
-}
 
 pub fn chromium() -> PathBuf {
     ["chromium", "chromium-browser", "google-chrome"]

@@ -17,6 +17,21 @@ pub mod browser;
 
 pub type Ws = WebSocket<MaybeTlsStream<TcpStream>>;
 
+/// Kills a child process when dropped.
+pub struct Killed(pub Child);
+
+impl Drop for Killed {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+/// A loopback port free a moment ago.
+pub fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port()
+}
+
 pub struct Server {
     child: Child,
     pub ws: SocketAddr,
