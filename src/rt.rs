@@ -4,12 +4,9 @@
 
 use std::future::Future;
 use std::io::{self, IoSlice};
-use std::os::fd::{AsRawFd, BorrowedFd, FromRawFd, IntoRawFd};
-use std::pin::Pin;
-use std::task::{Context, Poll};
+use std::os::fd::{AsRawFd, BorrowedFd, FromRawFd, IntoRawFd, OwnedFd, RawFd};
 use std::time::Duration;
 
-use futures_lite::{AsyncRead, AsyncWrite};
 use glommio::{LocalExecutorBuilder, Placement};
 
 pub use glommio::net::{TcpListener, TcpStream};
@@ -96,15 +93,30 @@ pub async fn yield_now() {
     futures_lite::future::yield_now().await
 }
 
-/// Waits until every task ready now in the shard's main queue has run
-/// once: a task spawned there runs after them (a queue runs its tasks in
-/// order). For a task in a `run_prompt` queue, where `yield_now` would
-/// only run itself again.
-pub async fn after_ready_tasks() {
+/// Runs `fut` on the current shard in its main task queue; the returned
+/// future resolves to its output.
+pub fn spawn_joinable<T: 'static>(fut: impl Future<Output = T> + 'static) -> impl Future<Output = T> {
     match MAIN_QUEUE.with(|q| q.get()) {
-        Some(queue) => glommio::spawn_local_into(async {}, queue).expect("the main task queue exists").await,
-        None => yield_now().await,
+        Some(queue) => glommio::spawn_local_into(fut, queue).expect("the main task queue exists"),
+        None => glommio::spawn_local(fut),
     }
+}
+
+/// Resolves once `fd` is readable, waiting on the shard's blocking thread
+/// (glommio cannot poll a descriptor that is not a socket or file): the
+/// bridge from the shard's own io_uring into glommio's loop. The caller
+/// keeps `fd` open until this resolved.
+pub fn readable(fd: RawFd) -> impl Future<Output = ()> {
+    glommio::executor().spawn_blocking(move || {
+        let mut p = libc::pollfd { fd, events: libc::POLLIN, revents: 0 };
+        loop {
+            // SAFETY: one valid pollfd, alive for the call.
+            let n = unsafe { libc::poll(&mut p, 1, -1) };
+            if n >= 0 || io::Error::last_os_error().raw_os_error() != Some(libc::EINTR) {
+                return;
+            }
+        }
+    })
 }
 
 pub async fn sleep(d: Duration) {
@@ -120,28 +132,39 @@ pub fn adopt_listener(listener: std::net::TcpListener) -> TcpListener {
     unsafe { TcpListener::from_raw_fd(fd) }
 }
 
-pub fn poll_read(stream: &mut TcpStream, cx: &mut Context<'_>, buf: &mut [u8]) -> Poll<io::Result<usize>> {
-    Pin::new(stream).poll_read(cx, buf)
-}
-
-/// Waits for writability (glommio tries a plain send first, then polls).
-pub fn poll_write(stream: &mut TcpStream, cx: &mut Context<'_>, buf: &[u8]) -> Poll<io::Result<usize>> {
-    Pin::new(stream).poll_write(cx, buf)
-}
-
-/// Writes several frames with one `sendmsg`, never blocking: glommio's
-/// stream writes only the first slice of a vectored write.
-pub fn send_vectored(stream: &TcpStream, slices: &[IoSlice<'_>]) -> io::Result<usize> {
+/// A descriptor of its own for an accepted connection's socket, non-blocking,
+/// so the glommio stream (and its poll source) can be dropped once the
+/// handshake is done and the shard's driver takes the socket over.
+pub fn take_socket(stream: &TcpStream) -> io::Result<OwnedFd> {
     // SAFETY: the descriptor belongs to `stream`, which outlives this borrow.
-    let fd = unsafe { BorrowedFd::borrow_raw(stream.as_raw_fd()) };
+    let fd = unsafe { BorrowedFd::borrow_raw(stream.as_raw_fd()) }.try_clone_to_owned()?;
+    socket2::SockRef::from(&fd).set_nonblocking(true)?;
+    Ok(fd)
+}
+
+/// One non-blocking read.
+pub fn recv(fd: BorrowedFd<'_>, buf: &mut [u8]) -> io::Result<usize> {
+    // SAFETY: `buf` is valid for `buf.len()` bytes of writes during the call.
+    let n = unsafe { libc::recv(fd.as_raw_fd(), buf.as_mut_ptr().cast(), buf.len(), libc::MSG_DONTWAIT) };
+    if n < 0 {
+        Err(io::Error::last_os_error())
+    } else {
+        Ok(n as usize)
+    }
+}
+
+/// Writes several frames with one non-blocking `sendmsg`.
+pub fn send_vectored(fd: BorrowedFd<'_>, slices: &[IoSlice<'_>]) -> io::Result<usize> {
     socket2::SockRef::from(&fd).send_vectored_with_flags(slices, libc::MSG_DONTWAIT | libc::MSG_NOSIGNAL)
 }
 
 /// Sends FIN: the peer sees the end of our stream while we still read.
-pub fn shutdown_write(stream: &TcpStream) {
-    // SAFETY: as in `send_vectored`.
-    let fd = unsafe { BorrowedFd::borrow_raw(stream.as_raw_fd()) };
+pub fn shutdown_write(fd: BorrowedFd<'_>) {
     let _ = socket2::SockRef::from(&fd).shutdown(std::net::Shutdown::Write);
+}
+
+pub fn peer_addr(fd: BorrowedFd<'_>) -> Option<std::net::SocketAddr> {
+    socket2::SockRef::from(&fd).peer_addr().ok()?.as_socket()
 }
 
 pub fn set_nodelay(stream: &TcpStream) {
@@ -150,7 +173,7 @@ pub fn set_nodelay(stream: &TcpStream) {
 
 /// SO_SNDBUF (the kernel doubles it for its bookkeeping).
 pub fn set_send_buffer(stream: &TcpStream, bytes: usize) {
-    // SAFETY: as in `send_vectored`.
+    // SAFETY: as in `take_socket`.
     let fd = unsafe { BorrowedFd::borrow_raw(stream.as_raw_fd()) };
     let _ = socket2::SockRef::from(&fd).set_send_buffer_size(bytes);
 }
@@ -159,6 +182,7 @@ pub fn set_send_buffer(stream: &TcpStream, bytes: usize) {
 mod tests {
     use super::*;
     use std::io::Read;
+    use std::os::fd::AsFd;
 
     #[test]
     fn send_vectored_writes_all_slices_in_order() {
@@ -166,10 +190,14 @@ mod tests {
         let addr = listener.local_addr().unwrap();
         let ex = spawn_executor("rt-test", None, 256 * 1024, move || async move {
             let stream = TcpStream::connect(addr).await.unwrap();
-            let n = send_vectored(&stream, &[IoSlice::new(b"ab"), IoSlice::new(b""), IoSlice::new(b"cde")])
-                .unwrap();
-            assert_eq!(n, 5);
-            shutdown_write(&stream);
+            let fd = take_socket(&stream).unwrap();
+            drop(stream);
+            let slices = [IoSlice::new(b"ab"), IoSlice::new(b""), IoSlice::new(b"cde")];
+            assert_eq!(send_vectored(fd.as_fd(), &slices).unwrap(), 5);
+            shutdown_write(fd.as_fd());
+            let mut buf = [0u8; 4];
+            let err = recv(fd.as_fd(), &mut buf).unwrap_err();
+            assert_eq!(err.kind(), io::ErrorKind::WouldBlock, "the taken socket is non-blocking");
         })
         .unwrap();
         let (mut peer, _) = listener.accept().unwrap();

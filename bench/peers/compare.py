@@ -97,16 +97,33 @@ class Server:
 
 class Ringcast(Server):
     name, label = "ringcast", "ringcast"
+    binary = RINGCAST
 
     def start(self, workdir):
         ws, api, rpc = free_port(), free_port(), free_port()
-        self.spawn([str(RINGCAST), "--shards", "1", "--listen", f"127.0.0.1:{ws}",
+        self.spawn([str(self.binary), "--shards", "1", "--listen", f"127.0.0.1:{ws}",
                     "--api-listen", f"127.0.0.1:{api}", "--rpc-listen", f"127.0.0.1:{rpc}"],
                    workdir, {"RUST_LOG": "warn"})
         wait_port(ws, self.proc)
         wait_port(api, self.proc)
         # Its fastest idiomatic path: goridge PublishAsync, a batch per ms.
         return ["--target", f"127.0.0.1:{ws}", "--publish-via", "rpc", "--publish-addr", f"127.0.0.1:{rpc}"]
+
+
+class RingcastBefore(Ringcast):
+    """Another ringcast build (RINGCAST_BEFORE=/path/to/ringcast), driven the
+    same way: a change's before and after against the same peers, one run."""
+
+    name, label = "ringcast-before", "ringcast before"
+
+    @property
+    def binary(self):
+        return os.environ.get("RINGCAST_BEFORE", "")
+
+    def missing(self):
+        if not self.binary or not Path(self.binary).is_file():
+            return "set RINGCAST_BEFORE to a ringcast binary"
+        return None
 
 
 class RingcastWebRocket(Server):
@@ -217,6 +234,7 @@ class Nats(Server):
 
 SERVERS = [
     Ringcast(),
+    RingcastBefore(),
     RingcastWebRocket(),
     NodePeer("uws", "uWebSockets.js 3.0.6", "uws.js", "uwebsockets"),
     NodePeer("ws", "Node ws", "ws.js", "ws"),
@@ -292,7 +310,22 @@ def run_fixed(server, flags, out, log, opts):
             "generator": cpu}
 
 
-SCENARIOS = {"hold": run_hold, "saturate": run_saturation, "fixed": run_fixed}
+def run_cpu(server, flags, out, log, opts):
+    """Server CPU per delivery at a fixed rate the server keeps up with."""
+    rate = opts.cpu_deliveries // opts.subscribers
+    s, cpu = run_fanout(server, flags, out, log, [
+        "cpu", "--subscribers", str(opts.subscribers), "--rate", str(rate), "--duration-secs",
+        str(opts.fixed_secs), "--p99-bound-ms", "100000"])
+    step = s["steps"][0]
+    per = step["server_cpu"] / step["deliveries_per_second"] * 1e6 if step.get("server_cpu") and \
+        step["deliveries_per_second"] else None
+    return {"deliveries_per_second": step["deliveries_per_second"], "lost": step["lost"],
+            "server_cpu": step.get("server_cpu"), "generator_cpu": step.get("generator_cpu"),
+            "publisher_cpu": step.get("publisher_cpu"), "server_cpu_us_per_delivery": per,
+            "p99_ms": step["latency_ms"]["p99"], "generator": cpu}
+
+
+SCENARIOS = {"hold": run_hold, "saturate": run_saturation, "fixed": run_fixed, "cpu": run_cpu}
 
 
 def ratio(value, base):
@@ -307,14 +340,15 @@ def table(results, opts):
             f"fanout at saturation, deliveries/s ({opts.subscribers:,} subs, 1 topic, 128 B, p99 ≤ {opts.p99_bound_ms:g} ms)",
             f"p50 / p99 / p99.9 ms at {opts.fixed_deliveries:,} deliveries/s ({opts.fixed_subscribers:,} subs)",
             f"memory per idle subscribed connection ({opts.connections:,}, RssAnon)",
-            "CPU at the saturation step, cores: server / generator (of which publisher)"]
+            "CPU at the saturation step, cores: server / generator (of which publisher)",
+            f"server CPU µs per delivery at {opts.cpu_deliveries:,} deliveries/s ({opts.subscribers:,} subs)"]
     base = results.get("ringcast", {})
     for s in SERVERS:
         r = results.get(s.name)
         if r is None:
             continue
         if "missing" in r:
-            rows.append([s.label, f"cannot run: {r['missing']}", "", "", ""])
+            rows.append([s.label, f"cannot run: {r['missing']}", "", "", "", ""])
             continue
         cells = [s.label]
         sat = r.get("saturate")
@@ -348,6 +382,14 @@ def table(results, opts):
             cells.append(f"{cpu(sat.get('server_cpu'))} / {cpu(sat.get('generator_cpu'))} ({cpu(sat.get('publisher_cpu'))})")
         else:
             cells.append("")
+        cp = r.get("cpu")
+        if isinstance(cp, dict) and cp.get("server_cpu_us_per_delivery"):
+            b = base.get("cpu") if isinstance(base.get("cpu"), dict) else {}
+            cells.append(f"{cp['server_cpu_us_per_delivery']:.3f}"
+                         f"{ratio(cp['server_cpu_us_per_delivery'], b.get('server_cpu_us_per_delivery'))}"
+                         f" (generator {cpu(cp.get('generator_cpu'))}, publisher {cpu(cp.get('publisher_cpu'))} cores)")
+        else:
+            cells.append(cp if isinstance(cp, str) else "")
         rows.append(cells)
     lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
     lines += ["| " + " | ".join(r) + " |" for r in rows]
@@ -357,7 +399,7 @@ def table(results, opts):
 def main():
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--servers", default=",".join(s.name for s in SERVERS))
-    ap.add_argument("--scenarios", default="hold,saturate,fixed")
+    ap.add_argument("--scenarios", default="hold,saturate,fixed,cpu")
     ap.add_argument("--out", default=str(ROOT / "target" / "bench" / "compare"))
     ap.add_argument("--connections", type=int, default=15000, help="hold: idle subscribed connections")
     ap.add_argument("--subscribers", type=int, default=10000, help="saturate: subscribers on one topic")
@@ -368,6 +410,7 @@ def main():
     ap.add_argument("--fixed-deliveries", type=int, default=200000, help="fixed: deliveries/s")
     ap.add_argument("--fixed-subscribers", type=int, default=1000)
     ap.add_argument("--fixed-secs", type=int, default=10)
+    ap.add_argument("--cpu-deliveries", type=int, default=100000, help="cpu: deliveries/s (--subscribers subs)")
     opts = ap.parse_args()
     wanted = opts.servers.split(",")
     scenarios = opts.scenarios.split(",")

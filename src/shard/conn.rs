@@ -1,16 +1,14 @@
-//! One client connection: the upgrade handshake (with the backend's connect
-//! hook), then a single task that reads into the shard's scratch buffer,
-//! decodes frames in place, and writes its queue of shared frames with one
-//! `sendmsg` per batch.
+//! One client connection: the upgrade handshake (a short-lived task, with
+//! the backend's connect hook), then the connection's state, which the
+//! shard's driver (`driver.rs`) feeds with what it reads and writes from.
+//! Decoding and dispatch to the dialects live here; socket I/O does not.
 
 use std::cell::RefCell;
-use std::future::poll_fn;
-use std::io::{self, IoSlice};
 use std::net::SocketAddr;
+use std::os::fd::OwnedFd;
 use std::rc::Rc;
 use std::sync::atomic::Ordering;
 use std::sync::Arc;
-use std::task::{Context, Poll, Waker};
 use std::time::Duration;
 
 use bytes::Bytes;
@@ -33,14 +31,31 @@ use crate::ws::{close_frame, data_frame, Decoder, Event, Flow};
 
 pub type ConnRef = Rc<RefCell<ConnState>>;
 
-/// The part of a connection that the shard touches: fanout pushes frames,
-/// the keepalive pass pings, shutdown closes, hook tasks reply.
+/// A connection: fanout pushes frames, the keepalive pass pings, shutdown
+/// closes, hook tasks reply, the driver reads and writes.
 #[derive(Debug, Default)]
 pub struct ConnState {
     /// This connection's handle (`Shard::conn` resolves it), set at registration.
     pub owner: Owner,
     pub queue: SendQueue,
-    waker: Option<Waker>,
+    /// The socket, once the handshake handed it to the driver.
+    pub(super) fd: Option<OwnedFd>,
+    decoder: Decoder,
+    vhost: usize,
+    /// Input is held while this many backend requests are in flight.
+    pub(super) pause_at: usize,
+    /// The decoder stopped at a message because input is held; it has
+    /// buffered frames to resume from.
+    pub(super) input_held: bool,
+    pub(super) write_shut: bool,
+    /// Input may be waiting: reported by the ring, not yet read to EAGAIN.
+    pub(super) readable: bool,
+    /// In the driver's list of connections to read from.
+    pub(super) read_listed: bool,
+    /// Marked for the driver's next flush pass.
+    pub(super) scheduled: bool,
+    /// An output poll is armed (the socket was full).
+    pub(super) output_armed: bool,
     /// Topics joined; names shared with the shard's topic index.
     pub topics: Vec<Rc<str>>,
     pub last_rx_ms: u64,
@@ -55,9 +70,9 @@ pub struct ConnState {
     /// The reason of the first Close sent or received.
     close_reason: Option<Box<str>>,
     /// A Close is queued: nothing more is sent, input is ignored.
-    closing: bool,
+    pub(super) closing: bool,
     /// Drop the connection now.
-    forced: bool,
+    pub(super) forced: bool,
     /// The publication followed for latency this connection carries
     /// (`stats::ProbeMark`; 0: none).
     pub(crate) probe: crate::stats::ProbeMark,
@@ -79,8 +94,8 @@ impl ConnState {
         self.enqueue(|q| q.push_pong(pong, budget))
     }
 
-    /// Runs `add` on the queue unless closing; wakes the task if the queue
-    /// was empty (a non-empty queue's task is already due to write).
+    /// Runs `add` on the queue unless closing; marks the connection for the
+    /// driver's next pass if the queue was empty (else it is marked already).
     fn enqueue(
         &mut self,
         add: impl FnOnce(&mut SendQueue) -> Result<(), OverBudget>,
@@ -128,9 +143,11 @@ impl ConnState {
         self.wake();
     }
 
+    /// Marks the connection for the driver's next flush pass (once).
     pub(crate) fn wake(&mut self) {
-        if let Some(w) = &self.waker {
-            w.wake_by_ref();
+        if !self.scheduled {
+            self.scheduled = true;
+            super::driver::schedule(self.owner);
         }
     }
 }
@@ -155,7 +172,8 @@ async fn write_with_timeout(stream: &mut TcpStream, bytes: &[u8]) {
     .await;
 }
 
-/// Releases the global connection slot however the connection ends.
+/// Releases the global connection slot if the handshake does not hand the
+/// connection to the driver (which releases it when the connection ends).
 struct Slot(Rc<Shard>);
 
 impl Drop for Slot {
@@ -164,43 +182,40 @@ impl Drop for Slot {
     }
 }
 
+/// The handshake of an accepted connection; on success the connection is
+/// registered, its socket handed to the shard's driver, and this task ends.
 pub async fn serve(shard: Rc<Shard>, stream: TcpStream) {
-    let _slot = Slot(shard.clone());
-    // Boxed: the handshake's state is large and short-lived; unboxed it would
-    // size every connection's task for the connection's whole life.
-    let Some(mut conn) = Box::pin(open(shard, stream)).await else {
-        return;
-    };
-    // A bug that panics while serving one connection ends that connection,
-    // not the shard and its other connections.
-    poll_fn(|cx| {
-        std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| conn.poll(cx))).unwrap_or_else(|_| {
-            tracing::error!("a connection's task panicked; closing that connection");
-            Poll::Ready(())
-        })
-    })
-    .await;
-    conn.finish();
+    let slot = Slot(shard.clone());
+    // Boxed: the handshake's state is large and short-lived.
+    if Box::pin(open(shard, stream)).await {
+        std::mem::forget(slot);
+    }
 }
 
-/// Handshake, connect hook, registration, the 101: a running connection.
-async fn open(shard: Rc<Shard>, mut stream: TcpStream) -> Option<Connection> {
+/// Handshake, connect hook, registration, the 101, the hand-over; true if
+/// the driver has the connection now.
+async fn open(shard: Rc<Shard>, mut stream: TcpStream) -> bool {
     rt::set_nodelay(&stream);
     if shard.config.server.send_buffer > 0 {
         rt::set_send_buffer(&stream, shard.config.server.send_buffer);
     }
     let peer = stream.peer_addr().ok();
-    let Accepted { vhost, wr, upgrade, client, rest: mut leftover } =
-        upgrade(&shard, &mut stream, peer).await?;
+    let Some(Accepted { vhost, wr, upgrade, client, rest: mut leftover }) =
+        upgrade(&shard, &mut stream, peer).await
+    else {
+        return false;
+    };
+    let v = &shard.vhost_config(vhost);
     // Registered before the 101 goes out: once a client sees the upgrade
     // complete, the gateway counts it and a push can reach it.
     let state = Rc::new(RefCell::new(ConnState {
         last_rx_ms: shard.now_ms(),
         wr: wr.map(|v| Box::new(crate::webrocket::session::Session::new(v))),
+        vhost,
+        pause_at: if v.dialect == Dialect::Proxy { v.max_in_flight_per_client } else { 1 },
         ..Default::default()
     }));
     let owner = shard.register(&state, vhost);
-    let v = &shard.vhost_config(vhost);
     if let Some(id) = &client {
         match shard.clients.claim(id, owner, v.duplicate_client == DuplicateClient::Replace).await {
             Ok(None) => {}
@@ -218,26 +233,25 @@ async fn open(shard: Rc<Shard>, mut stream: TcpStream) -> Option<Connection> {
                     None => HttpError::new(503, "gateway shutting down"),
                 };
                 write_with_timeout(&mut stream, &e.response()).await;
-                return None;
+                return false;
             }
         }
         state.borrow_mut().client = Some(Rc::from(&**id));
     }
-    let mut conn = Connection {
-        stream,
-        decoder: Decoder::new(),
-        state,
-        shard: shard.clone(),
-        owner,
-        vhost,
-        pause_at: if v.dialect == Dialect::Proxy { v.max_in_flight_per_client } else { 1 },
-        input_held: false,
-        write_shut: false,
+    let taken = match stream.write_all(&upgrade.response()).await {
+        Ok(()) => rt::take_socket(&stream),
+        Err(e) => Err(e),
     };
-    if conn.stream.write_all(&upgrade.response()).await.is_err() {
-        conn.finish();
-        return None;
-    }
+    let fd = match taken {
+        Ok(fd) => fd,
+        Err(e) => {
+            tracing::debug!(error = %e, "connection failed before the driver took it");
+            finish(&shard, &state, peer);
+            return false;
+        }
+    };
+    // The glommio stream and its poll source go; the driver has the socket.
+    drop(stream);
     tracing::debug!(
         shard = shard.id,
         conn = owner.id,
@@ -247,10 +261,15 @@ async fn open(shard: Rc<Shard>, mut stream: TcpStream) -> Option<Connection> {
         client = client.as_deref(),
         "connection open"
     );
-    if !leftover.is_empty() {
-        conn.on_bytes(&mut leftover);
+    {
+        let mut st = state.borrow_mut();
+        st.fd = Some(fd);
+        super::driver::adopt(&shard, &mut st);
     }
-    Some(conn)
+    if !leftover.is_empty() {
+        on_bytes(&shard, &state, &mut leftover);
+    }
+    true
 }
 
 struct Accepted {
@@ -479,183 +498,58 @@ fn close_hook(
     Some(request)
 }
 
-/// Reads handled per wake-up before yielding to other connections.
-const READS_PER_POLL: usize = 16;
-/// Frames gathered into one `sendmsg`.
-const MAX_IOV: usize = 64;
-
-struct Connection {
-    stream: TcpStream,
-    decoder: Decoder,
-    state: ConnRef,
-    shard: Rc<Shard>,
-    owner: Owner,
-    vhost: usize,
-    /// Input is held while this many backend requests are in flight.
-    pause_at: usize,
-    /// The decoder stopped at a message because input is held; it has
-    /// buffered frames to resume from.
-    input_held: bool,
-    write_shut: bool,
+/// Unregisters a connection whose socket is closed (or never handed over)
+/// and tells the backend it is gone.
+pub(super) fn finish(shard: &Rc<Shard>, conn: &ConnRef, peer: Option<SocketAddr>) {
+    let (owner, vhost, client, reason) = {
+        let mut st = conn.borrow_mut();
+        (st.owner, st.vhost, st.client.clone(), st.close_reason.take())
+    };
+    shard.unregister(owner.key, vhost);
+    if let Some(id) = &client {
+        shard.clients.release(id, owner);
+    }
+    let v = &shard.vhost_config(vhost);
+    tracing::debug!(
+        shard = shard.id,
+        conn = owner.id,
+        vhost = %v.path,
+        ?peer,
+        reason = reason.as_deref().unwrap_or("peer closed or socket failed"),
+        "connection closed"
+    );
+    if let Some(request) = close_hook(v, owner.id, client.as_deref(), reason.as_deref()) {
+        // Not awaited (the outcome is counted in the hook metrics); a
+        // full hook queue puts it in the shard's backlog, not a timer.
+        shard.notify_closed(request);
+    }
 }
 
-impl Connection {
-    /// Unregisters the connection and tells the backend it is gone.
-    fn finish(&mut self) {
-        let shard = &self.shard;
-        shard.unregister(self.owner.key, self.vhost);
-        let (client, reason) = {
-            let mut st = self.state.borrow_mut();
-            (st.client.clone(), st.close_reason.take())
-        };
-        if let Some(id) = &client {
-            shard.clients.release(id, self.owner);
+/// Decodes what arrived and hands each message to the dialect; stops at a
+/// message while input is held for the backend (`input_held`).
+pub(super) fn on_bytes(shard: &Rc<Shard>, conn: &ConnRef, input: &mut [u8]) {
+    let (mut decoder, key, vhost, pause_at) = {
+        let mut st = conn.borrow_mut();
+        (std::mem::take(&mut st.decoder), st.owner.key, st.vhost, st.pause_at)
+    };
+    let max = shard.config.limits.max_message_size;
+    let result = decoder.feed(input, max, &mut |event| {
+        let flow = handle_event(shard, conn, key, vhost, event);
+        let st = conn.borrow();
+        if flow == Flow::Continue && st.in_flight >= pause_at {
+            Flow::Pause
+        } else {
+            flow
         }
-        let v = &shard.vhost_config(self.vhost);
-        tracing::debug!(
-            shard = shard.id,
-            conn = self.owner.id,
-            vhost = %v.path,
-            peer = ?self.stream.peer_addr().ok(),
-            reason = reason.as_deref().unwrap_or("peer closed or socket failed"),
-            "connection closed"
-        );
-        if let Some(request) = close_hook(v, self.owner.id, client.as_deref(), reason.as_deref()) {
-            // Not awaited (the outcome is counted in the hook metrics); a
-            // full hook queue puts it in the shard's backlog, not a timer.
-            shard.notify_closed(request);
-        }
-    }
-
-    /// Ready when the connection is finished and can be dropped.
-    fn poll(&mut self, cx: &mut Context<'_>) -> Poll<()> {
-        {
-            let mut st = self.state.borrow_mut();
-            if st.forced {
-                return Poll::Ready(());
-            }
-            if !st.waker.as_ref().is_some_and(|w| w.will_wake(cx.waker())) {
-                st.waker = Some(cx.waker().clone());
-            }
-        }
-        for _ in 0..READS_PER_POLL {
-            if let Err(e) = self.flush(cx) {
-                tracing::debug!(error = %e, "connection write failed");
-                return Poll::Ready(());
-            }
-            let (closing, held) = {
-                let st = self.state.borrow();
-                if st.closing && st.queue.is_empty() && !self.write_shut {
-                    // Our Close is out: FIN, then wait for the peer's end.
-                    rt::shutdown_write(&self.stream);
-                    self.write_shut = true;
-                }
-                (st.closing, !st.closing && st.in_flight >= self.pause_at)
-            };
-            if held {
-                // A hook task wakes us when the backend answers.
-                return Poll::Pending;
-            }
-            if self.input_held && !closing {
-                self.input_held = false;
-                self.on_bytes(&mut []);
-                continue;
-            }
-            let shard = self.shard.clone();
-            let mut buf = shard.read_buf.borrow_mut();
-            match rt::poll_read(&mut self.stream, cx, &mut buf) {
-                Poll::Pending => return Poll::Pending,
-                Poll::Ready(Ok(0)) => return Poll::Ready(()),
-                Poll::Ready(Err(e)) => {
-                    tracing::debug!(error = %e, "connection read failed");
-                    return Poll::Ready(());
-                }
-                Poll::Ready(Ok(n)) => {
-                    metrics::add(&shard.metrics.bytes_in, n as u64);
-                    {
-                        let mut st = self.state.borrow_mut();
-                        st.last_rx_ms = shard.now_ms();
-                        st.ping_outstanding = false;
-                    }
-                    if !closing {
-                        self.on_bytes(&mut buf[..n]);
-                    }
-                }
-            }
-        }
-        // Fairness: let other connections run, then continue.
-        cx.waker().wake_by_ref();
-        Poll::Pending
-    }
-
-    /// Writes as much of the queue as the socket takes; registers for
-    /// writability when it takes no more. Err: the socket failed.
-    fn flush(&mut self, cx: &mut Context<'_>) -> io::Result<()> {
-        {
-            let st = self.state.borrow();
-            if !st.queue.is_empty() {
-                self.shard.recorder.borrow_mut().queue_depth(st.queue.queued_bytes());
-            }
-        }
-        loop {
-            let mut st = self.state.borrow_mut();
-            if st.queue.is_empty() {
-                return Ok(());
-            }
-            let written = {
-                let mut slices = [IoSlice::new(&[]); MAX_IOV];
-                let n = st.queue.slices(&mut slices);
-                // A plain non-blocking sendmsg, also for one frame: glommio's
-                // write goes through the ring and waits for its completion.
-                // Only a full socket falls back to glommio, to be woken when
-                // it can take more.
-                let first = match rt::send_vectored(&self.stream, &slices[..n]) {
-                    Err(e) if e.kind() == io::ErrorKind::WouldBlock => None,
-                    other => Some(other),
-                };
-                match first {
-                    Some(result) => result?,
-                    None => match rt::poll_write(&mut self.stream, cx, &slices[0]) {
-                        Poll::Pending => return Ok(()),
-                        Poll::Ready(result) => result?,
-                    },
-                }
-            };
-            if written == 0 {
-                return Err(io::ErrorKind::WriteZero.into());
-            }
-            let frames = st.queue.advance(written);
-            self.shard.frames_gone(&mut st, frames);
-            let m = &self.shard.metrics;
-            metrics::add(&m.bytes_out, written as u64);
-            metrics::add(&m.messages_out, frames as u64);
-        }
-    }
-
-    fn on_bytes(&mut self, input: &mut [u8]) {
-        let Connection { decoder, state, shard, owner, vhost, pause_at, .. } = self;
-        let key = owner.key;
-        let max = shard.config.limits.max_message_size;
-        // This task is running: replies it queues need no wake-up.
-        let waker = state.borrow_mut().waker.take();
-        let result = decoder.feed(input, max, &mut |event| {
-            let flow = handle_event(shard, state, key, *vhost, event);
-            let st = state.borrow();
-            if flow == Flow::Continue && st.in_flight >= *pause_at {
-                Flow::Pause
-            } else {
-                flow
-            }
-        });
-        state.borrow_mut().waker = waker;
-        match result {
-            Ok(Flow::Pause) => self.input_held = true,
-            Ok(_) => {}
-            Err(v) => {
-                metrics::inc(&shard.metrics.protocol_errors);
-                let mut st = state.borrow_mut();
-                shard.start_close(&mut st, Some(v.code), v.reason, CLOSE_LINGER);
-            }
+    });
+    let mut st = conn.borrow_mut();
+    st.decoder = decoder;
+    match result {
+        Ok(Flow::Pause) => st.input_held = true,
+        Ok(_) => {}
+        Err(v) => {
+            metrics::inc(&shard.metrics.protocol_errors);
+            shard.start_close(&mut st, Some(v.code), v.reason, CLOSE_LINGER);
         }
     }
 }

@@ -3,6 +3,8 @@
 //! is shared with other threads except the inbox and relaxed counters.
 
 pub mod conn;
+mod driver;
+mod ring;
 mod router;
 pub mod send_queue;
 pub mod topics;
@@ -44,7 +46,7 @@ const READ_BUFFER: usize = 64 * 1024;
 const CLOSE_BACKLOG_MAX: usize = 100_000;
 /// Close notifications handed to the hook queue per retry pass.
 const CLOSE_RETRY_BATCH: usize = 1024;
-/// The longest the inbox loop works before it lets the connection tasks
+/// The longest the inbox loop works before it lets the driver
 /// write what it queued (and accepts, timers, hooks run).
 const TURN_MAX: Duration = Duration::from_millis(50);
 /// Slow consumers and protocol violators get this long to take their Close.
@@ -102,11 +104,19 @@ pub struct Shard {
     registered: Cell<u64>,
     /// When a rate-limited warning was last logged (ms since start).
     last_warning_ms: Cell<Option<u64>>,
+    /// The io_uring the driver watches the connections' sockets with.
+    ring: RefCell<ring::Ring>,
+    /// Set once the shard drained: the driver ends.
+    driver_stopping: Cell<bool>,
 }
 
 /// Runs a shard until it has drained after a shutdown message.
 pub async fn run(setup: ShardSetup) {
     let listener = rt::adopt_listener(setup.listener);
+    let ring = match ring::Ring::new(RING_ENTRIES) {
+        Ok(ring) => ring,
+        Err(e) => panic!("shard {}: cannot create its io_uring: {e} (see docs/tuning.md)", setup.id),
+    };
     let recorder = Recorder::new(setup.config.stats.enabled, setup.config.vhosts.len());
     let shard = Rc::new_cyclic(|me| Shard {
         me: me.clone(),
@@ -134,13 +144,16 @@ pub async fn run(setup: ShardSetup) {
         close_retry_running: Cell::new(false),
         registered: Cell::new(0),
         last_warning_ms: Cell::new(None),
+        ring: RefCell::new(ring),
+        driver_stopping: Cell::new(false),
     });
+    let driver = rt::spawn_joinable(driver::run(shard.clone()));
     rt::spawn(accept_loop(shard.clone(), listener));
     rt::spawn(keepalive_loop(shard.clone()));
     rt::spawn(stats_loop(shard.clone()));
     let inbox = setup.inbox;
     // The inbox has a task queue of its own, turned to within a millisecond
-    // of a message arriving even while connection tasks are writing: a
+    // of a message arriving even while the driver is writing: a
     // publication that arrives mid-sweep is queued to the connections the
     // sweep has not reached yet, and they write it with what they had, so
     // it waits about one sweep, not the rest of this one plus its own.
@@ -148,7 +161,14 @@ pub async fn run(setup: ShardSetup) {
     // Publishers see the shard as gone from now on instead of waiting on it.
     drop(inbox);
     shard.drain().await;
+    shard.driver_stopping.set(true);
+    shard.ring.borrow_mut().nudge();
+    driver.await;
 }
+
+/// Operations per submission of a shard's ring (polls armed per turn before
+/// it submits early).
+const RING_ENTRIES: u32 = 4096;
 
 /// How soon the inbox's task queue runs once a message waits.
 const INBOX_LATENCY: Duration = Duration::from_millis(1);
@@ -160,8 +180,8 @@ async fn inbox_loop(shard: Rc<Shard>, inbox: Inbox) -> Inbox {
     // while the publisher is the one to slow down. So a turn of inbox work
     // ends once it may have queued a quarter of the send budget to one
     // connection, or after TURN_MAX; then it waits until every connection
-    // task that was ready has run (written what it was given), not merely
-    // for its own queue's next turn, which comes within INBOX_LATENCY.
+    // pass has written what it was given, not merely for its own queue's
+    // next turn, which comes within INBOX_LATENCY.
     // Short of that it takes everything waiting: a backlog split over
     // several sweeps would cost a sendmsg per connection per sweep (a 5 ms
     // turn made p99 swing to 744 ms at 630,000 deliveries/s).
@@ -183,7 +203,7 @@ async fn inbox_loop(shard: Rc<Shard>, inbox: Inbox) -> Inbox {
             Some(ShardMsg::Deliver(batch)) => {
                 for d in batch.iter() {
                     if turn_bytes >= budget_share || turn.elapsed() >= TURN_MAX {
-                        rt::after_ready_tasks().await;
+                        driver::after_pass().await;
                         (turn, turn_bytes) = (Instant::now(), 0);
                     }
                     turn_bytes += d.frame.len() + send_queue::SLOT_COST;
@@ -323,6 +343,14 @@ impl Shard {
         let owner = Owner { shard: self.id, key, id };
         conn.borrow_mut().owner = owner;
         owner
+    }
+
+    /// The connection a ring completion names, if it is still the same one.
+    fn conn_by_token(&self, token: ring::Token) -> Option<ConnRef> {
+        let conns = self.conns.borrow();
+        let conn = conns.get(token.key)?;
+        let same = ring::Token::new(token.key, conn.borrow().owner.id) == token;
+        same.then(|| conn.clone())
     }
 
     /// The connection `owner` names, if it is still the same one.

@@ -1,0 +1,399 @@
+//! The shard's connection driver: one task per shard does all socket I/O
+//! of its connections (no task, waker or poll source per connection).
+//!
+//! A turn: take the ring's readiness reports; read from connections with
+//! input waiting (a bounded number per turn); then a **flush pass**: every
+//! connection marked dirty since the last pass (a frame queued, a close
+//! begun, input released) writes its whole queue with one `sendmsg`. A
+//! publication that arrives during a pass is queued to the connections the
+//! pass has not reached yet and leaves with their write; the others are
+//! marked again for the next pass. When there is nothing to do the driver
+//! waits for a mark or for the ring.
+
+use std::cell::RefCell;
+use std::future::{poll_fn, Future};
+use std::io::{self, IoSlice};
+use std::os::fd::{AsFd, AsRawFd, BorrowedFd};
+use std::pin::Pin;
+use std::rc::Rc;
+use std::sync::atomic::Ordering;
+use std::task::{Poll, Waker};
+
+use super::conn::{self, ConnRef, ConnState};
+use super::ring::{Completion, Readiness, Token};
+use super::Shard;
+use crate::clients::Owner;
+use crate::metrics;
+use crate::rt;
+
+/// Reads per connection per turn before others get theirs (each up to the
+/// shard's 64 KiB read buffer).
+const READS_PER_TURN: usize = 16;
+/// Connections read from per turn before a flush pass runs.
+const READERS_PER_TURN: usize = 256;
+/// Readiness reports taken per turn.
+const COMPLETIONS_PER_TURN: usize = 4096;
+/// Frames gathered into one `sendmsg`.
+const MAX_IOV: usize = 64;
+/// `sendmsg` calls per connection per pass (a connection with more queued
+/// than this takes waits for the next pass, behind the others).
+const SENDS_PER_PASS: usize = 4;
+/// Connections written before the pass lets the shard's other tasks run
+/// (accepts, timers, hook answers; the inbox, if it is due).
+const WRITES_BETWEEN_YIELDS: usize = 64;
+
+/// What the shard's code asks of the driver. Shard-local (one shard per
+/// thread); connections reach it through `ConnState::wake`.
+#[derive(Default)]
+struct Work {
+    /// Connections to write or look at, in the order they were marked.
+    dirty: Vec<Owner>,
+    /// Someone waits for a pass (`after_pass`).
+    kicked: bool,
+    waker: Option<Waker>,
+    passes_done: u64,
+    in_pass: bool,
+    pass_waiters: Vec<(u64, Waker)>,
+}
+
+thread_local! {
+    static WORK: RefCell<Work> = RefCell::new(Work::default());
+}
+
+/// Marks a connection for the next flush pass (the caller keeps a flag so a
+/// connection is listed once).
+pub(super) fn schedule(owner: Owner) {
+    WORK.with(|w| {
+        let mut w = w.borrow_mut();
+        w.dirty.push(owner);
+        if let Some(waker) = w.waker.take() {
+            waker.wake();
+        }
+    });
+}
+
+/// Resolves once a flush pass that started after this call has ended:
+/// everything queued before the call has been offered to its socket.
+pub(super) async fn after_pass() {
+    let target = WORK.with(|w| {
+        let mut w = w.borrow_mut();
+        w.kicked = true;
+        if let Some(waker) = w.waker.take() {
+            waker.wake();
+        }
+        w.passes_done + if w.in_pass { 2 } else { 1 }
+    });
+    poll_fn(|cx| {
+        WORK.with(|w| {
+            let mut w = w.borrow_mut();
+            if w.passes_done >= target {
+                Poll::Ready(())
+            } else {
+                w.pass_waiters.push((target, cx.waker().clone()));
+                Poll::Pending
+            }
+        })
+    })
+    .await
+}
+
+/// Hands an upgraded connection's socket (already in `st.fd`) to the
+/// driver: its input poll is armed and it is marked for a pass.
+pub(super) fn adopt(shard: &Shard, st: &mut ConnState) {
+    if let Some(fd) = &st.fd {
+        shard.ring.borrow_mut().watch_input(fd.as_raw_fd(), Token::new(st.owner.key, st.owner.id));
+    }
+    st.wake();
+}
+
+/// Runs until `Shard::stop_driver`.
+pub(super) async fn run(shard: Rc<Shard>) {
+    let ring_fd = shard.ring.borrow().fd();
+    let mut readers: std::collections::VecDeque<Owner> = Default::default();
+    let mut batch = Vec::new();
+    let mut waiting: Option<Pin<Box<dyn Future<Output = ()>>>> = None;
+    loop {
+        if shard.driver_stopping.get() {
+            break;
+        }
+        take_completions(&shard, &mut readers);
+        for _ in 0..readers.len().min(READERS_PER_TURN) {
+            let Some(owner) = readers.pop_front() else { break };
+            if let Some(conn) = shard.conn(owner) {
+                guarded(&shard, &conn, |shard, conn| read(shard, conn, &mut readers));
+            }
+        }
+        pass(&shard, &mut batch, &mut readers).await;
+        if let Err(e) = shard.ring.borrow_mut().submit() {
+            tracing::error!(shard = shard.id, error = %e, "io_uring submit failed");
+        }
+        if !readers.is_empty() || WORK.with(|w| !w.borrow().dirty.is_empty()) {
+            // More to do: let accepts, timers and hooks run first.
+            rt::yield_now().await;
+            continue;
+        }
+        // Idle: wait for a mark or for the ring to report readiness.
+        poll_fn(|cx| {
+            let marked = WORK.with(|w| {
+                let mut w = w.borrow_mut();
+                if !w.dirty.is_empty() || std::mem::take(&mut w.kicked) {
+                    true
+                } else {
+                    w.waker = Some(cx.waker().clone());
+                    false
+                }
+            });
+            if marked {
+                return Poll::Ready(());
+            }
+            let ring = waiting.get_or_insert_with(|| Box::pin(rt::readable(ring_fd)));
+            match ring.as_mut().poll(cx) {
+                Poll::Ready(()) => {
+                    waiting = None;
+                    Poll::Ready(())
+                }
+                Poll::Pending => Poll::Pending,
+            }
+        })
+        .await;
+    }
+    // The ring was nudged: the blocking wait ends before the ring is closed.
+    if let Some(ring) = waiting {
+        ring.await;
+    }
+}
+
+/// Readiness reports: input marks a connection readable, output space marks
+/// it dirty; an input poll that ended is armed again.
+fn take_completions(shard: &Rc<Shard>, readers: &mut std::collections::VecDeque<Owner>) {
+    let mut rearm = Vec::new();
+    shard.ring.borrow_mut().reap(COMPLETIONS_PER_TURN, |c: Completion| {
+        let Some(conn) = shard.conn_by_token(c.token) else { return };
+        let mut st = conn.borrow_mut();
+        match c.readiness {
+            Readiness::Input => {
+                if !c.armed && c.error != Some(libc::ECANCELED) {
+                    if let Some(fd) = &st.fd {
+                        rearm.push((fd.as_raw_fd(), c.token));
+                    }
+                }
+                st.readable = true;
+                if !st.read_listed {
+                    st.read_listed = true;
+                    readers.push_back(st.owner);
+                }
+            }
+            Readiness::Output => {
+                st.output_armed = false;
+                st.wake();
+            }
+        }
+    });
+    let mut ring = shard.ring.borrow_mut();
+    for (fd, token) in rearm {
+        ring.watch_input(fd, token);
+    }
+}
+
+/// Runs `f` for one connection; a bug that panics there ends that
+/// connection, not the shard and its other connections.
+fn guarded(shard: &Rc<Shard>, conn: &ConnRef, f: impl FnOnce(&Rc<Shard>, &ConnRef)) {
+    if std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| f(shard, conn))).is_err() {
+        tracing::error!(shard = shard.id, "a connection's handling panicked; closing that connection");
+        if shard.conn(conn.borrow().owner).is_some() {
+            finish(shard, conn);
+        }
+    }
+}
+
+/// One flush pass over the connections marked so far.
+async fn pass(shard: &Rc<Shard>, batch: &mut Vec<Owner>, readers: &mut std::collections::VecDeque<Owner>) {
+    WORK.with(|w| {
+        let mut w = w.borrow_mut();
+        w.in_pass = true;
+        std::mem::swap(&mut w.dirty, batch);
+    });
+    for (i, &owner) in batch.iter().enumerate() {
+        if i > 0 && i % WRITES_BETWEEN_YIELDS == 0 {
+            // The inbox may run here: what it queues to connections further
+            // down this batch leaves with their write below.
+            rt::yield_now().await;
+        }
+        if let Some(conn) = shard.conn(owner) {
+            guarded(shard, &conn, |shard, conn| write(shard, conn, readers));
+        }
+    }
+    batch.clear();
+    WORK.with(|w| {
+        let mut w = w.borrow_mut();
+        w.in_pass = false;
+        w.passes_done += 1;
+        let done = w.passes_done;
+        w.pass_waiters.retain(|(target, waker)| {
+            if *target <= done {
+                waker.wake_by_ref();
+            }
+            *target > done
+        });
+    });
+}
+
+/// A marked connection's turn in a pass: write, close, or list it for
+/// reading (its held input may have been released).
+fn write(shard: &Rc<Shard>, conn: &ConnRef, readers: &mut std::collections::VecDeque<Owner>) {
+    let mut st = conn.borrow_mut();
+    st.scheduled = false;
+    let Some(fd) = st.fd.as_ref().map(|f| f.as_raw_fd()) else {
+        // Still in its handshake: `adopt` marks it again.
+        return;
+    };
+    // SAFETY: `fd` is the connection's own socket, open while `st.fd` holds it.
+    let fd = unsafe { BorrowedFd::borrow_raw(fd) };
+    if st.forced {
+        drop(st);
+        return finish(shard, conn);
+    }
+    if let Err(e) = flush(shard, &mut st, fd) {
+        tracing::debug!(error = %e, "connection write failed");
+        drop(st);
+        return finish(shard, conn);
+    }
+    if st.closing && st.queue.is_empty() && !st.write_shut {
+        // Our Close is out: FIN, then wait for the peer's end.
+        rt::shutdown_write(fd);
+        st.write_shut = true;
+    }
+    if (st.readable || st.input_held) && !st.read_listed {
+        st.read_listed = true;
+        readers.push_back(st.owner);
+    }
+}
+
+/// Writes as much of the queue as the socket takes (a few `sendmsg`s at
+/// most); arms an output poll when the socket is full. Err: it failed.
+fn flush(shard: &Shard, st: &mut ConnState, fd: BorrowedFd<'_>) -> io::Result<()> {
+    if st.queue.is_empty() {
+        return Ok(());
+    }
+    shard.recorder.borrow_mut().queue_depth(st.queue.queued_bytes());
+    for _ in 0..SENDS_PER_PASS {
+        if st.queue.is_empty() {
+            return Ok(());
+        }
+        let result = {
+            let mut slices = [IoSlice::new(&[]); MAX_IOV];
+            let n = st.queue.slices(&mut slices);
+            rt::send_vectored(fd, &slices[..n])
+        };
+        let written = match result {
+            Err(e) if e.kind() == io::ErrorKind::WouldBlock => {
+                if !st.output_armed {
+                    st.output_armed = true;
+                    shard
+                        .ring
+                        .borrow_mut()
+                        .watch_output(fd.as_raw_fd(), Token::new(st.owner.key, st.owner.id));
+                }
+                return Ok(());
+            }
+            Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
+            Err(e) => return Err(e),
+            Ok(0) => return Err(io::ErrorKind::WriteZero.into()),
+            Ok(n) => n,
+        };
+        let frames = st.queue.advance(written);
+        shard.frames_gone(st, frames);
+        let m = &shard.metrics;
+        metrics::add(&m.bytes_out, written as u64);
+        metrics::add(&m.messages_out, frames as u64);
+    }
+    if !st.queue.is_empty() {
+        // More than a pass's share: the next pass continues.
+        st.wake();
+    }
+    Ok(())
+}
+
+/// A readable connection's turn: reads until the socket is empty, input is
+/// held for a backend, or its share of the turn is used (then it goes to
+/// the back of the list).
+fn read(shard: &Rc<Shard>, conn: &ConnRef, readers: &mut std::collections::VecDeque<Owner>) {
+    conn.borrow_mut().read_listed = false;
+    for _ in 0..READS_PER_TURN {
+        let (fd, closing) = {
+            let mut st = conn.borrow_mut();
+            if st.forced {
+                drop(st);
+                return finish(shard, conn);
+            }
+            if !st.closing && st.in_flight >= st.pause_at {
+                // Held: the backend's answer marks it, and a pass lists it again.
+                return;
+            }
+            if st.input_held && !st.closing {
+                st.input_held = false;
+                drop(st);
+                conn::on_bytes(shard, conn, &mut []);
+                continue;
+            }
+            if !st.readable {
+                return;
+            }
+            let Some(fd) = st.fd.as_ref().map(|f| f.as_raw_fd()) else { return };
+            (fd, st.closing)
+        };
+        // SAFETY: the connection's own socket, open while it is registered
+        // (this turn holds a reference to it and `finish` is the only closer).
+        let fd = unsafe { BorrowedFd::borrow_raw(fd) };
+        let mut buf = shard.read_buf.borrow_mut();
+        match rt::recv(fd, &mut buf) {
+            Err(e) if e.kind() == io::ErrorKind::WouldBlock => {
+                conn.borrow_mut().readable = false;
+                return;
+            }
+            Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
+            Ok(0) => {
+                drop(buf);
+                return finish(shard, conn);
+            }
+            Err(e) => {
+                tracing::debug!(error = %e, "connection read failed");
+                drop(buf);
+                return finish(shard, conn);
+            }
+            Ok(n) => {
+                metrics::add(&shard.metrics.bytes_in, n as u64);
+                {
+                    let mut st = conn.borrow_mut();
+                    st.last_rx_ms = shard.now_ms();
+                    st.ping_outstanding = false;
+                }
+                if !closing {
+                    conn::on_bytes(shard, conn, &mut buf[..n]);
+                }
+            }
+        }
+    }
+    // Its share is used: the back of the list.
+    let mut st = conn.borrow_mut();
+    if !st.read_listed {
+        st.read_listed = true;
+        readers.push_back(st.owner);
+    }
+}
+
+/// Closes the socket (its polls removed first), unregisters the connection
+/// and tells the backend it is gone.
+pub(super) fn finish(shard: &Rc<Shard>, conn: &ConnRef) {
+    let (fd, token, output_armed) = {
+        let mut st = conn.borrow_mut();
+        (st.fd.take(), Token::new(st.owner.key, st.owner.id), st.output_armed)
+    };
+    let peer = fd.as_ref().and_then(|fd| rt::peer_addr(fd.as_fd()));
+    if let Some(fd) = fd {
+        shard.ring.borrow_mut().forget(token, output_armed);
+        drop(fd);
+        shard.open_connections.fetch_sub(1, Ordering::Relaxed);
+    }
+    conn::finish(shard, conn, peer);
+}
