@@ -40,7 +40,9 @@ pub struct ConnState {
     pub queue: SendQueue,
     /// The socket, once the handshake handed it to the driver.
     pub(super) fd: Option<OwnedFd>,
-    decoder: Decoder,
+    /// Only while it holds something (a partial frame, a fragmented
+    /// message, spare buffers, a stop): most connections are idle.
+    decoder: Option<Box<Decoder>>,
     vhost: usize,
     /// Input is held while this many backend requests are in flight.
     pub(super) pause_at: usize,
@@ -530,7 +532,7 @@ pub(super) fn finish(shard: &Rc<Shard>, conn: &ConnRef, peer: Option<SocketAddr>
 pub(super) fn on_bytes(shard: &Rc<Shard>, conn: &ConnRef, input: &mut [u8]) {
     let (mut decoder, key, vhost, pause_at) = {
         let mut st = conn.borrow_mut();
-        (std::mem::take(&mut st.decoder), st.owner.key, st.vhost, st.pause_at)
+        (st.decoder.take().map(|d| *d).unwrap_or_default(), st.owner.key, st.vhost, st.pause_at)
     };
     let max = shard.config.limits.max_message_size;
     let result = decoder.feed(input, max, &mut |event| {
@@ -543,7 +545,7 @@ pub(super) fn on_bytes(shard: &Rc<Shard>, conn: &ConnRef, input: &mut [u8]) {
         }
     });
     let mut st = conn.borrow_mut();
-    st.decoder = decoder;
+    st.decoder = (!decoder.is_blank()).then(|| Box::new(decoder));
     match result {
         Ok(Flow::Pause) => st.input_held = true,
         Ok(_) => {}

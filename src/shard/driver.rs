@@ -172,9 +172,26 @@ fn take_completions(shard: &Rc<Shard>, readers: &mut std::collections::VecDeque<
         let mut st = conn.borrow_mut();
         match c.readiness {
             Readiness::Input => {
-                if !c.armed && c.error != Some(libc::ECANCELED) {
-                    if let Some(fd) = &st.fd {
-                        rearm.push((fd.as_raw_fd(), c.token));
+                match c.error {
+                    // Ended without an error (the kernel may end a multishot
+                    // poll, e.g. when it could not post a completion): again.
+                    None if !c.armed => {
+                        if let Some(fd) = &st.fd {
+                            rearm.push((fd.as_raw_fd(), c.token));
+                        }
+                    }
+                    None | Some(libc::ECANCELED) => {}
+                    Some(errno) => {
+                        // Not seen in practice; the read below meets the
+                        // socket's own state, the keepalive ends a connection
+                        // that is never heard from again.
+                        if shard.log_allowed() {
+                            tracing::warn!(
+                                shard = shard.id,
+                                errno,
+                                "input poll failed; connection no longer watched"
+                            );
+                        }
                     }
                 }
                 st.readable = true;

@@ -5,7 +5,7 @@
 //! batched sends cost the same per send here (docs/benchmarks.md, "send
 //! path"), and a readiness poll costs no user-space memory while it waits.
 
-use std::io;
+use std::io::{self, Write};
 use std::os::fd::{AsRawFd, RawFd};
 
 use io_uring::{cqueue, opcode, squeue, types, IoUring};
@@ -68,7 +68,36 @@ impl Ring {
     /// times as many completions (one per readable connection per turn).
     pub fn new(entries: u32) -> io::Result<Self> {
         let ring = IoUring::builder().setup_cqsize(entries * 8).build(entries)?;
-        Ok(Ring { ring, queued: 0 })
+        let mut ring = Ring { ring, queued: 0 };
+        ring.check_multishot_poll()?;
+        Ok(ring)
+    }
+
+    /// Multishot polls came with Linux 5.13; an older kernel fails the
+    /// poll, and every connection would go unheard: say so at start instead.
+    fn check_multishot_poll(&mut self) -> io::Result<()> {
+        let (a, b) = std::os::unix::net::UnixStream::pair()?;
+        // No connection has this key (slab keys stay far below).
+        let token = Token::new(u32::MAX as usize, 0);
+        self.watch_input(b.as_raw_fd(), token);
+        self.submit()?;
+        (&a).write_all(b"x")?;
+        self.ring.submit_and_wait(1)?;
+        let mut armed = false;
+        let mut failed = None;
+        self.reap(8, |c| {
+            armed |= c.armed;
+            failed = failed.or(c.error);
+        });
+        self.forget(token, false);
+        self.ring.submit_and_wait(1)?;
+        self.reap(8, |_| {});
+        match (armed, failed) {
+            (true, None) => Ok(()),
+            (_, errno) => Err(io::Error::other(format!(
+                "io_uring multishot poll unsupported (errno {errno:?}): ringcast needs Linux 5.13 or later"
+            ))),
+        }
     }
 
     /// The ring's descriptor: readable while completions wait.

@@ -12,9 +12,73 @@ use std::io::IoSlice;
 
 use bytes::Bytes;
 
+/// A queue of frames whose first one is held inline: a connection that has
+/// one frame queued at a time (fanout to idle subscribers) never allocates,
+/// and an idle connection holds no queue memory at all.
+#[derive(Debug, Default)]
+struct Frames {
+    first: Option<Bytes>,
+    /// The frames after `first`; empty whenever `first` is.
+    rest: VecDeque<Bytes>,
+}
+
+impl Frames {
+    fn len(&self) -> usize {
+        usize::from(self.first.is_some()) + self.rest.len()
+    }
+
+    fn is_empty(&self) -> bool {
+        self.first.is_none()
+    }
+
+    fn front(&self) -> Option<&Bytes> {
+        self.first.as_ref()
+    }
+
+    fn push_back(&mut self, frame: Bytes) {
+        if self.first.is_none() {
+            self.first = Some(frame);
+        } else {
+            self.rest.push_back(frame);
+        }
+    }
+
+    fn pop_front(&mut self) -> Option<Bytes> {
+        let front = self.first.take();
+        self.first = self.rest.pop_front();
+        front
+    }
+
+    fn get_mut(&mut self, index: usize) -> Option<&mut Bytes> {
+        match index {
+            0 => self.first.as_mut(),
+            i => self.rest.get_mut(i - 1),
+        }
+    }
+
+    fn iter(&self) -> impl Iterator<Item = &Bytes> {
+        self.first.iter().chain(self.rest.iter())
+    }
+
+    /// Keeps the first `keep` frames.
+    fn truncate(&mut self, keep: usize) {
+        if keep == 0 {
+            self.first = None;
+        }
+        self.rest.truncate(keep.saturating_sub(1));
+    }
+
+    /// Gives back the memory of a burst once it is over.
+    fn release_spare(&mut self, above: usize) {
+        if self.rest.capacity() > above {
+            self.rest.shrink_to(self.rest.len());
+        }
+    }
+}
+
 #[derive(Debug, Default)]
 pub struct SendQueue {
-    frames: VecDeque<Bytes>,
+    frames: Frames,
     /// Bytes queued and not yet written, counting the front frame's remainder.
     queued: usize,
     /// How much of the front frame has been written already.
@@ -74,7 +138,7 @@ impl SendQueue {
         if let Some(at) = self.pong_at.filter(|_| self.pongs_waiting >= DISTINCT_PONGS) {
             let started = at == self.popped && self.front_written > 0;
             if at >= self.popped && !started {
-                let slot = &mut self.frames[(at - self.popped) as usize];
+                let slot = self.frames.get_mut((at - self.popped) as usize).expect("a queued pong");
                 self.queued = self.queued - slot.len() + pong.len();
                 *slot = pong;
                 return Ok(());
@@ -100,9 +164,7 @@ impl SendQueue {
         self.frames.truncate(keep);
         self.pong_at = self.pong_at.filter(|&at| at < self.popped + keep as u64);
         self.queued = self.frames.front().map_or(0, |f| f.len() - self.front_written);
-        if self.frames.capacity() > 64 {
-            self.frames.shrink_to(keep);
-        }
+        self.frames.release_spare(64);
         dropped
     }
 
@@ -137,9 +199,9 @@ impl SendQueue {
         if self.frames.is_empty() {
             self.pongs_waiting = 0;
         }
-        if self.frames.is_empty() && self.frames.capacity() > 16 {
+        if self.frames.is_empty() {
             // A burst is over: give the memory back instead of keeping it per idle connection.
-            self.frames = VecDeque::new();
+            self.frames.release_spare(16);
         }
         done
     }

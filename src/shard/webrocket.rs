@@ -47,6 +47,9 @@ impl Env for ShardEnv<'_> {
 
     fn subscribe(&mut self, topic: &str) {
         let (name, confirm) = self.shard.index_subscribe(topic, self.key);
+        // Exact capacity, as `Shard::join`: subscribing is rare, memory per
+        // idle connection is not.
+        self.st.topics.reserve_exact(1);
         self.st.topics.push(name);
         self.left.confirmations.extend(confirm);
     }

@@ -87,6 +87,17 @@ impl Decoder {
         self.partial.len() + self.message.len()
     }
 
+    /// Holds nothing, not even spare buffers: a new decoder would do the
+    /// same (an idle connection keeps none).
+    pub fn is_blank(&self) -> bool {
+        self.partial.capacity() == 0
+            && self.message.capacity() == 0
+            && self.message_is_text.is_none()
+            && self.utf8_valid == 0
+            && self.frame_size == 0
+            && !self.stopped
+    }
+
     /// Decodes every complete frame in `input` (which may be modified: frames
     /// are unmasked in place) and keeps the rest for the next call.
     pub fn feed(
