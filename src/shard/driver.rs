@@ -230,16 +230,19 @@ async fn pass(shard: &Rc<Shard>, batch: &mut Vec<Owner>, readers: &mut std::coll
         w.in_pass = true;
         std::mem::swap(&mut w.dirty, batch);
     });
+    let mut out = Written::default();
     for (i, &owner) in batch.iter().enumerate() {
         if i > 0 && i % WRITES_BETWEEN_YIELDS == 0 {
+            out.count(shard);
             // The inbox may run here: what it queues to connections further
             // down this batch leaves with their write below.
             rt::yield_now().await;
         }
         if let Some(conn) = shard.conn(owner) {
-            guarded(shard, &conn, |shard, conn| write(shard, conn, readers));
+            guarded(shard, &conn, |shard, conn| write(shard, conn, readers, &mut out));
         }
     }
+    out.count(shard);
     batch.clear();
     WORK.with(|w| {
         let mut w = w.borrow_mut();
@@ -255,9 +258,29 @@ async fn pass(shard: &Rc<Shard>, batch: &mut Vec<Owner>, readers: &mut std::coll
     });
 }
 
+/// What a stretch of a pass wrote, counted into the shared metrics once
+/// per stretch rather than per connection.
+#[derive(Default)]
+struct Written {
+    bytes: u64,
+    frames: u64,
+}
+
+impl Written {
+    fn count(&mut self, shard: &Shard) {
+        metrics::add(&shard.metrics.bytes_out, std::mem::take(&mut self.bytes));
+        metrics::add(&shard.metrics.messages_out, std::mem::take(&mut self.frames));
+    }
+}
+
 /// A marked connection's turn in a pass: write, close, or list it for
 /// reading (its held input may have been released).
-fn write(shard: &Rc<Shard>, conn: &ConnRef, readers: &mut std::collections::VecDeque<Owner>) {
+fn write(
+    shard: &Rc<Shard>,
+    conn: &ConnRef,
+    readers: &mut std::collections::VecDeque<Owner>,
+    out: &mut Written,
+) {
     let mut st = conn.borrow_mut();
     st.scheduled = false;
     let Some(fd) = st.fd.as_ref().map(|f| f.as_raw_fd()) else {
@@ -270,7 +293,7 @@ fn write(shard: &Rc<Shard>, conn: &ConnRef, readers: &mut std::collections::VecD
         drop(st);
         return finish(shard, conn);
     }
-    if let Err(e) = flush(shard, &mut st, fd) {
+    if let Err(e) = flush(shard, &mut st, fd, out) {
         tracing::debug!(error = %e, "connection write failed");
         drop(st);
         return finish(shard, conn);
@@ -288,7 +311,7 @@ fn write(shard: &Rc<Shard>, conn: &ConnRef, readers: &mut std::collections::VecD
 
 /// Writes as much of the queue as the socket takes (a few `sendmsg`s at
 /// most); arms an output poll when the socket is full. Err: it failed.
-fn flush(shard: &Shard, st: &mut ConnState, fd: BorrowedFd<'_>) -> io::Result<()> {
+fn flush(shard: &Shard, st: &mut ConnState, fd: BorrowedFd<'_>, out: &mut Written) -> io::Result<()> {
     if st.queue.is_empty() {
         return Ok(());
     }
@@ -299,8 +322,10 @@ fn flush(shard: &Shard, st: &mut ConnState, fd: BorrowedFd<'_>) -> io::Result<()
         }
         let result = {
             let mut slices = [IoSlice::new(&[]); MAX_IOV];
-            let n = st.queue.slices(&mut slices);
-            rt::send_vectored(fd, &slices[..n])
+            match st.queue.slices(&mut slices) {
+                1 => rt::send(fd, &slices[0]),
+                n => rt::send_vectored(fd, &slices[..n]),
+            }
         };
         let written = match result {
             Err(e) if e.kind() == io::ErrorKind::WouldBlock => {
@@ -320,9 +345,8 @@ fn flush(shard: &Shard, st: &mut ConnState, fd: BorrowedFd<'_>) -> io::Result<()
         };
         let frames = st.queue.advance(written);
         shard.frames_gone(st, frames);
-        let m = &shard.metrics;
-        metrics::add(&m.bytes_out, written as u64);
-        metrics::add(&m.messages_out, frames as u64);
+        out.bytes += written as u64;
+        out.frames += frames as u64;
     }
     if !st.queue.is_empty() {
         // More than a pass's share: the next pass continues.

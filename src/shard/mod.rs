@@ -170,6 +170,24 @@ pub async fn run(setup: ShardSetup) {
 /// it submits early).
 const RING_ENTRIES: u32 = 4096;
 
+/// How many subscribers ahead `deliver` prefetches a connection's state,
+/// and then (once that has arrived) the tail of its send queue.
+const PREFETCH_STATE: usize = 8;
+const PREFETCH_QUEUE: usize = 4;
+
+/// A hint to the CPU to load `p`'s cache line; never faults, whatever `p` is.
+#[inline(always)]
+fn prefetch(p: *const u8) {
+    #[cfg(target_arch = "x86_64")]
+    // SAFETY: a prefetch is a hint: it reads nothing into the program and
+    // cannot fault, even for an address that is not mapped.
+    unsafe {
+        std::arch::x86_64::_mm_prefetch::<{ std::arch::x86_64::_MM_HINT_T0 }>(p.cast());
+    }
+    #[cfg(not(target_arch = "x86_64"))]
+    let _ = p;
+}
+
 /// How soon the inbox's task queue runs once a message waits.
 const INBOX_LATENCY: Duration = Duration::from_millis(1);
 
@@ -272,7 +290,19 @@ impl Shard {
         let probe = self.recorder.borrow_mut().start_probe(d.received);
         let mut probed = 0;
         let budget = self.config.limits.max_backpressure;
-        for &key in entry.subscribers.iter() {
+        let subscribers = entry.subscribers.as_slice();
+        for (i, &key) in subscribers.iter().enumerate() {
+            // Each subscriber's state and queue tail is a cache miss at
+            // 10,000 subscribers (a third of the shard's CPU at 2 million
+            // deliveries/s): ask for them a few subscribers ahead.
+            if let Some(ahead) = subscribers.get_index(i + PREFETCH_STATE).and_then(|&k| conns.get(k)) {
+                prefetch(Rc::as_ptr(ahead).cast());
+            }
+            if let Some(ahead) = subscribers.get_index(i + PREFETCH_QUEUE).and_then(|&k| conns.get(k)) {
+                if let Ok(st) = ahead.try_borrow() {
+                    prefetch(st.queue.next_slot());
+                }
+            }
             let Some(conn) = conns.get(key) else {
                 debug_assert!(false, "topic index names a connection that is gone");
                 continue;
@@ -686,8 +716,8 @@ async fn stats_loop(shard: Rc<Shard>) {
 }
 
 /// Pings connections silent for `ping_interval_ms` and closes those silent
-/// for `idle_timeout_ms`. One pass per second over the shard's connections,
-/// instead of a timer per connection.
+/// for `idle_timeout_ms`; gives back queue memory left from bursts. One pass
+/// per second over the shard's connections, instead of a timer per connection.
 async fn keepalive_loop(shard: Rc<Shard>) {
     let ping_after = shard.config.limits.ping_interval_ms;
     let close_after = shard.config.limits.idle_timeout_ms;
@@ -704,6 +734,7 @@ async fn keepalive_loop(shard: Rc<Shard>) {
         let budget = shard.config.limits.max_backpressure;
         for (_, conn) in shard.conns.borrow().iter() {
             let mut st = conn.borrow_mut();
+            st.queue.release_if_idle();
             if st.is_closing() {
                 continue;
             }
