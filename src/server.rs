@@ -122,8 +122,10 @@ pub fn run(config: Config) -> Result<(), StartError> {
         let ready = ready_tx.clone();
         let ex =
             rt::spawn_executor(&format!("shard{id}"), cpu, server.io_memory_kib * 1024, move || async move {
+                // A panic before `ready` fails the start with this message.
+                let ring = shard::ring().unwrap_or_else(|e| panic!("cannot create its io_uring: {e}"));
                 let _ = ready.send(id);
-                shard::run(setup).await;
+                shard::run(setup, ring).await;
             })
             .map_err(|e| StartError(format!("cannot start shard {id}: {e}")))?;
         executors.push(ex);
@@ -138,7 +140,7 @@ pub fn run(config: Config) -> Result<(), StartError> {
                 .next()
                 .unwrap_or_else(|| "timed out".into());
             return Err(StartError(format!(
-                "a shard could not start: {why}\nringcast needs io_uring (Linux 5.8+; Docker's default seccomp profile blocks it) \
+                "a shard could not start: {why}\nringcast needs io_uring (Linux 5.13+; Docker's default seccomp profile blocks it) \
                  and RLIMIT_MEMLOCK above server.io_memory_kib per shard (`ulimit -l`); see docs/tuning.md"
             )));
         }

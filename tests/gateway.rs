@@ -385,3 +385,42 @@ fn json_logs_are_one_object_per_line() {
     }
     assert!(lines.iter().any(|l| l.contains("ringcast listening")), "{log}");
 }
+
+/// The driver watches each socket with a poll in the shard's io_uring, and
+/// an armed poll holds the socket open even after `close`: a connection
+/// that ends must have its poll removed first. Each client here half-closes;
+/// the server must answer with its own FIN (EOF on the client) — a socket
+/// kept alive by a forgotten poll would never send it. Twice over the same
+/// slab slots, so a reused slot's stale poll would show too.
+#[test]
+fn ended_connections_really_close_their_sockets() {
+    let s = Server::start("", 2);
+    for round in 0..2 {
+        let mut clients = raw_upgrades(s.ws, "/ws", 200);
+        for c in clients.iter_mut() {
+            c.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
+            let mut head = [0u8; 129];
+            c.read_exact(&mut head).unwrap();
+            assert!(head.starts_with(b"HTTP/1.1 101"));
+            c.write_all(&masked_text(br#"{"command":"join","topics":["t"]}"#)).unwrap();
+        }
+        let deadline = Instant::now() + Duration::from_secs(10);
+        while s.metric("ringcast_subscriptions") < 200 {
+            assert!(Instant::now() < deadline, "round {round}: joins not seen");
+            std::thread::yield_now();
+        }
+        for c in clients.iter() {
+            c.shutdown(std::net::Shutdown::Write).unwrap();
+        }
+        for (i, c) in clients.iter_mut().enumerate() {
+            let mut rest = Vec::new();
+            let end = c.read_to_end(&mut rest);
+            assert!(end.is_ok(), "round {round}, client {i}: no FIN from the server: {end:?}");
+        }
+        let deadline = Instant::now() + Duration::from_secs(10);
+        while s.metric("ringcast_connections") != 0 {
+            assert!(Instant::now() < deadline, "round {round}: connections still counted");
+            std::thread::yield_now();
+        }
+    }
+}

@@ -4,7 +4,7 @@
 
 pub mod conn;
 mod driver;
-mod ring;
+pub mod ring;
 mod router;
 pub mod send_queue;
 pub mod topics;
@@ -111,12 +111,14 @@ pub struct Shard {
 }
 
 /// Runs a shard until it has drained after a shutdown message.
-pub async fn run(setup: ShardSetup) {
+/// The shard's own io_uring, made on the shard's thread before it reports
+/// ready, so a kernel without what it needs stops the start with the reason.
+pub fn ring() -> std::io::Result<ring::Ring> {
+    ring::Ring::new(RING_ENTRIES)
+}
+
+pub async fn run(setup: ShardSetup, ring: ring::Ring) {
     let listener = rt::adopt_listener(setup.listener);
-    let ring = match ring::Ring::new(RING_ENTRIES) {
-        Ok(ring) => ring,
-        Err(e) => panic!("shard {}: cannot create its io_uring: {e} (see docs/tuning.md)", setup.id),
-    };
     let recorder = Recorder::new(setup.config.stats.enabled, setup.config.vhosts.len());
     let shard = Rc::new_cyclic(|me| Shard {
         me: me.clone(),
