@@ -295,34 +295,37 @@ def run_saturation(server, flags, out, log, opts):
             "generator": cpu}
 
 
-def run_fixed(server, flags, out, log, opts):
-    rate = opts.fixed_deliveries // opts.fixed_subscribers
+def fixed_rate(server, flags, out, log, name, subscribers, deliveries, secs):
+    """One fanout step at `deliveries`/s to `subscribers`: (step, publications/s, generator CPU line)."""
+    rate = deliveries // subscribers
     s, cpu = run_fanout(server, flags, out, log, [
-        "fixed", "--subscribers", str(opts.fixed_subscribers), "--rate", str(rate), "--duration-secs",
-        str(opts.fixed_secs), "--p99-bound-ms", "100000"])
-    step = s["steps"][0]
+        name, "--subscribers", str(subscribers), "--rate", str(rate), "--duration-secs", str(secs),
+        "--p99-bound-ms", "100000"])
+    return s["steps"][0], rate, cpu
+
+
+def cpus(step):
+    return {k: step.get(k) for k in ("server_cpu", "generator_cpu", "publisher_cpu")}
+
+
+def run_fixed(server, flags, out, log, opts):
+    step, rate, cpu = fixed_rate(server, flags, out, log, "fixed", opts.fixed_subscribers,
+                                 opts.fixed_deliveries, opts.fixed_secs)
     lat = step["latency_ms"]
     return {"deliveries_per_second": step["deliveries_per_second"], "lost": step["lost"],
             "kept_up": step["publications"] >= 0.99 * rate * opts.fixed_secs,
             "p50_ms": lat["p50"], "p99_ms": lat["p99"], "p99.9_ms": lat["p99.9"], "max_ms": lat["max"],
-            "server_cpu": step.get("server_cpu"), "generator_cpu": step.get("generator_cpu"),
-            "publisher_cpu": step.get("publisher_cpu"),
-            "generator": cpu}
+            **cpus(step), "generator": cpu}
 
 
 def run_cpu(server, flags, out, log, opts):
     """Server CPU per delivery at a fixed rate the server keeps up with."""
-    rate = opts.cpu_deliveries // opts.subscribers
-    s, cpu = run_fanout(server, flags, out, log, [
-        "cpu", "--subscribers", str(opts.subscribers), "--rate", str(rate), "--duration-secs",
-        str(opts.fixed_secs), "--p99-bound-ms", "100000"])
-    step = s["steps"][0]
+    step, _, cpu = fixed_rate(server, flags, out, log, "cpu", opts.subscribers, opts.cpu_deliveries,
+                              opts.fixed_secs)
     per = step["server_cpu"] / step["deliveries_per_second"] * 1e6 if step.get("server_cpu") and \
         step["deliveries_per_second"] else None
-    return {"deliveries_per_second": step["deliveries_per_second"], "lost": step["lost"],
-            "server_cpu": step.get("server_cpu"), "generator_cpu": step.get("generator_cpu"),
-            "publisher_cpu": step.get("publisher_cpu"), "server_cpu_us_per_delivery": per,
-            "p99_ms": step["latency_ms"]["p99"], "generator": cpu}
+    return {"deliveries_per_second": step["deliveries_per_second"], "lost": step["lost"], **cpus(step),
+            "server_cpu_us_per_delivery": per, "p99_ms": step["latency_ms"]["p99"], "generator": cpu}
 
 
 SCENARIOS = {"hold": run_hold, "saturate": run_saturation, "fixed": run_fixed, "cpu": run_cpu}
