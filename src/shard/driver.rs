@@ -4,11 +4,11 @@
 //! A turn: take the ring's readiness reports; read from connections with
 //! input waiting (a bounded number per turn); then a **flush pass**: every
 //! connection marked dirty since the last pass (a frame queued, a close
-//! begun, input released) writes its whole queue with one `sendmsg`. A
-//! publication that arrives during a pass is queued to the connections the
-//! pass has not reached yet and leaves with their write; the others are
-//! marked again for the next pass. When there is nothing to do the driver
-//! waits for a mark or for the ring.
+//! begun, input released) writes its whole queue with one `sendmsg` (a
+//! `send` for a single frame). A publication that arrives during a pass is
+//! queued to the connections the pass has not reached yet and leaves with
+//! their write; the others are marked again for the next pass. When there
+//! is nothing to do the driver waits for a mark or for the ring.
 
 use std::cell::RefCell;
 use std::future::{poll_fn, Future};
@@ -35,8 +35,8 @@ const READERS_PER_TURN: usize = 256;
 const COMPLETIONS_PER_TURN: usize = 4096;
 /// Frames gathered into one `sendmsg`.
 const MAX_IOV: usize = 64;
-/// `sendmsg` calls per connection per pass (a connection with more queued
-/// than this takes waits for the next pass, behind the others).
+/// Sends per connection per pass: what a connection has queued beyond
+/// them waits for the next pass, behind the others.
 const SENDS_PER_PASS: usize = 4;
 /// Connections written before the pass lets the shard's other tasks run
 /// (accepts, timers, hook answers; the inbox, if it is due).
@@ -106,7 +106,8 @@ pub(super) fn adopt(shard: &Shard, st: &mut ConnState) {
     st.wake();
 }
 
-/// Runs until `Shard::stop_driver`.
+/// Runs until the shard has drained (`Shard::driver_stopping`, with a
+/// nudge of the ring so the idle wait ends).
 pub(super) async fn run(shard: Rc<Shard>) {
     let ring_fd = shard.ring.borrow().fd();
     let mut readers: std::collections::VecDeque<Owner> = Default::default();
