@@ -31,6 +31,8 @@ use crate::rt;
 const READS_PER_TURN: usize = 16;
 /// Connections read from per turn before a flush pass runs.
 const READERS_PER_TURN: usize = 256;
+/// Connections read from at each yield point of a pass.
+const READERS_PER_YIELD: usize = 16;
 /// Readiness reports taken per turn.
 const COMPLETIONS_PER_TURN: usize = 4096;
 /// Frames gathered into one `sendmsg`.
@@ -118,12 +120,7 @@ pub(super) async fn run(shard: Rc<Shard>) {
             break;
         }
         take_completions(&shard, &mut readers);
-        for _ in 0..readers.len().min(READERS_PER_TURN) {
-            let Some(owner) = readers.pop_front() else { break };
-            if let Some(conn) = shard.conn(owner) {
-                guarded(&shard, &conn, |shard, conn| read(shard, conn, &mut readers));
-            }
-        }
+        read_some(&shard, &mut readers, READERS_PER_TURN, None);
         pass(&shard, &mut batch, &mut readers).await;
         if let Err(e) = shard.ring.borrow_mut().submit() {
             tracing::error!(shard = shard.id, error = %e, "io_uring submit failed");
@@ -161,6 +158,29 @@ pub(super) async fn run(shard: Rc<Shard>) {
     // The ring was nudged: the blocking wait ends before the ring is closed.
     if let Some(ring) = waiting {
         ring.await;
+    }
+}
+
+/// Reads from up to `max` of the connections with input waiting; within a
+/// pass (`out`), writes what that queued (a reply, a pong) right away.
+fn read_some(
+    shard: &Rc<Shard>,
+    readers: &mut std::collections::VecDeque<Owner>,
+    max: usize,
+    mut out: Option<&mut Written>,
+) {
+    for _ in 0..readers.len().min(max) {
+        let Some(owner) = readers.pop_front() else { break };
+        if let Some(conn) = shard.conn(owner) {
+            guarded(shard, &conn, |shard, conn| {
+                read(shard, conn, readers);
+                if let Some(out) = out.as_deref_mut() {
+                    if conn.borrow().scheduled && shard.conn(owner).is_some() {
+                        write(shard, conn, readers, out);
+                    }
+                }
+            });
+        }
     }
 }
 
@@ -238,6 +258,10 @@ async fn pass(shard: &Rc<Shard>, batch: &mut Vec<Owner>, readers: &mut std::coll
             // The inbox may run here: what it queues to connections further
             // down this batch leaves with their write below.
             rt::yield_now().await;
+            // Input that arrived meanwhile (a command, a ping, a Close) is
+            // not held for the rest of a long pass, nor are its replies.
+            take_completions(shard, readers);
+            read_some(shard, readers, READERS_PER_YIELD, Some(&mut out));
         }
         if let Some(conn) = shard.conn(owner) {
             guarded(shard, &conn, |shard, conn| write(shard, conn, readers, &mut out));
