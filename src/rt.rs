@@ -60,11 +60,14 @@ thread_local! {
 /// glommio may poll it before this returns: hold no `RefCell` borrow that
 /// `fut` takes across this call.
 pub fn spawn<F: Future<Output = ()> + 'static>(fut: F) {
-    let task = match MAIN_QUEUE.with(|q| q.get()) {
+    spawn_in_main_queue(fut).detach();
+}
+
+fn spawn_in_main_queue<T: 'static>(fut: impl Future<Output = T> + 'static) -> glommio::Task<T> {
+    match MAIN_QUEUE.with(|q| q.get()) {
         Some(queue) => glommio::spawn_local_into(fut, queue).expect("the main task queue exists"),
         None => glommio::spawn_local(fut),
-    };
-    task.detach();
+    }
 }
 
 /// Runs `fut` on the current shard in a task queue of its own that the
@@ -96,10 +99,7 @@ pub async fn yield_now() {
 /// Runs `fut` on the current shard in its main task queue; the returned
 /// future resolves to its output.
 pub fn spawn_joinable<T: 'static>(fut: impl Future<Output = T> + 'static) -> impl Future<Output = T> {
-    match MAIN_QUEUE.with(|q| q.get()) {
-        Some(queue) => glommio::spawn_local_into(fut, queue).expect("the main task queue exists"),
-        None => glommio::spawn_local(fut),
-    }
+    spawn_in_main_queue(fut)
 }
 
 /// Resolves once `fd` is readable, waiting on the shard's blocking thread

@@ -174,10 +174,9 @@ fn read_some(
         if let Some(conn) = shard.conn(owner) {
             guarded(shard, &conn, |shard, conn| {
                 read(shard, conn, readers);
-                if let Some(out) = out.as_deref_mut() {
-                    if conn.borrow().scheduled && shard.conn(owner).is_some() {
-                        write(shard, conn, readers, out);
-                    }
+                // `write` passes over a connection the read ended (no socket).
+                if let Some(out) = out.as_deref_mut().filter(|_| conn.borrow().scheduled) {
+                    write(shard, conn, readers, out);
                 }
             });
         }
@@ -455,7 +454,12 @@ pub(super) fn finish(shard: &Rc<Shard>, conn: &ConnRef) {
         let mut st = conn.borrow_mut();
         (st.fd.take(), Token::new(st.owner.key, st.owner.id), st.output_armed)
     };
-    let peer = fd.as_ref().and_then(|fd| rt::peer_addr(fd.as_fd()));
+    // Only for the debug log: no getpeername per close otherwise.
+    let peer = if tracing::enabled!(tracing::Level::DEBUG) {
+        fd.as_ref().and_then(|fd| rt::peer_addr(fd.as_fd()))
+    } else {
+        None
+    };
     if let Some(fd) = fd {
         shard.ring.borrow_mut().forget(token, output_armed);
         drop(fd);
