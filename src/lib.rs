@@ -16,6 +16,7 @@ pub mod publish;
 pub mod rpc;
 pub mod rt;
 pub mod server;
+pub mod session;
 pub mod shard;
 pub mod snapshot;
 pub mod stats;

@@ -322,12 +322,12 @@ fn write(
         drop(st);
         return finish(shard, conn);
     }
-    if st.closing && st.queue.is_empty() && !st.write_shut {
+    if st.session.is_closing() && st.session.queue.is_empty() && !st.write_shut {
         // Our Close is out: FIN, then wait for the peer's end.
         rt::shutdown_write(fd);
         st.write_shut = true;
     }
-    if (st.readable || st.input_held) && !st.read_listed {
+    if (st.readable || st.session.can_resume()) && !st.read_listed {
         st.read_listed = true;
         readers.push_back(st.owner);
     }
@@ -336,17 +336,17 @@ fn write(
 /// Writes as much of the queue as the socket takes (a few `sendmsg`s at
 /// most); arms an output poll when the socket is full. Err: it failed.
 fn flush(shard: &Shard, st: &mut ConnState, fd: BorrowedFd<'_>, out: &mut Written) -> io::Result<()> {
-    if st.queue.is_empty() {
+    if st.session.queue.is_empty() {
         return Ok(());
     }
-    shard.recorder.borrow_mut().queue_depth(st.queue.queued_bytes());
+    shard.recorder.borrow_mut().queue_depth(st.session.queue.queued_bytes());
     for _ in 0..SENDS_PER_PASS {
-        if st.queue.is_empty() {
+        if st.session.queue.is_empty() {
             return Ok(());
         }
         let result = {
             let mut slices = [IoSlice::new(&[]); MAX_IOV];
-            match st.queue.slices(&mut slices) {
+            match st.session.queue.slices(&mut slices) {
                 1 => rt::send(fd, &slices[0]),
                 n => rt::send_vectored(fd, &slices[..n]),
             }
@@ -367,12 +367,12 @@ fn flush(shard: &Shard, st: &mut ConnState, fd: BorrowedFd<'_>, out: &mut Writte
             Ok(0) => return Err(io::ErrorKind::WriteZero.into()),
             Ok(n) => n,
         };
-        let frames = st.queue.advance(written);
+        let frames = st.session.queue.advance(written);
         shard.frames_gone(st, frames);
         out.bytes += written as u64;
         out.frames += frames as u64;
     }
-    if !st.queue.is_empty() {
+    if !st.session.queue.is_empty() {
         // More than a pass's share: the next pass continues.
         st.wake();
     }
@@ -386,26 +386,25 @@ fn read(shard: &Rc<Shard>, conn: &ConnRef, readers: &mut std::collections::VecDe
     conn.borrow_mut().read_listed = false;
     for _ in 0..READS_PER_TURN {
         let (fd, closing) = {
-            let mut st = conn.borrow_mut();
+            let st = conn.borrow();
             if st.forced {
                 drop(st);
                 return finish(shard, conn);
             }
-            if !st.closing && st.in_flight >= st.pause_at {
+            if !st.session.is_closing() && st.session.is_held() {
                 // Held: the backend's answer marks it, and a pass lists it again.
                 return;
             }
-            if st.input_held && !st.closing {
-                st.input_held = false;
+            if st.session.can_resume() {
                 drop(st);
-                conn::on_bytes(shard, conn, &mut []);
+                conn::resume(shard, conn);
                 continue;
             }
             if !st.readable {
                 return;
             }
             let Some(fd) = st.fd.as_ref().map(|f| f.as_raw_fd()) else { return };
-            (fd, st.closing)
+            (fd, st.session.is_closing())
         };
         // SAFETY: the connection's own socket, open while it is registered
         // (this turn holds a reference to it and `finish` is the only closer).
@@ -429,9 +428,7 @@ fn read(shard: &Rc<Shard>, conn: &ConnRef, readers: &mut std::collections::VecDe
             Ok(n) => {
                 metrics::add(&shard.metrics.bytes_in, n as u64);
                 {
-                    let mut st = conn.borrow_mut();
-                    st.last_rx_ms = shard.now_ms();
-                    st.ping_outstanding = false;
+                    conn.borrow_mut().session.heard(shard.now_ms());
                 }
                 if !closing {
                     conn::on_bytes(shard, conn, &mut buf[..n]);

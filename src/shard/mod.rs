@@ -4,9 +4,9 @@
 
 pub mod conn;
 mod driver;
+mod handshake;
 pub mod ring;
 mod router;
-pub mod send_queue;
 pub mod topics;
 mod webrocket;
 
@@ -33,6 +33,7 @@ use crate::hooks::{HookOutcome, HookRequest, HookSender};
 use crate::metrics::{self, ShardMetrics};
 use crate::publish::Delivery;
 use crate::rt;
+use crate::session::Tick;
 use crate::stats::{self, Recorder, ShardStats, TopN};
 use crate::webrocket::WebRocket;
 use conn::{ConnRef, ConnState};
@@ -226,7 +227,7 @@ async fn inbox_loop(shard: Rc<Shard>, inbox: Inbox) -> Inbox {
                         driver::after_pass().await;
                         (turn, turn_bytes) = (Instant::now(), 0);
                     }
-                    turn_bytes += d.frame.len() + send_queue::SLOT_COST;
+                    turn_bytes += d.frame.len() + crate::session::send_queue::SLOT_COST;
                     shard.deliver(d);
                 }
             }
@@ -302,7 +303,7 @@ impl Shard {
             }
             if let Some(ahead) = subscribers.get_index(i + PREFETCH_QUEUE).and_then(|&k| conns.get(k)) {
                 if let Ok(st) = ahead.try_borrow() {
-                    prefetch(st.queue.next_slot());
+                    prefetch(st.session.queue.next_slot());
                 }
             }
             let Some(conn) = conns.get(key) else {
@@ -332,31 +333,45 @@ impl Shard {
     }
 
     pub(crate) fn close_slow_consumer(&self, st: &mut ConnState) {
+        if st.session.close_slow_consumer() {
+            self.slow_consumer_closed(st);
+            self.closing(st, CLOSE_LINGER);
+        }
+    }
+
+    /// Counts a slow consumer whose session dropped its unsent frames (and
+    /// queued a Close), and releases the probe it may have carried.
+    pub(crate) fn slow_consumer_closed(&self, st: &mut ConnState) {
         metrics::inc(&self.metrics.slow_consumer_closes);
         debug!(
             shard = self.id,
             conn = st.owner.id,
-            queued = st.queue.queued_bytes(),
+            queued = st.session.queue.queued_bytes(),
             "closing slow consumer"
         );
-        st.queue.discard_unsent();
         self.frames_gone(st, usize::MAX);
-        self.start_close(st, Some(1013), "slow consumer", CLOSE_LINGER);
     }
 
     /// Queues a Close after what is already queued; the connection is
     /// dropped when the peer closes too, or after `linger` at the latest.
     pub(crate) fn start_close(&self, st: &mut ConnState, code: Option<u16>, reason: &str, linger: Duration) {
-        if st.begin_close(code, reason) {
-            let owner = st.owner;
-            let shard = self.myself();
-            rt::spawn(async move {
-                rt::sleep(linger).await;
-                if let Some(conn) = shard.conn(owner) {
-                    conn.borrow_mut().force_close();
-                }
-            });
+        if st.session.begin_close(code, reason) {
+            self.closing(st, linger);
         }
+    }
+
+    /// A Close was queued on `st`: the driver writes it, and the connection
+    /// is dropped after `linger` if the peer has not closed by then.
+    pub(crate) fn closing(&self, st: &mut ConnState, linger: Duration) {
+        st.wake();
+        let owner = st.owner;
+        let shard = self.myself();
+        rt::spawn(async move {
+            rt::sleep(linger).await;
+            if let Some(conn) = shard.conn(owner) {
+                conn.borrow_mut().force_close();
+            }
+        });
     }
 
     /// A process-wide connection id: shard in the top bits, a counter below.
@@ -400,7 +415,7 @@ impl Shard {
         if st.is_closing() {
             return PushOutcome::NotConnected;
         }
-        if st.push(conn::message_frame(&body), self.config.limits.max_backpressure).is_err() {
+        if st.push(crate::session::message_frame(&body), self.config.limits.max_backpressure).is_err() {
             self.close_slow_consumer(&mut st);
             return PushOutcome::SlowConsumer;
         }
@@ -664,9 +679,9 @@ async fn accept_loop(shard: Rc<Shard>, listener: rt::TcpListener) {
                     shard.open_connections.fetch_sub(1, Ordering::Relaxed);
                     metrics::inc(&shard.metrics.connections_refused);
                     shard.metrics.refuse(metrics::Refusal::MaxConnections);
-                    rt::spawn(conn::refuse(stream));
+                    rt::spawn(handshake::refuse(stream));
                 } else {
-                    rt::spawn(conn::serve(shard.clone(), stream));
+                    rt::spawn(handshake::serve(shard.clone(), stream));
                 }
             }
             Some(Err(e)) => {
@@ -736,18 +751,17 @@ async fn keepalive_loop(shard: Rc<Shard>) {
         let budget = shard.config.limits.max_backpressure;
         for (_, conn) in shard.conns.borrow().iter() {
             let mut st = conn.borrow_mut();
-            st.queue.release_if_idle();
-            if st.is_closing() {
-                continue;
-            }
-            let silent = now.saturating_sub(st.last_rx_ms);
-            if silent >= close_after {
-                metrics::inc(&shard.metrics.idle_closes);
-                shard.start_close(&mut st, Some(1001), "idle timeout", CLOSE_LINGER);
-            } else if silent >= ping_after && !st.ping_outstanding {
-                st.ping_outstanding = true;
-                if st.push(ping.clone(), budget).is_err() {
-                    shard.close_slow_consumer(&mut st);
+            st.session.queue.release_if_idle();
+            match st.session.tick(now, ping_after, close_after, &ping, budget) {
+                Tick::Quiet => {}
+                Tick::Pinged => st.wake(),
+                Tick::IdleTimeout => {
+                    metrics::inc(&shard.metrics.idle_closes);
+                    shard.closing(&mut st, CLOSE_LINGER);
+                }
+                Tick::SlowConsumer => {
+                    shard.slow_consumer_closed(&mut st);
+                    shard.closing(&mut st, CLOSE_LINGER);
                 }
             }
         }

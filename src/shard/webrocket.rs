@@ -161,7 +161,7 @@ fn finish_later(shard: &Rc<Shard>, st: &mut ConnState, left: Leftover) {
     if left.is_empty() {
         return;
     }
-    st.in_flight += 1;
+    st.session.await_answer();
     rt::spawn(finish_leftover(shard.clone(), st.owner, left));
 }
 
@@ -207,7 +207,7 @@ pub(super) fn on_message(shard: &Rc<Shard>, conn: &ConnRef, text: Option<&[u8]>)
         Some(Pending::Close) => shard.start_close(&mut st, Some(1000), "", CLOSE_LINGER),
         Some(Pending::Verify { user, secret }) => {
             let Some(hash) = user.hash.clone() else { return };
-            st.in_flight += 1;
+            st.session.await_answer();
             let checker = shard.webrocket.secrets.clone();
             let shard = shard.clone();
             rt::spawn(async move {
@@ -216,7 +216,7 @@ pub(super) fn on_message(shard: &Rc<Shard>, conn: &ConnRef, text: Option<&[u8]>)
             });
         }
         Some(Pending::Presence { channel, topic }) => {
-            st.in_flight += 1;
+            st.session.await_answer();
             let shard = shard.clone();
             rt::spawn(async move {
                 let (count, users) = presence(&shard, topic).await;
@@ -235,7 +235,7 @@ fn finish(shard: &Rc<Shard>, owner: Owner, f: impl FnOnce(&mut Session, &mut Sha
         return;
     };
     let mut st = conn.borrow_mut();
-    st.in_flight -= 1;
+    st.session.answered();
     if let Some(((), left)) = with_session(shard, &mut st, f) {
         finish_later(shard, &mut st, left);
     }

@@ -1,0 +1,343 @@
+//! The upgrade handshake of an accepted connection, as a short-lived task:
+//! the request read within the handshake timeout, routing to a vhost, the
+//! origin check, the backend's connect hook, then registration, the 101
+//! and the hand-over of the socket to the shard's driver.
+
+use std::cell::RefCell;
+use std::net::SocketAddr;
+use std::rc::Rc;
+use std::sync::atomic::Ordering;
+use std::sync::Arc;
+use std::time::Duration;
+
+use futures_lite::{AsyncReadExt, AsyncWriteExt};
+use hyper::header::{HeaderName, HeaderValue};
+
+use super::conn::{self, ConnState};
+use super::Shard;
+use crate::config::{DuplicateClient, VhostConfig};
+use crate::dialect::{proxy, Dialect};
+use crate::hooks::{HookKind, HookOutcome};
+use crate::metrics::{self, Refusal};
+use crate::rt::{self, TcpStream};
+use crate::session::{Kind, Session};
+use crate::ws::handshake::{self, http_response, HttpError, MAX_REQUEST_HEAD};
+
+/// Answers a connection over `max_connections` with 503 and closes it.
+pub async fn refuse(mut stream: TcpStream) {
+    let resp = HttpError::new(503, "server at max_connections").response();
+    write_with_timeout(&mut stream, &resp).await;
+}
+
+async fn write_with_timeout(stream: &mut TcpStream, bytes: &[u8]) {
+    let _ = futures_lite::future::or(async { stream.write_all(bytes).await }, async {
+        rt::sleep(Duration::from_secs(1)).await;
+        Ok(())
+    })
+    .await;
+}
+
+/// Releases the global connection slot if the handshake does not hand the
+/// connection to the driver (which releases it when the connection ends).
+struct Slot(Rc<Shard>);
+
+impl Drop for Slot {
+    fn drop(&mut self) {
+        self.0.open_connections.fetch_sub(1, Ordering::Relaxed);
+    }
+}
+
+/// The handshake of an accepted connection; on success the connection is
+/// registered, its socket handed to the shard's driver, and this task ends.
+pub async fn serve(shard: Rc<Shard>, stream: TcpStream) {
+    let slot = Slot(shard.clone());
+    // Boxed: the handshake's state is large and short-lived.
+    if Box::pin(open(shard, stream)).await {
+        std::mem::forget(slot);
+    }
+}
+
+/// Handshake, connect hook, registration, the 101, the hand-over; true if
+/// the driver has the connection now.
+async fn open(shard: Rc<Shard>, mut stream: TcpStream) -> bool {
+    rt::set_nodelay(&stream);
+    if shard.config.server.send_buffer > 0 {
+        rt::set_send_buffer(&stream, shard.config.server.send_buffer);
+    }
+    let peer = stream.peer_addr().ok();
+    let Some(Accepted { vhost, wr, upgrade, client, rest: mut leftover }) =
+        upgrade(&shard, &mut stream, peer).await
+    else {
+        return false;
+    };
+    let v = &shard.vhost_config(vhost);
+    // Registered before the 101 goes out: once a client sees the upgrade
+    // complete, the gateway counts it and a push can reach it.
+    let kind = match (v.dialect, &client) {
+        (Dialect::Echo, _) => Kind::Echo,
+        (Dialect::RoadRunner, _) => Kind::RoadRunner,
+        (Dialect::WebRocket, _) => Kind::WebRocket,
+        (Dialect::Proxy, Some(id)) => Kind::Proxy(Rc::from(&**id)),
+        (Dialect::Proxy, None) => unreachable!("proxy routes always carry a ClientId"),
+    };
+    let pause_at = if v.dialect == Dialect::Proxy { v.max_in_flight_per_client } else { 1 };
+    let state = Rc::new(RefCell::new(ConnState {
+        session: Session::new(kind, pause_at, shard.now_ms()),
+        wr: wr.map(|v| Box::new(crate::webrocket::session::Session::new(v))),
+        vhost,
+        ..Default::default()
+    }));
+    let owner = shard.register(&state, vhost);
+    if let Some(id) = &client {
+        match shard.clients.claim(id, owner, v.duplicate_client == DuplicateClient::Replace).await {
+            Ok(None) => {}
+            Ok(Some(old)) => shard.replace(old).await,
+            Err(live) => {
+                shard.unregister(owner.key, vhost);
+                metrics::inc(&shard.metrics.handshake_failures);
+                shard.metrics.refuse(if live.is_some() {
+                    Refusal::DuplicateClient
+                } else {
+                    Refusal::ShuttingDown
+                });
+                let e = match live {
+                    Some(_) => HttpError::new(409, format!("client {id} is already connected")),
+                    None => HttpError::new(503, "gateway shutting down"),
+                };
+                write_with_timeout(&mut stream, &e.response()).await;
+                return false;
+            }
+        }
+    }
+    let taken = match stream.write_all(&upgrade.response()).await {
+        Ok(()) => rt::take_socket(&stream),
+        Err(e) => Err(e),
+    };
+    let fd = match taken {
+        Ok(fd) => fd,
+        Err(e) => {
+            tracing::debug!(error = %e, "connection failed before the driver took it");
+            conn::finish(&shard, &state, peer);
+            return false;
+        }
+    };
+    // The glommio stream and its poll source go; the driver has the socket.
+    drop(stream);
+    tracing::debug!(
+        shard = shard.id,
+        conn = owner.id,
+        vhost = %v.path,
+        dialect = %v.dialect,
+        ?peer,
+        client = client.as_deref(),
+        "connection open"
+    );
+    {
+        let mut st = state.borrow_mut();
+        st.fd = Some(fd);
+        super::driver::adopt(&shard, &mut st);
+    }
+    if !leftover.is_empty() {
+        conn::on_bytes(&shard, &state, &mut leftover);
+    }
+    true
+}
+
+struct Accepted {
+    vhost: usize,
+    /// WebRocket dialect: the vhost's live state.
+    wr: Option<Arc<crate::webrocket::Vhost>>,
+    upgrade: handshake::Upgrade,
+    /// Proxy dialect: the ClientId from the path.
+    client: Option<String>,
+    /// Bytes that followed the request.
+    rest: Vec<u8>,
+}
+
+enum HandshakeEnd {
+    /// Answer with this HTTP response and close.
+    Refused(Vec<u8>, Refusal),
+    /// The peer went away or the socket failed: nobody to answer.
+    Gone,
+}
+
+impl From<HttpError> for HandshakeEnd {
+    fn from(e: HttpError) -> Self {
+        let why = match e.status {
+            403 => Refusal::Origin,
+            404 => Refusal::NotFound,
+            408 => Refusal::Timeout,
+            _ => Refusal::BadRequest,
+        };
+        HandshakeEnd::Refused(e.response(), why)
+    }
+}
+
+/// Reads the upgrade request within the handshake timeout and asks the
+/// backend's connect hook; answers refusals itself.
+async fn upgrade(shard: &Shard, stream: &mut TcpStream, peer: Option<SocketAddr>) -> Option<Accepted> {
+    let timeout = Duration::from_millis(shard.config.limits.handshake_timeout_ms);
+    let read = futures_lite::future::or(read_upgrade(shard, stream), async {
+        rt::sleep(timeout).await;
+        Err(HttpError::new(408, "handshake timeout").into())
+    })
+    .await;
+    let outcome = match read {
+        Ok(accepted) => authorize(shard, &accepted, peer).await.map(|()| accepted),
+        Err(e) => Err(e),
+    };
+    match outcome {
+        Ok(accepted) => Some(accepted),
+        Err(end) => {
+            metrics::inc(&shard.metrics.handshake_failures);
+            match end {
+                HandshakeEnd::Refused(resp, why) => {
+                    shard.metrics.refuse(why);
+                    let status =
+                        String::from_utf8_lossy(resp.split(|&b| b == b'\r').next().unwrap_or_default());
+                    tracing::debug!(shard = shard.id, ?peer, %status, reason = why.name(), "upgrade refused");
+                    write_with_timeout(stream, &resp).await;
+                }
+                HandshakeEnd::Gone => shard.metrics.refuse(Refusal::PeerGone),
+            }
+            None
+        }
+    }
+}
+
+async fn read_upgrade(shard: &Shard, stream: &mut TcpStream) -> Result<Accepted, HandshakeEnd> {
+    let mut buf = Vec::with_capacity(1024);
+    loop {
+        let filled = buf.len();
+        buf.resize((filled + 1024).min(MAX_REQUEST_HEAD + 1), 0);
+        let n = stream.read(&mut buf[filled..]).await.map_err(|_| HandshakeEnd::Gone)?;
+        buf.truncate(filled + n);
+        if n == 0 {
+            return Err(HandshakeEnd::Gone);
+        }
+        metrics::add(&shard.metrics.bytes_in, n as u64);
+        let Some((upgrade, used)) = handshake::parse(&buf)? else {
+            continue;
+        };
+        // WebRocket vhosts added at run time first: a proxy prefix such as
+        // `/` would take every path otherwise.
+        let (vhost, client) = match shard.webrocket.directory.vhost(&upgrade.path) {
+            Some(v) if !v.from_config => (shard.config.vhosts.len(), None),
+            _ => route(&shard.config.vhosts, &upgrade.path)?,
+        };
+        if !shard.vhost_config(vhost).allowed_origin.allows(upgrade.origin.as_deref()) {
+            return Err(HttpError::new(403, "origin not allowed").into());
+        }
+        let wr = match shard.vhost_config(vhost).dialect {
+            Dialect::WebRocket => {
+                Some(shard.webrocket.directory.vhost(&upgrade.path).ok_or_else(|| {
+                    HttpError::new(404, format!("no WebSocket endpoint at {}", upgrade.path))
+                })?)
+            }
+            _ => None,
+        };
+        return Ok(Accepted { vhost, wr, upgrade, client, rest: buf.split_off(used) });
+    }
+}
+
+/// The vhost for `path`: an exact path, else the longest proxy prefix.
+fn route(vhosts: &[VhostConfig], path: &str) -> Result<(usize, Option<String>), HttpError> {
+    if let Some(i) = vhosts.iter().position(|v| v.dialect != Dialect::Proxy && v.path == path) {
+        return Ok((i, None));
+    }
+    let prefix = vhosts
+        .iter()
+        .enumerate()
+        .filter(|(_, v)| v.dialect == Dialect::Proxy && path.starts_with(&v.path))
+        .max_by_key(|(_, v)| v.path.len());
+    match prefix {
+        Some((i, v)) => match proxy::client_id(&v.path, path) {
+            Some(id) => Ok((i, Some(id.to_string()))),
+            None => Err(HttpError::new(
+                400,
+                format!(
+                    "invalid ClientId in {path}: one path segment of A-Z a-z 0-9 - _ . ~, at most {} bytes",
+                    proxy::MAX_CLIENT_ID
+                ),
+            )),
+        },
+        None => Err(HttpError::new(404, format!("no WebSocket endpoint at {path}"))),
+    }
+}
+
+fn header_pairs(pairs: &[(&'static str, String)]) -> Vec<(HeaderName, HeaderValue)> {
+    pairs
+        .iter()
+        .filter_map(|(k, v)| Some((HeaderName::from_static(k), HeaderValue::from_str(v).ok()?)))
+        .collect()
+}
+
+/// The connect hook: `GET {backend}/<ClientId>` for proxy vhosts (body `ok`
+/// allows), `GET {hooks.connect}` for others (2xx allows).
+async fn authorize(shard: &Shard, a: &Accepted, peer: Option<SocketAddr>) -> Result<(), HandshakeEnd> {
+    let v = &shard.vhost_config(a.vhost);
+    let url = match (&a.client, &v.backend, &v.hooks.connect) {
+        (Some(id), Some(backend), _) => proxy::client_url(backend, id),
+        (None, _, Some(url)) => url.clone(),
+        _ => return Ok(()),
+    };
+    let mut forward = a.upgrade.forward.clone();
+    if let Some(peer) = peer {
+        match forward.iter_mut().find(|(k, _)| *k == "x-forwarded-for") {
+            Some((_, v)) => *v = format!("{v}, {}", peer.ip()),
+            None => forward.push(("x-forwarded-for", peer.ip().to_string())),
+        }
+    }
+    forward.push(("x-ringcast-path", a.upgrade.path.clone()));
+    let mut request = conn::hook_request(v, HookKind::Connect, hyper::Method::GET, url, 64 * 1024);
+    request.headers = header_pairs(&forward);
+    let outcome = shard.call_hook(request).await;
+    let refusal = |status: u16, message: &str| {
+        Err(HandshakeEnd::Refused(HttpError::new(status, message).response(), Refusal::BackendError))
+    };
+    match outcome {
+        HookOutcome::Response { status, body, .. }
+            if (a.client.is_some() && proxy::connect_allowed(status, &body))
+                || (a.client.is_none() && (200..300).contains(&status)) =>
+        {
+            Ok(())
+        }
+        HookOutcome::Response { status, content_type, body } => {
+            let ct =
+                content_type.as_ref().and_then(|c| c.to_str().ok()).unwrap_or("text/plain; charset=utf-8");
+            Err(HandshakeEnd::Refused(http_response(status, ct, "", &body), Refusal::BackendRefused))
+        }
+        HookOutcome::Unreachable(e) => {
+            if shard.log_allowed() {
+                tracing::warn!(vhost = %v.path, error = %e, "connect hook: backend unreachable (logged once a second)");
+            }
+            refusal(502, "backend unreachable")
+        }
+        HookOutcome::Timeout => refusal(504, "backend timeout"),
+        HookOutcome::Busy => refusal(503, "too many backend requests in flight"),
+        HookOutcome::TooLarge => refusal(502, "backend answer too large"),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::config::Config;
+
+    #[test]
+    fn routing_prefers_exact_paths_then_the_longest_proxy_prefix() {
+        let c = Config::from_toml(
+            "[[vhost]]\npath=\"/ws\"\ndialect=\"roadrunner\"\n\
+             [[vhost]]\npath=\"/\"\ndialect=\"proxy\"\nbackend=\"http://a\"\n\
+             [[vhost]]\npath=\"/chat/\"\ndialect=\"proxy\"\nbackend=\"http://b\"\n",
+            "t",
+        )
+        .unwrap();
+        assert_eq!(route(&c.vhosts, "/ws").unwrap(), (0, None));
+        assert_eq!(route(&c.vhosts, "/joe").unwrap(), (1, Some("joe".into())));
+        assert_eq!(route(&c.vhosts, "/chat/joe").unwrap(), (2, Some("joe".into())));
+        assert_eq!(route(&c.vhosts, "/chat/a/b").unwrap_err().status, 400);
+        let only_rr = Config::default();
+        assert_eq!(route(&only_rr.vhosts, "/x").unwrap_err().status, 404);
+    }
+}
