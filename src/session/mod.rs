@@ -19,7 +19,7 @@ use bytes::Bytes;
 
 use crate::dialect::roadrunner::{self, Command, Reply};
 use crate::ws::{close_frame, data_frame, Control, Data, Decoder, Event, Flow, OpCode};
-use send_queue::{OverBudget, SendQueue};
+use send_queue::{Frame, OverBudget, SendQueue};
 
 /// The dialect spoken on the connection, with its per-connection state.
 #[derive(Debug, Default, Clone, PartialEq, Eq)]
@@ -165,7 +165,7 @@ impl Session {
 
     /// Queues a frame within `budget` bytes; frames for a closing session
     /// are dropped silently.
-    pub fn push(&mut self, frame: Bytes, budget: usize) -> Result<(), OverBudget> {
+    pub fn push(&mut self, frame: impl Into<Frame>, budget: usize) -> Result<(), OverBudget> {
         if self.closing {
             return Ok(());
         }

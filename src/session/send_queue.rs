@@ -1,5 +1,6 @@
 //! A connection's outgoing frames, bounded in bytes (`max_backpressure`).
-//! Frames are shared `Bytes`: queueing a publication copies nothing.
+//! Frames are shared: queueing a publication copies nothing, and within a
+//! shard a frame's handle is counted without atomics (`Frame`).
 //!
 //! The budget counts what a queued frame really costs this connection: its
 //! bytes plus its queue slot. Pongs are coalesced once a connection has
@@ -9,17 +10,39 @@
 
 use std::collections::VecDeque;
 use std::io::IoSlice;
+use std::ops::Deref;
+use std::rc::Rc;
 
 use bytes::Bytes;
+
+/// A frame as a shard's queues hold it: one handle per publication per
+/// shard, shared by its subscribers with a plain (non-atomic) count, and a
+/// queue slot of one pointer instead of a `Bytes`' four words.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Frame(Rc<Bytes>);
+
+impl From<Bytes> for Frame {
+    fn from(bytes: Bytes) -> Frame {
+        Frame(Rc::new(bytes))
+    }
+}
+
+impl Deref for Frame {
+    type Target = [u8];
+
+    fn deref(&self) -> &[u8] {
+        &self.0
+    }
+}
 
 /// A queue of frames whose first one is held inline: a connection that has
 /// one frame queued at a time (fanout to idle subscribers) never allocates,
 /// and an idle connection holds no queue memory at all.
 #[derive(Debug, Default)]
 struct Frames {
-    first: Option<Bytes>,
+    first: Option<Frame>,
     /// The frames after `first`; empty whenever `first` is.
-    rest: VecDeque<Bytes>,
+    rest: VecDeque<Frame>,
 }
 
 impl Frames {
@@ -31,11 +54,11 @@ impl Frames {
         self.first.is_none()
     }
 
-    fn front(&self) -> Option<&Bytes> {
+    fn front(&self) -> Option<&Frame> {
         self.first.as_ref()
     }
 
-    fn push_back(&mut self, frame: Bytes) {
+    fn push_back(&mut self, frame: Frame) {
         if self.first.is_none() {
             self.first = Some(frame);
         } else {
@@ -43,20 +66,20 @@ impl Frames {
         }
     }
 
-    fn pop_front(&mut self) -> Option<Bytes> {
+    fn pop_front(&mut self) -> Option<Frame> {
         let front = self.first.take();
         self.first = self.rest.pop_front();
         front
     }
 
-    fn get_mut(&mut self, index: usize) -> Option<&mut Bytes> {
+    fn get_mut(&mut self, index: usize) -> Option<&mut Frame> {
         match index {
             0 => self.first.as_mut(),
             i => self.rest.get_mut(i - 1),
         }
     }
 
-    fn iter(&self) -> impl Iterator<Item = &Bytes> {
+    fn iter(&self) -> impl Iterator<Item = &Frame> {
         self.first.iter().chain(self.rest.iter())
     }
 
@@ -96,8 +119,9 @@ pub struct SendQueue {
 /// latest: a burst is answered in full, a flood costs this many at most.
 const DISTINCT_PONGS: u8 = 16;
 
-/// What a queue slot costs besides the frame's bytes (the `Bytes` handle).
-pub const SLOT_COST: usize = std::mem::size_of::<Bytes>();
+/// What a queue slot costs besides the frame's bytes (the `Frame` handle;
+/// a publication's shared handle is one per shard, not per connection).
+pub const SLOT_COST: usize = std::mem::size_of::<Frame>();
 
 /// Pushing would exceed the budget; the frame was not queued.
 #[derive(Debug, PartialEq, Eq)]
@@ -123,7 +147,8 @@ impl SendQueue {
     }
 
     /// Queues `frame` unless the queue would then cost more than `budget` bytes.
-    pub fn push(&mut self, frame: Bytes, budget: usize) -> Result<(), OverBudget> {
+    pub fn push(&mut self, frame: impl Into<Frame>, budget: usize) -> Result<(), OverBudget> {
+        let frame = frame.into();
         if self.cost() + frame.len() + SLOT_COST > budget {
             return Err(OverBudget);
         }
@@ -135,6 +160,7 @@ impl SendQueue {
     /// latest one that has not started to go out: only the latest ping needs
     /// an answer.
     pub fn push_pong(&mut self, pong: Bytes, budget: usize) -> Result<(), OverBudget> {
+        let pong = Frame::from(pong);
         if let Some(at) = self.pong_at.filter(|_| self.pongs_waiting >= DISTINCT_PONGS) {
             let started = at == self.popped && self.front_written > 0;
             if at >= self.popped && !started {
@@ -151,7 +177,8 @@ impl SendQueue {
     }
 
     /// Queues a frame that must go out regardless of the budget (a Close).
-    pub fn push_unbounded(&mut self, frame: Bytes) {
+    pub fn push_unbounded(&mut self, frame: impl Into<Frame>) {
+        let frame = frame.into();
         self.queued += frame.len();
         self.frames.push_back(frame);
     }
@@ -172,7 +199,7 @@ impl SendQueue {
     /// slot when the queue must grow, which costs nothing but the hint).
     pub fn next_slot(&self) -> *const u8 {
         if self.frames.first.is_none() {
-            return (&self.frames.first as *const Option<Bytes>).cast();
+            return (&self.frames.first as *const Option<Frame>).cast();
         }
         let (a, b) = self.frames.rest.as_slices();
         let tail = if b.is_empty() { a } else { b };

@@ -21,7 +21,7 @@ use crate::dialect::proxy;
 use crate::hooks::{HookKind, HookOutcome, HookRequest};
 use crate::metrics;
 use crate::rt;
-use crate::session::send_queue::OverBudget;
+use crate::session::send_queue::{Frame, OverBudget};
 use crate::session::{Answer, Context, Effect, Session};
 
 pub type ConnRef = Rc<RefCell<ConnState>>;
@@ -68,7 +68,7 @@ impl ConnState {
 
     /// Queues a frame within `budget` bytes and marks the connection for
     /// the driver's next pass; frames for a closing connection are dropped.
-    pub fn push(&mut self, frame: Bytes, budget: usize) -> Result<(), OverBudget> {
+    pub fn push(&mut self, frame: impl Into<Frame>, budget: usize) -> Result<(), OverBudget> {
         let was_empty = self.session.queue.is_empty();
         self.session.push(frame, budget)?;
         if was_empty && !self.session.queue.is_empty() {
