@@ -6,6 +6,8 @@ Prints one comparison table with ratios against ringcast and writes it
 
     python3 bench/peers/compare.py                 # everything (~25 min)
     python3 bench/peers/compare.py --servers ringcast,uws --scenarios hold
+    python3 bench/peers/compare.py --servers ringcast,uws --scenarios fixed,cpu --rounds 5
+                                                   # medians of 5 interleaved rounds (use an odd count)
 
 Installs what it needs: npm packages in bench/peers (uwebsockets 3.0.6, ws),
 Debian nginx-light + libnginx-mod-nchan and nats-server.
@@ -330,6 +332,32 @@ def run_cpu(server, flags, out, log, opts):
 
 SCENARIOS = {"hold": run_hold, "saturate": run_saturation, "fixed": run_fixed, "cpu": run_cpu}
 
+# The figure each scenario is judged by.
+KEY = {"hold": "bytes_per_connection", "saturate": "deliveries_per_second", "fixed": "p99_ms",
+       "cpu": "server_cpu_us_per_delivery"}
+
+
+def median_round(scenario, runs):
+    """The round with the median key figure (the lower middle one for an
+    even count), with every round's figure in `spread`; a failed round
+    counts as failed only if every round failed."""
+    ok = [r for r in runs if isinstance(r, dict) and r.get(KEY[scenario]) is not None]
+    if not ok:
+        return runs[-1]
+    ok.sort(key=lambda r: r[KEY[scenario]])
+    chosen = dict(ok[(len(ok) - 1) // 2])
+    if len(runs) > 1:
+        chosen["spread"] = [r[KEY[scenario]] if isinstance(r, dict) else r for r in runs]
+    return chosen
+
+
+def spread(r, fmt):
+    """ " [min–max of n]" for a median over several rounds."""
+    values = [v for v in r.get("spread", []) if isinstance(v, (int, float))]
+    if len(r.get("spread", [])) < 2:
+        return ""
+    return f" [{fmt(min(values))}–{fmt(max(values))} of {len(r['spread'])}]"
+
 
 def ratio(value, base):
     if value is None or not base:
@@ -359,6 +387,7 @@ def table(results, opts):
             cell = (("≥ " if sat.get("steps_exhausted") else "") + f"{sat['deliveries_per_second']:,.0f}"
                     + ratio(sat["deliveries_per_second"], base.get("saturate", {}).get("deliveries_per_second")
                             if isinstance(base.get("saturate"), dict) else None))
+            cell += spread(sat, lambda v: f"{v / 1e6:.2f} M")
             if sat.get("failed_below_best"):
                 f = sat["first_failed"]
                 cell += f"; failed at {f['rate_offered'] * opts.subscribers:,}/s (p99 {f['p99_ms']:.0f} ms)"
@@ -369,6 +398,7 @@ def table(results, opts):
         if isinstance(fx, dict):
             b = base.get("fixed") if isinstance(base.get("fixed"), dict) else {}
             cell = f"{fx['p50_ms']:.2f} / {fx['p99_ms']:.2f}{ratio(fx['p99_ms'], b.get('p99_ms'))} / {fx['p99.9_ms']:.2f}"
+            cell += spread(fx, lambda v: f"p99 {v:.0f}")
             if fx["lost"] or not fx["kept_up"]:
                 cell += f" — {fx['lost']:,} lost" + ("" if fx["kept_up"] else ", publisher held back")
             cells.append(cell)
@@ -377,7 +407,8 @@ def table(results, opts):
         hd = r.get("hold")
         if isinstance(hd, dict):
             b = base.get("hold") if isinstance(base.get("hold"), dict) else {}
-            cells.append(f"{hd['bytes_per_connection']:,.0f} B{ratio(hd['bytes_per_connection'], b.get('bytes_per_connection'))}")
+            cells.append(f"{hd['bytes_per_connection']:,.0f} B{ratio(hd['bytes_per_connection'], b.get('bytes_per_connection'))}"
+                         f"{spread(hd, lambda v: f'{v:.0f}')}")
         else:
             cells.append(hd or "")
         cpu = lambda v: "-" if v is None else f"{v:.2f}"
@@ -390,6 +421,7 @@ def table(results, opts):
             b = base.get("cpu") if isinstance(base.get("cpu"), dict) else {}
             cells.append(f"{cp['server_cpu_us_per_delivery']:.3f}"
                          f"{ratio(cp['server_cpu_us_per_delivery'], b.get('server_cpu_us_per_delivery'))}"
+                         f"{spread(cp, lambda v: f'{v:.2f}')}"
                          f" (generator {cpu(cp.get('generator_cpu'))}, publisher {cpu(cp.get('publisher_cpu'))} cores)")
         else:
             cells.append(cp if isinstance(cp, str) else "")
@@ -414,6 +446,9 @@ def main():
     ap.add_argument("--fixed-subscribers", type=int, default=1000)
     ap.add_argument("--fixed-secs", type=int, default=10)
     ap.add_argument("--cpu-deliveries", type=int, default=100000, help="cpu: deliveries/s (--subscribers subs)")
+    ap.add_argument("--rounds", type=int, default=1,
+                    help="run every server and scenario this many times, interleaved; the table shows the median "
+                         "round and the spread")
     opts = ap.parse_args()
     wanted = opts.servers.split(",")
     scenarios = opts.scenarios.split(",")
@@ -431,27 +466,35 @@ def main():
     out = Path(opts.out)
     out.mkdir(parents=True, exist_ok=True)
     log = open(out / "compare.log", "w")
-    results = {}
-    for server in [s for s in SERVERS if s.name in wanted]:
-        print(f"== {server.label}", flush=True)
+    results, rounds = {}, {}
+    servers = [s for s in SERVERS if s.name in wanted]
+    for server in servers:
         why = server.missing()
         if why:
-            print(f"  cannot run: {why}")
+            print(f"== {server.label}\n  cannot run: {why}")
             results[server.name] = {"missing": why}
-            continue
-        results[server.name] = {}
-        for sc in scenarios:
-            # A fresh server per scenario: memory and caches do not carry over.
-            with tempfile.TemporaryDirectory() as work:
-                server.proc = None
-                try:
-                    flags = server.start(work)
-                    results[server.name][sc] = SCENARIOS[sc](server, flags, out, log, opts)
-                except Exception as e:  # a peer that fails says why in the table
-                    results[server.name][sc] = f"failed: {e}"
-                finally:
-                    server.stop()
-                print(f"  {sc}: {json.dumps(results[server.name][sc])}", flush=True)
+    runnable = [s for s in servers if s.name not in results]
+    for r in range(opts.rounds):
+        # Interleaved, the first server turning each round: this VM's drift
+        # between minutes hits every server alike.
+        order = runnable[r % len(runnable):] + runnable[:r % len(runnable)] if runnable else []
+        for server in order:
+            print(f"== {server.label}" + (f" (round {r + 1} of {opts.rounds})" if opts.rounds > 1 else ""), flush=True)
+            for sc in scenarios:
+                # A fresh server per scenario: memory and caches do not carry over.
+                with tempfile.TemporaryDirectory() as work:
+                    server.proc = None
+                    try:
+                        flags = server.start(work)
+                        got = SCENARIOS[sc](server, flags, out, log, opts)
+                    except Exception as e:  # a peer that fails says why in the table
+                        got = f"failed: {e}"
+                    finally:
+                        server.stop()
+                    rounds.setdefault(server.name, {}).setdefault(sc, []).append(got)
+                    print(f"  {sc}: {json.dumps(got)}", flush=True)
+    for name, by_scenario in rounds.items():
+        results[name] = {sc: median_round(sc, runs) for sc, runs in by_scenario.items()}
     text = table(results, opts)
     (out / "compare.md").write_text(text + "\n")
     (out / "compare.json").write_text(json.dumps({"options": vars(opts), "results": results}, indent=2))
