@@ -78,7 +78,11 @@ async fn open(shard: Rc<Shard>, mut stream: TcpStream) -> bool {
         (Dialect::RoadRunner, _) => Kind::RoadRunner,
         (Dialect::WebRocket, _) => Kind::WebRocket,
         (Dialect::Proxy, Some(id)) => Kind::Proxy(Rc::from(&**id)),
-        (Dialect::Proxy, None) => unreachable!("proxy routes always carry a ClientId"),
+        (Dialect::Proxy, None) => {
+            // `route` gives every proxy path a ClientId; a bug, not input.
+            tracing::error!(vhost = %v.path, "proxy connection without a ClientId dropped");
+            return false;
+        }
     };
     let pause_at = if v.dialect == Dialect::Proxy { v.max_in_flight_per_client } else { 1 };
     let state = Rc::new(RefCell::new(ConnState {
