@@ -182,18 +182,19 @@ pub(super) fn finish(shard: &Rc<Shard>, conn: &ConnRef, peer: Option<SocketAddr>
 /// asks; then takes up held input as long as answers come at once.
 pub(super) fn on_bytes(shard: &Rc<Shard>, conn: &ConnRef, input: &mut [u8]) {
     step(shard, conn, Some(input));
-    for _ in 1..RESUMES_PER_CALL {
+    resume(shard, conn);
+}
+
+/// Takes up input held for answers that have come, as long as answers
+/// come at once (at most `RESUMES_PER_CALL` messages; the driver's read
+/// turns go on with the rest, `can_resume` listing the connection).
+pub(super) fn resume(shard: &Rc<Shard>, conn: &ConnRef) {
+    for _ in 0..RESUMES_PER_CALL {
         if !conn.borrow().session.can_resume() {
             return;
         }
         step(shard, conn, None);
     }
-    // Still more: the driver's read turns go on with it (`can_resume`).
-}
-
-/// Takes up input held for answers that have come.
-pub(super) fn resume(shard: &Rc<Shard>, conn: &ConnRef) {
-    on_bytes(shard, conn, &mut []);
 }
 
 /// One run of the session over `input` (None: its held input), then its effects.
