@@ -209,11 +209,13 @@ fn step(shard: &Rc<Shard>, conn: &ConnRef, input: Option<&mut [u8]>) {
             budget: limits.max_backpressure,
             json: &mut json,
         };
+        let was_empty = st.session.queue.is_empty();
         let n = match input {
             Some(bytes) => st.session.on_bytes(bytes, &mut cx, &mut effects),
             None => st.session.resume(&mut cx, &mut effects),
         };
-        if !st.session.queue.is_empty() {
+        // A queue that had frames is marked already (or waits for output room).
+        if was_empty && !st.session.queue.is_empty() {
             st.wake();
         }
         n
@@ -284,18 +286,30 @@ fn join(shard: &Rc<Shard>, conn: &ConnRef, broker: Option<String>, topics: Vec<S
             return join_with_hook(shard, owner, v, url, broker, topics);
         }
     }
-    let budget = shard.config.limits.max_backpressure;
-    match shard.join(st.owner.key, &mut st, broker.as_deref(), &names) {
-        None => answer(shard, &mut st, |s, out| s.join_answered(false, &names, budget, out)),
-        Some(confirmations) if confirmations.is_empty() => {
-            answer(shard, &mut st, |s, out| s.join_answered(true, &names, budget, out))
-        }
-        Some(confirmations) => {
-            // A network broker: @join once it confirmed this node's
-            // subscriptions (cluster-wide delivery from then on).
-            let owner = st.owner;
-            drop(st);
-            rt::spawn(joined_when_confirmed(shard.clone(), owner, confirmations, topics));
+    let joined = shard.join(st.owner.key, &mut st, broker.as_deref(), &names);
+    if let Some(confirmations) = answer_join(shard, &mut st, &names, joined) {
+        let owner = st.owner;
+        drop(st);
+        rt::spawn(joined_when_confirmed(shard.clone(), owner, confirmations, topics));
+    }
+}
+
+/// Answers a join that was refused (None) or needs no broker confirmation;
+/// else returns the confirmations to wait for: with a network broker `@join`
+/// goes out once it confirmed this node's subscriptions (cluster-wide
+/// delivery from then on).
+fn answer_join(
+    shard: &Shard,
+    st: &mut ConnState,
+    names: &[&str],
+    joined: Option<Vec<futures_channel::oneshot::Receiver<()>>>,
+) -> Option<Vec<futures_channel::oneshot::Receiver<()>>> {
+    match joined {
+        Some(confirmations) if !confirmations.is_empty() => Some(confirmations),
+        joined => {
+            let budget = shard.config.limits.max_backpressure;
+            answer(shard, st, |s, out| s.join_answered(joined.is_some(), names, budget, out));
+            None
         }
     }
 }
@@ -329,19 +343,9 @@ fn join_with_hook(
             let names = names(&topics);
             let joined =
                 if allowed { shard.join(owner.key, &mut st, broker.as_deref(), &names) } else { None };
-            let budget = shard.config.limits.max_backpressure;
-            match joined {
-                None => {
-                    answer(&shard, &mut st, |s, out| s.join_answered(false, &names, budget, out));
-                    return;
-                }
-                Some(c) if c.is_empty() => {
-                    answer(&shard, &mut st, |s, out| s.join_answered(true, &names, budget, out));
-                    return;
-                }
-                Some(c) => c,
-            }
+            answer_join(&shard, &mut st, &names, joined)
         };
+        let Some(confirmations) = confirmations else { return };
         joined_when_confirmed(shard, owner, confirmations, topics).await;
     });
 }
