@@ -70,6 +70,9 @@ def run(setup, opts, work, log):
             names.append("broker (nats-server)")
             wait_port(port, procs[-1])
             broker_cfg = f'broker = "nats"\n[nats]\nurl = "nats://127.0.0.1:{port}"\n'
+        if broker_cfg:
+            # Nodes sign their envelopes (docs/cluster.md); one random secret per run.
+            broker_cfg += f'[cluster]\nsecret = "{os.urandom(32).hex()}"\n'
         config = Path(work) / f"{setup}.toml"
         config.write_text(broker_cfg + '[[vhost]]\npath = "/ws"\ndialect = "roadrunner"\n')
         nodes = []

@@ -49,6 +49,7 @@ pub struct ApiContext {
 }
 
 pub async fn serve(listener: TcpListener, ctx: Arc<ApiContext>) {
+    let slots = Arc::new(tokio::sync::Semaphore::new(ctx.config.server.api_max_connections));
     loop {
         let (stream, peer) = match listener.accept().await {
             Ok(a) => a,
@@ -57,6 +58,13 @@ pub async fn serve(listener: TcpListener, ctx: Arc<ApiContext>) {
                 tokio::time::sleep(std::time::Duration::from_millis(50)).await;
                 continue;
             }
+        };
+        // Past the cap a connection is closed at once: it holds no task.
+        let Ok(slot) = slots.clone().try_acquire_owned() else {
+            ctx.metrics.deny(metrics::Denied::ApiConnections);
+            debug!(%peer, "api connection refused: server.api_max_connections reached");
+            drop(stream);
+            continue;
         };
         let ctx = ctx.clone();
         let ctx_timeout = ctx.request_timeout;
@@ -75,6 +83,7 @@ pub async fn serve(listener: TcpListener, ctx: Arc<ApiContext>) {
             {
                 debug!(%peer, error = %e, "api connection ended");
             }
+            drop(slot);
         });
     }
 }
@@ -95,7 +104,7 @@ fn error(status: StatusCode, message: &str) -> Reply {
 /// The one streaming route, else `route`.
 async fn route_streaming(req: Request<Incoming>, ctx: Arc<ApiContext>) -> crate::live::StreamReply {
     if req.uri().path() == "/stats/stream" && req.method() == Method::GET {
-        return match crate::live::check(req.headers(), &ctx) {
+        return match crate::live::check(req.headers(), &ctx, false) {
             Some(denied) => denied.map(|b| b.boxed_unsync()),
             None => crate::live::stream(ctx),
         };
@@ -109,7 +118,7 @@ async fn route(req: Request<Incoming>, ctx: &Arc<ApiContext>) -> Reply {
         if req.method() != Method::GET {
             return error(StatusCode::METHOD_NOT_ALLOWED, "method not allowed");
         }
-        if let Some(denied) = crate::live::check(req.headers(), ctx) {
+        if let Some(denied) = crate::live::check(req.headers(), ctx, path == "/debug/pprof/profile") {
             return denied;
         }
         return match path {
@@ -126,13 +135,15 @@ async fn route(req: Request<Incoming>, ctx: &Arc<ApiContext>) -> Reply {
         return worker_route(req, &vhost, ctx);
     }
     match (req.method(), req.uri().path()) {
-        (&Method::GET, "/health") => match ctx.broker.degraded() {
-            None => json(StatusCode::OK, r#"{"status":"ok"}"#.into()),
-            Some(why) => json(
-                StatusCode::SERVICE_UNAVAILABLE,
-                serde_json::json!({ "status": "degraded", "broker": why }).to_string(),
-            ),
-        },
+        (&Method::GET, "/health") => health(ctx),
+        (&Method::GET | &Method::POST, "/metrics" | "/publish") if !api_authorized(req.headers(), ctx) => {
+            unauthorized(ctx)
+        }
+        (&Method::POST, path)
+            if path.len() > 1 && !path[1..].contains('/') && !api_authorized(req.headers(), ctx) =>
+        {
+            unauthorized(ctx)
+        }
         (&Method::GET, "/metrics") => {
             let mut text = metrics::render(&ctx.shard_metrics, &ctx.metrics);
             ctx.hook_metrics.render(&mut text);
@@ -161,6 +172,47 @@ async fn route(req: Request<Incoming>, ctx: &Arc<ApiContext>) -> Reply {
         }
         (_, path) => error(StatusCode::NOT_FOUND, &format!("no route {path}")),
     }
+}
+
+/// Whether a publish, push or metrics request may go on: always without
+/// `server.api_token`, else with it as the bearer token.
+fn api_authorized(headers: &hyper::HeaderMap, ctx: &ApiContext) -> bool {
+    match &ctx.config.server.api_token {
+        None => true,
+        Some(token) => crate::admin::token_eq(crate::admin::bearer(headers), token),
+    }
+}
+
+fn unauthorized(ctx: &ApiContext) -> Reply {
+    ctx.metrics.deny(metrics::Denied::ApiUnauthorized);
+    let mut r = error(
+        StatusCode::UNAUTHORIZED,
+        "missing or wrong API token (Authorization: Bearer <server.api_token>)",
+    );
+    r.headers_mut().insert(hyper::header::WWW_AUTHENTICATE, HeaderValue::from_static("Bearer"));
+    r
+}
+
+/// `GET /health`: 200 while serving, 503 while the broker is unreachable;
+/// warnings about how the node runs (`cluster.insecure`) ride along.
+fn health(ctx: &ApiContext) -> Reply {
+    let mut warnings = Vec::new();
+    let c = &ctx.config;
+    if c.broker != "memory" && c.cluster.secret.is_none() {
+        warnings.push(format!(
+            "insecure cluster: envelopes on the {} broker are not authenticated (cluster.insecure = true; set cluster.secret)",
+            c.broker
+        ));
+    }
+    let mut body = match ctx.broker.degraded() {
+        None => serde_json::json!({ "status": "ok" }),
+        Some(why) => serde_json::json!({ "status": "degraded", "broker": why }),
+    };
+    if !warnings.is_empty() {
+        body["warnings"] = serde_json::json!(warnings);
+    }
+    let status = if body["status"] == "ok" { StatusCode::OK } else { StatusCode::SERVICE_UNAVAILABLE };
+    json(status, body.to_string())
 }
 
 /// `/admin/…`: only with `server.admin_token` set and presented.
@@ -256,9 +308,17 @@ fn text(status: StatusCode, body: &'static str) -> Reply {
 /// ws2api push (docs/protocols.md §4): `POST /<ClientId>`, the body goes to that
 /// client as one message. 200 `ok` once queued, 404 when not connected.
 async fn push_route(req: Request<Incoming>, client: &str, ctx: &ApiContext) -> Reply {
-    let body = match read_body(req, ctx).await {
+    // A push larger than a client's whole send budget could only close it
+    // as a slow consumer: refused before it is read.
+    let budget = ctx.config.limits.max_backpressure;
+    let body = match read_body_within(req, ctx, budget.min(ctx.max_body)).await {
         Ok(b) => b,
-        Err(reply) => return reply,
+        Err(reply) => {
+            if reply.status() == StatusCode::PAYLOAD_TOO_LARGE {
+                ctx.metrics.deny(metrics::Denied::PushTooLarge);
+            }
+            return reply;
+        }
     };
     let outcome = match ctx.clients.lookup(client) {
         // Not here: another node may hold it.
@@ -287,7 +347,13 @@ async fn push_route(req: Request<Incoming>, client: &str, ctx: &ApiContext) -> R
 /// The whole body, within `max_body` bytes and the request timeout (a
 /// client dribbling its body must not hold a task forever).
 async fn read_body(req: Request<Incoming>, ctx: &ApiContext) -> Result<Bytes, Reply> {
-    let collect = Limited::new(req.into_body(), ctx.max_body).collect();
+    read_body_within(req, ctx, ctx.max_body).await
+}
+
+/// `read_body` with a lower bound than `max_body` (pushes: `limits.max_backpressure`).
+async fn read_body_within(req: Request<Incoming>, ctx: &ApiContext, limit: usize) -> Result<Bytes, Reply> {
+    let key = if limit < ctx.max_body { "limits.max_backpressure" } else { "rpc.max_frame_size" };
+    let collect = Limited::new(req.into_body(), limit).collect();
     match tokio::time::timeout(ctx.request_timeout, collect).await {
         Err(_) => Err(error(
             StatusCode::REQUEST_TIMEOUT,
@@ -297,10 +363,9 @@ async fn read_body(req: Request<Incoming>, ctx: &ApiContext) -> Result<Bytes, Re
             ),
         )),
         Ok(Ok(b)) => Ok(b.to_bytes()),
-        Ok(Err(e)) if e.is::<http_body_util::LengthLimitError>() => Err(error(
-            StatusCode::PAYLOAD_TOO_LARGE,
-            &format!("body exceeds {} bytes (rpc.max_frame_size)", ctx.max_body),
-        )),
+        Ok(Err(e)) if e.is::<http_body_util::LengthLimitError>() => {
+            Err(error(StatusCode::PAYLOAD_TOO_LARGE, &format!("body exceeds {limit} bytes ({key})")))
+        }
         Ok(Err(e)) => Err(error(StatusCode::BAD_REQUEST, &format!("cannot read body: {e}"))),
     }
 }

@@ -23,6 +23,7 @@ pub struct Config {
     pub broker: String,
     pub redis: RedisConfig,
     pub nats: NatsConfig,
+    pub cluster: ClusterConfig,
     #[serde(rename = "vhost")]
     pub vhosts: Vec<VhostConfig>,
 }
@@ -59,6 +60,15 @@ pub struct ServerConfig {
     pub data_dir: std::path::PathBuf,
     /// Enables the admin API (`/admin/…`); `RINGCAST_ADMIN_TOKEN` overrides it.
     pub admin_token: Option<String>,
+    /// When set, `POST /publish`, pushes and `GET /metrics` need
+    /// `Authorization: Bearer <api_token>`; `RINGCAST_API_TOKEN` overrides it.
+    pub api_token: Option<String>,
+    /// Lets the API listen on a non-loopback address without `api_token`,
+    /// and goridge RPC (which carries no credentials) on any non-loopback
+    /// address. Off: such a start is refused.
+    pub allow_unauthenticated_remote: bool,
+    /// HTTP API connections open at once; more are closed on accept.
+    pub api_max_connections: usize,
 }
 
 #[derive(Debug, Clone, Deserialize)]
@@ -92,6 +102,11 @@ pub struct RpcConfig {
     /// A frame must arrive whole within this of its first byte; a connection
     /// that stalls mid-frame is closed. Idle connections between calls stay.
     pub frame_timeout_ms: u64,
+    /// A reply must be taken by the client within this; a client that sends
+    /// calls and never reads is dropped.
+    pub write_timeout_ms: u64,
+    /// RPC connections open at once; more are closed on accept.
+    pub max_connections: usize,
 }
 
 #[derive(Debug, Clone, Deserialize)]
@@ -121,6 +136,29 @@ pub struct NatsConfig {
 impl Default for NatsConfig {
     fn default() -> Self {
         NatsConfig { url: "nats://127.0.0.1:4222".into(), prefix: "ringcast.".into() }
+    }
+}
+
+/// How nodes sharing a network broker trust each other (docs/cluster.md).
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct ClusterConfig {
+    /// Shared by every node: signs and checks every envelope (HMAC-SHA256),
+    /// at least 32 bytes; `RINGCAST_CLUSTER_SECRET` overrides it. Required
+    /// with `broker = "redis"` or `"nats"` unless `insecure = true`.
+    pub secret: Option<String>,
+    /// Run a network broker without a secret: anyone who can publish to the
+    /// broker can then inject publications and WebRocket changes.
+    pub insecure: bool,
+    /// Envelopes sent longer ago than this (by their signed send time), or
+    /// this far in the future, are refused; control messages seen within it
+    /// are taken once. Covers the clock difference between nodes.
+    pub replay_window_ms: u64,
+}
+
+impl Default for ClusterConfig {
+    fn default() -> Self {
+        ClusterConfig { secret: None, insecure: false, replay_window_ms: 30_000 }
     }
 }
 
@@ -287,6 +325,7 @@ impl Default for Config {
             broker: "memory".into(),
             redis: RedisConfig::default(),
             nats: NatsConfig::default(),
+            cluster: ClusterConfig::default(),
             vhosts: vec![VhostConfig {
                 path: "/ws".into(),
                 dialect: Dialect::RoadRunner,
@@ -319,6 +358,9 @@ impl Default for ServerConfig {
             api_request_timeout_ms: 10_000,
             data_dir: "ringcast-data".into(),
             admin_token: None,
+            api_token: None,
+            allow_unauthenticated_remote: false,
+            api_max_connections: 1024,
         }
     }
 }
@@ -341,7 +383,12 @@ impl Default for Limits {
 
 impl Default for RpcConfig {
     fn default() -> Self {
-        RpcConfig { max_frame_size: 16 * 1024 * 1024, frame_timeout_ms: 10_000 }
+        RpcConfig {
+            max_frame_size: 16 * 1024 * 1024,
+            frame_timeout_ms: 10_000,
+            write_timeout_ms: 10_000,
+            max_connections: 1024,
+        }
     }
 }
 
@@ -451,9 +498,44 @@ impl Config {
         if !BROKERS.contains(&self.broker.as_str()) {
             return fail("broker", &format!("unknown broker {:?}; known: {BROKERS:?}", self.broker));
         }
+        let c = &self.cluster;
+        if let Some(secret) = &c.secret {
+            if secret.len() < crate::broker::seal::MIN_SECRET_LEN {
+                return fail(
+                    "cluster.secret",
+                    "use at least 32 bytes (e.g. `openssl rand -hex 32`), the same on every node",
+                );
+            }
+            if c.insecure {
+                return fail("cluster.insecure", "a cluster.secret is set: drop `insecure = true`");
+            }
+        } else if self.broker != "memory" && !c.insecure {
+            return Err(ConfigError(format!(
+                "broker = {:?} needs `cluster.secret` (or RINGCAST_CLUSTER_SECRET): at least 32 bytes shared by \
+                 every node, so nodes only apply what other nodes signed; `cluster.insecure = true` runs without \
+                 one (anyone who can publish to the broker can then inject messages)",
+                self.broker
+            )));
+        }
+        if c.replay_window_ms < 1_000 {
+            return fail("cluster.replay_window_ms", "must be at least 1000");
+        }
         if self.server.admin_token.as_ref().is_some_and(|t| t.len() < 16) {
             return fail("server.admin_token", "use at least 16 characters");
         }
+        if self.server.api_token.as_ref().is_some_and(|t| t.len() < 16) {
+            return fail("server.api_token", "use at least 16 characters");
+        }
+        if self.rpc.write_timeout_ms == 0 {
+            return fail("rpc.write_timeout_ms", "must be above 0");
+        }
+        if self.rpc.max_connections == 0 {
+            return fail("rpc.max_connections", "must be at least 1");
+        }
+        if self.server.api_max_connections == 0 {
+            return fail("server.api_max_connections", "must be at least 1");
+        }
+        self.check_exposure()?;
         if self.nats.prefix.contains(['*', '>', ' ']) || self.nats.prefix.starts_with('.') {
             return fail("nats.prefix", "NATS subject characters only (no `*`, `>`, spaces or leading `.`)");
         }
@@ -504,6 +586,35 @@ impl Config {
             if self.vhosts[..i].iter().any(|o| o.path == v.path) {
                 return fail(&format!("vhost[{i}].path"), &format!("{:?} is used twice", v.path));
             }
+        }
+        Ok(())
+    }
+}
+
+impl Config {
+    /// The API and RPC listen on loopback unless exposing them is
+    /// deliberate: the API with `api_token` (or the opt-out), goridge RPC —
+    /// which has no way to carry credentials — only with the opt-out.
+    fn check_exposure(&self) -> Result<(), ConfigError> {
+        let s = &self.server;
+        if s.allow_unauthenticated_remote {
+            return Ok(());
+        }
+        if !s.api_listen.ip().is_loopback() && s.api_token.is_none() {
+            return Err(ConfigError(format!(
+                "refusing to serve the HTTP API on {} (not loopback) without `server.api_token` (or \
+                 RINGCAST_API_TOKEN): anyone reaching it could publish and push; set a token, listen on \
+                 127.0.0.1, or set `server.allow_unauthenticated_remote = true`",
+                s.api_listen
+            )));
+        }
+        if !s.rpc_listen.ip().is_loopback() {
+            return Err(ConfigError(format!(
+                "refusing to serve goridge RPC on {} (not loopback): the protocol carries no credentials, so \
+                 anyone reaching it could publish; listen on 127.0.0.1 (or a private interface with \
+                 `server.allow_unauthenticated_remote = true`)",
+                s.rpc_listen
+            )));
         }
         Ok(())
     }
@@ -591,6 +702,47 @@ mod tests {
         )
         .unwrap_err();
         assert!(e.0.contains("jion"));
+    }
+
+    #[test]
+    fn a_network_broker_needs_a_secret_or_an_explicit_insecure() {
+        let c = Config::from_toml("broker = \"redis\"\n", "x").unwrap();
+        let e = c.validate().unwrap_err().0;
+        assert!(e.contains("cluster.secret") && e.contains("RINGCAST_CLUSTER_SECRET"), "{e}");
+        let c = Config::from_toml("broker = \"nats\"\n[cluster]\ninsecure = true\n", "x").unwrap();
+        c.validate().unwrap();
+        let c = Config::from_toml("broker = \"redis\"\n[cluster]\nsecret = \"short\"\n", "x").unwrap();
+        assert!(c.validate().unwrap_err().0.contains("32 bytes"));
+        let long = "s".repeat(32);
+        let c =
+            Config::from_toml(&format!("broker = \"redis\"\n[cluster]\nsecret = \"{long}\"\n"), "x").unwrap();
+        c.validate().unwrap();
+        Config::default().validate().unwrap();
+    }
+
+    #[test]
+    fn exposed_api_and_rpc_need_a_token_or_an_explicit_opt_out() {
+        let c = Config::from_toml("[server]\napi_listen = \"0.0.0.0:8081\"\n", "x").unwrap();
+        let e = c.validate().unwrap_err().0;
+        assert!(e.contains("server.api_token") && e.contains("0.0.0.0:8081"), "{e}");
+        let c = Config::from_toml(
+            "[server]\napi_listen = \"0.0.0.0:8081\"\napi_token = \"0123456789abcdef\"\n",
+            "x",
+        )
+        .unwrap();
+        c.validate().unwrap();
+        let c = Config::from_toml(
+            "[server]\nrpc_listen = \"0.0.0.0:6001\"\napi_token = \"0123456789abcdef\"\n",
+            "x",
+        )
+        .unwrap();
+        assert!(c.validate().unwrap_err().0.contains("goridge RPC"));
+        let c = Config::from_toml(
+            "[server]\nrpc_listen = \"0.0.0.0:6001\"\napi_listen = \"[::]:1\"\nallow_unauthenticated_remote = true\n",
+            "x",
+        )
+        .unwrap();
+        c.validate().unwrap();
     }
 
     #[test]

@@ -41,9 +41,16 @@ fn presented(headers: &HeaderMap) -> Option<String> {
 }
 
 /// None when the request may see operator routes; else the 401 to answer.
-pub fn check(headers: &HeaderMap, ctx: &ApiContext) -> Option<Reply> {
-    let token = ctx.admin_token.as_ref()?;
-    if presented(headers).is_some_and(|p| crate::admin::token_eq(&p, token)) {
+pub fn check(headers: &HeaderMap, ctx: &ApiContext, admin_only: bool) -> Option<Reply> {
+    // Either token opens the live views (`admin_only`: profiling, the admin
+    // token alone); with neither set they are open (the API then listens on
+    // loopback, or by the operator's choice).
+    let api_token = if admin_only { &None } else { &ctx.config.server.api_token };
+    let tokens: Vec<&String> = [&ctx.admin_token, api_token].into_iter().flatten().collect();
+    if tokens.is_empty() {
+        return None;
+    }
+    if presented(headers).is_some_and(|p| tokens.iter().any(|t| crate::admin::token_eq(&p, t))) {
         return None;
     }
     let body = r#"{"error":"missing or wrong admin token (Authorization: Bearer …, or Basic auth with the token as password)"}"#;

@@ -88,6 +88,12 @@ fn main() -> ExitCode {
     if let Ok(token) = std::env::var("RINGCAST_ADMIN_TOKEN") {
         config.server.admin_token = Some(token).filter(|t| !t.is_empty());
     }
+    if let Ok(token) = std::env::var("RINGCAST_API_TOKEN") {
+        config.server.api_token = Some(token).filter(|t| !t.is_empty());
+    }
+    if let Ok(secret) = std::env::var("RINGCAST_CLUSTER_SECRET") {
+        config.cluster.secret = Some(secret).filter(|s| !s.is_empty());
+    }
     if let Err(e) = config.validate() {
         return fail(&e.to_string());
     }
@@ -95,6 +101,12 @@ fn main() -> ExitCode {
         let mut shown = config.clone();
         if shown.server.admin_token.is_some() {
             shown.server.admin_token = Some("<redacted>".into());
+        }
+        if shown.server.api_token.is_some() {
+            shown.server.api_token = Some("<redacted>".into());
+        }
+        if shown.cluster.secret.is_some() {
+            shown.cluster.secret = Some("<redacted>".into());
         }
         // A closed pipe (`| head`) is not an error worth a panic.
         let _ = writeln!(std::io::stdout(), "{shown:#?}");

@@ -100,9 +100,59 @@ pub struct GlobalMetrics {
     pub pushes_queued: AtomicU64,
     pub pushes_not_connected: AtomicU64,
     pub pushes_slow_consumer: AtomicU64,
+    /// By `Denied::index`.
+    pub denied: [AtomicU64; Denied::ALL.len()],
+}
+
+/// Work refused at a trust boundary (docs/security.md): the label of
+/// `ringcast_denied_total{reason}`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Denied {
+    /// An API call without the `api_token` it needs (401).
+    ApiUnauthorized,
+    /// A push larger than `limits.max_backpressure` (413).
+    PushTooLarge,
+    /// An API connection over `server.api_max_connections`.
+    ApiConnections,
+    /// An RPC connection over `rpc.max_connections`.
+    RpcConnections,
+    /// An RPC call whose method name is over 256 bytes.
+    RpcMethodName,
+    /// An RPC client that did not read its replies within `rpc.write_timeout_ms`.
+    RpcWriteTimeout,
+}
+
+impl Denied {
+    pub const ALL: [Denied; 6] = [
+        Denied::ApiUnauthorized,
+        Denied::PushTooLarge,
+        Denied::ApiConnections,
+        Denied::RpcConnections,
+        Denied::RpcMethodName,
+        Denied::RpcWriteTimeout,
+    ];
+
+    pub fn label(self) -> &'static str {
+        match self {
+            Denied::ApiUnauthorized => "api_unauthorized",
+            Denied::PushTooLarge => "push_too_large",
+            Denied::ApiConnections => "api_connections",
+            Denied::RpcConnections => "rpc_connections",
+            Denied::RpcMethodName => "rpc_method_name",
+            Denied::RpcWriteTimeout => "rpc_write_timeout",
+        }
+    }
+
+    fn index(self) -> usize {
+        Denied::ALL.iter().position(|r| *r == self).expect("listed")
+    }
 }
 
 impl GlobalMetrics {
+    pub fn deny(&self, why: Denied) {
+        inc(&self.denied[why.index()]);
+    }
+
     pub fn record_push(&self, outcome: crate::shard::PushOutcome) {
         use crate::shard::PushOutcome::*;
         inc(match outcome {
@@ -309,6 +359,20 @@ pub fn render(shards: &[Arc<ShardMetrics>], global: &GlobalMetrics) -> String {
         ("slow_consumer", &global.pushes_slow_consumer),
     ] {
         let _ = writeln!(out, "ringcast_push_requests_total{{outcome=\"{outcome}\"}} {}", v.load(Relaxed));
+    }
+    head(
+        &mut out,
+        "ringcast_denied_total",
+        "counter",
+        "API and RPC requests and connections refused at a trust boundary, by reason.",
+    );
+    for r in Denied::ALL {
+        let _ = writeln!(
+            out,
+            "ringcast_denied_total{{reason=\"{}\"}} {}",
+            r.label(),
+            global.denied[r.index()].load(Relaxed)
+        );
     }
     out
 }

@@ -7,7 +7,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use socket2::{Domain, Protocol, Socket, Type};
-use tracing::{error, info};
+use tracing::{error, info, warn};
 
 use crate::api::{self, ApiContext};
 use crate::broker::cluster::{Cluster, ClusterMetrics};
@@ -306,7 +306,19 @@ async fn start_cluster(
         .await
         .map_err(StartError)?,
     };
-    Ok(Cluster::start(transport, incoming_rx, interest, router, clients, metrics, webrocket))
+    let trust = crate::broker::cluster::Trust {
+        sealer: crate::broker::seal::Sealer::new(config.cluster.secret.as_deref().map(str::as_bytes)),
+        window_ms: config.cluster.replay_window_ms,
+        configured_vhosts: config.vhosts.iter().map(|v| v.path.clone()).collect(),
+    };
+    if !trust.sealer.is_secure() {
+        warn!(
+            "cluster.insecure = true: envelopes on the {} broker are not authenticated; anyone who can publish \
+             to it can inject publications and WebRocket changes (set cluster.secret)",
+            config.broker
+        );
+    }
+    Ok(Cluster::start((transport, incoming_rx), interest, router, clients, metrics, webrocket, trust))
 }
 
 /// Opens the state store when anything can use it (a webrocket vhost in the

@@ -10,6 +10,9 @@ use std::time::{Duration, Instant};
 
 use common::backend::{Answer, Backend};
 use common::*;
+use prost::Message as _;
+use ringcast::broker::envelope::{self, Body, Publication, Received, Replicate};
+use ringcast::broker::seal::Sealer;
 
 /// A free port below the ephemeral range: a client reconnecting in a loop
 /// to a dead broker's ephemeral-range port can end up connected to itself
@@ -84,12 +87,90 @@ impl BrokerServer {
     }
 
     fn config(&self) -> String {
+        format!("{}[cluster]\nsecret = \"{SECRET}\"\n", self.config_without_secret())
+    }
+
+    fn config_without_secret(&self) -> String {
         match self.kind {
             Kind::Redis => {
                 format!("broker = \"redis\"\n[redis]\nurl = \"redis://127.0.0.1:{}\"\n", self.port)
             }
             Kind::Nats => format!("broker = \"nats\"\n[nats]\nurl = \"nats://127.0.0.1:{}\"\n", self.port),
         }
+    }
+
+    /// The broker subject of a topic, as nodes name it.
+    fn topic_subject(&self, topic: &str) -> String {
+        use base64::Engine;
+        match self.kind {
+            Kind::Redis => format!("ringcast:{topic}"),
+            Kind::Nats => {
+                format!("ringcast.t.{}", base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(topic))
+            }
+        }
+    }
+
+    fn control_subject(&self) -> String {
+        match self.kind {
+            Kind::Redis => "ringcast:control".into(),
+            Kind::Nats => "ringcast.control".into(),
+        }
+    }
+
+    /// Publishes raw bytes on the broker, as anyone who can reach it can.
+    fn inject(&self, subject: &str, payload: &[u8]) {
+        use std::io::{Read, Write};
+        let mut c = std::net::TcpStream::connect(("127.0.0.1", self.port)).unwrap();
+        c.set_read_timeout(Some(Duration::from_secs(5))).unwrap();
+        let mut out = Vec::new();
+        match self.kind {
+            Kind::Redis => {
+                out.extend_from_slice(
+                    format!("*3\r\n$7\r\nPUBLISH\r\n${}\r\n{subject}\r\n", subject.len()).as_bytes(),
+                );
+                out.extend_from_slice(format!("${}\r\n", payload.len()).as_bytes());
+                out.extend_from_slice(payload);
+                out.extend_from_slice(b"\r\n");
+            }
+            Kind::Nats => {
+                out.extend_from_slice(b"CONNECT {\"verbose\":false}\r\n");
+                out.extend_from_slice(format!("PUB {subject} {}\r\n", payload.len()).as_bytes());
+                out.extend_from_slice(payload);
+                out.extend_from_slice(b"\r\nPING\r\n");
+            }
+        }
+        c.write_all(&out).unwrap();
+        // Redis answers the PUBLISH, NATS the PING: the message was taken.
+        let mut answer = [0u8; 256];
+        let mut seen = Vec::new();
+        while !seen.ends_with(b"\r\n")
+            || (self.kind == Kind::Nats && !String::from_utf8_lossy(&seen).contains("PONG"))
+        {
+            let n = c.read(&mut answer).unwrap();
+            assert!(n > 0, "the broker closed");
+            seen.extend_from_slice(&answer[..n]);
+        }
+    }
+
+    /// A raw subscriber to `subject`: what nodes send there, as an
+    /// eavesdropper on the broker sees it.
+    fn spy(&self, subject: &str) -> Spy {
+        use std::io::Write;
+        let mut c = std::net::TcpStream::connect(("127.0.0.1", self.port)).unwrap();
+        let request = match self.kind {
+            Kind::Redis => format!("*2\r\n$9\r\nSUBSCRIBE\r\n${}\r\n{subject}\r\n", subject.len()),
+            Kind::Nats => format!("CONNECT {{\"verbose\":false}}\r\nSUB {subject} 1\r\nPING\r\n"),
+        };
+        c.write_all(request.as_bytes()).unwrap();
+        let mut spy = Spy { kind: self.kind, reader: std::io::BufReader::new(c) };
+        // The subscription is confirmed (Redis: the subscribe reply; NATS: PONG).
+        match self.kind {
+            Kind::Redis => {
+                spy.resp();
+            }
+            Kind::Nats => while spy.line() != "PONG" {},
+        }
+        spy
     }
 
     /// Subscribers the broker has for this node-independent topic name
@@ -113,6 +194,91 @@ impl BrokerServer {
                 text.matches(&format!("\"subject\": \"{subject}\"")).count() as u64
             }
         }
+    }
+}
+
+/// Shared by the test nodes (`[cluster] secret`).
+const SECRET: &str = "test-cluster-secret-0123456789abcdef";
+
+struct Spy {
+    kind: Kind,
+    reader: std::io::BufReader<std::net::TcpStream>,
+}
+
+/// A RESP value, as far as these tests read them.
+enum Resp {
+    Bulk(Vec<u8>),
+    Int,
+    Array(Vec<Resp>),
+}
+
+impl Spy {
+    fn line(&mut self) -> String {
+        use std::io::BufRead;
+        let mut l = String::new();
+        self.reader.read_line(&mut l).unwrap();
+        assert!(!l.is_empty(), "the broker closed the spy");
+        l.trim_end().to_string()
+    }
+
+    fn exact(&mut self, n: usize) -> Vec<u8> {
+        use std::io::Read;
+        let mut b = vec![0u8; n + 2];
+        self.reader.read_exact(&mut b).unwrap();
+        b.truncate(n);
+        b
+    }
+
+    fn resp(&mut self) -> Resp {
+        let l = self.line();
+        match l.as_bytes()[0] {
+            b'*' => Resp::Array((0..l[1..].parse::<usize>().unwrap()).map(|_| self.resp()).collect()),
+            b'$' => Resp::Bulk(self.exact(l[1..].parse().unwrap())),
+            b':' => Resp::Int,
+            _ => panic!("unexpected RESP {l}"),
+        }
+    }
+
+    /// The next message's payload, within `within` (None after it).
+    fn next(&mut self, within: Duration) -> Option<Vec<u8>> {
+        self.reader.get_ref().set_read_timeout(Some(within)).unwrap();
+        loop {
+            use std::io::BufRead;
+            match self.reader.fill_buf() {
+                Ok(b) if !b.is_empty() => {}
+                _ => return None,
+            }
+            match self.kind {
+                Kind::Redis => {
+                    if let Resp::Array(mut parts) = self.resp() {
+                        if let Some(Resp::Bulk(payload)) = parts.pop() {
+                            return Some(payload);
+                        }
+                    }
+                }
+                Kind::Nats => {
+                    let l = self.line();
+                    if let Some(head) = l.strip_prefix("MSG ") {
+                        let len = head.rsplit(' ').next().unwrap().parse().unwrap();
+                        return Some(self.exact(len));
+                    }
+                }
+            }
+        }
+    }
+
+    /// The next envelope accepted by `pick`, opened with the test secret.
+    fn envelope<T>(&mut self, mut pick: impl FnMut(&Received) -> Option<T>) -> (Vec<u8>, T) {
+        let deadline = Instant::now() + Duration::from_secs(10);
+        while Instant::now() < deadline {
+            let Some(raw) = self.next(Duration::from_secs(1)) else { continue };
+            let (inner, _) = Sealer::new(Some(SECRET.as_bytes())).open(raw.clone().into()).expect("signed");
+            let r = envelope::decode(inner).expect("an envelope");
+            if let Some(t) = pick(&r) {
+                return (raw, t);
+            }
+        }
+        panic!("no such envelope within 10 s");
     }
 }
 
@@ -546,4 +712,190 @@ fn nginx_in_front_of_three_nodes() {
     for ws in clients.iter_mut() {
         assert_eq!(recv_text(ws), delivery("lb", "through nginx"));
     }
+}
+
+/// A signed (or, with `secret` None, a wrongly signed) envelope from `origin`.
+fn forge(secret: Option<&str>, origin: &str, sent_at_ms: u64, body: Body) -> Vec<u8> {
+    let e = envelope::envelope(origin, sent_at_ms, body);
+    let key = secret.map_or(&b"not the cluster secret, but 32+ bytes long"[..], str::as_bytes);
+    Sealer::new(Some(key)).seal(&e.encode_to_vec()).to_vec()
+}
+
+fn now_ms() -> u64 {
+    std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap().as_millis() as u64
+}
+
+fn rejected(s: &Server, reason: &str) -> u64 {
+    let text = http_get(&s.url("/metrics")).1;
+    text.lines()
+        .find(|l| {
+            l.starts_with("ringcast_broker_rejected_total{") && l.contains(&format!("reason=\"{reason}\""))
+        })
+        .and_then(|l| l.rsplit(' ').next())
+        .map_or(0, |v| v.parse().unwrap())
+}
+
+/// The attacks of a broker reachable by strangers (docs/cluster.md,
+/// "Trust"): forged, replayed and stale envelopes, a sequence number meant
+/// to silence a node, a frame meant to close clients, admin changes meant
+/// to open a vhost. None is applied; genuine traffic goes on.
+fn forged_envelopes_are_refused(kind: Kind) {
+    let broker = BrokerServer::start(kind);
+    let config = format!(
+        "{}[server]\nadmin_token = \"{TOKEN}\"\n[[vhost]]\npath = \"/ws\"\ndialect = \"roadrunner\"\n\
+         [[vhost]]\npath = \"/world\"\ndialect = \"webrocket\"\nanonymous = [\"READ\"]\n",
+        broker.config()
+    );
+    let a = Server::start(&config, 1);
+    let b = Server::start(&config, 1);
+    connected(&[&a, &b]);
+    let mut sub = b.connect("/ws");
+    join(&mut sub, &["news"]);
+    assert!(eventually(Duration::from_secs(5), || broker.interest("news") >= 1));
+    // Learn A's origin and sequence from its genuine traffic, as an
+    // eavesdropper would.
+    let mut spy = broker.spy(&broker.topic_subject("news"));
+    assert_eq!(publish(&a, "news", "genuine-1").0, 200);
+    assert_eq!(recv_text(&mut sub), delivery("news", "genuine-1"));
+    let (_, (origin, seq, frame)) = spy.envelope(|r| match &r.body {
+        Body::Publication(p) => Some((r.origin.clone(), p.seq, p.frame.clone())),
+        _ => None,
+    });
+    let close = ringcast::ws::encode::close_frame(1008, "injected");
+    let publication = |seq: u64, frame: &bytes::Bytes| {
+        Body::Publication(Publication { topic: "news".into(), seq, frame: frame.clone() })
+    };
+    let news = broker.topic_subject("news");
+    let mut genuine = 1;
+    let mut still_delivered = |sub: &mut Ws| {
+        genuine += 1;
+        let text = format!("genuine-{genuine}");
+        assert_eq!(publish(&a, "news", &text).0, 200);
+        assert_eq!(recv_text(sub), delivery("news", &text), "genuine traffic after a forgery");
+    };
+
+    // Without the secret: a Close frame and a silencing sequence number.
+    broker.inject(&news, &forge(None, &origin, now_ms(), publication(1 << 63, &close)));
+    broker.inject(&news, b"not even an envelope");
+    assert!(eventually(Duration::from_secs(5), || rejected(&b, "bad_signature") >= 1));
+    assert!(
+        eventually(Duration::from_secs(5), || rejected(&b, "bad_signature") + rejected(&b, "unsigned") >= 2)
+    );
+    still_delivered(&mut sub);
+
+    // With the secret (a compromised or buggy node): a sequence jump
+    // restarts the stream instead of blackholing A, and a non-data frame
+    // never reaches a socket.
+    broker.inject(&news, &forge(Some(SECRET), &origin, now_ms(), publication(1 << 63, &frame)));
+    assert!(eventually(Duration::from_secs(5), || rejected(&b, "sequence_jump") == 1));
+    still_delivered(&mut sub);
+    still_delivered(&mut sub);
+    broker.inject(&news, &forge(Some(SECRET), &origin, now_ms(), publication(seq + 100, &close)));
+    let mut half = frame.to_vec();
+    half.truncate(half.len() - 1);
+    broker.inject(&news, &forge(Some(SECRET), &origin, now_ms(), publication(seq + 101, &half.into())));
+    assert!(eventually(Duration::from_secs(5), || rejected(&b, "bad_frame") == 2));
+    still_delivered(&mut sub);
+    // Stale: sent two minutes ago.
+    broker.inject(&news, &forge(Some(SECRET), &origin, now_ms() - 120_000, publication(seq + 3, &frame)));
+    assert!(eventually(Duration::from_secs(5), || rejected(&b, "stale") == 1));
+    still_delivered(&mut sub);
+    // Its own origin: A ignores what claims to be itself.
+    let mut on_a = a.connect("/ws");
+    join(&mut on_a, &["own"]);
+    assert!(eventually(Duration::from_secs(5), || broker.interest("own") >= 1));
+    let forged = ringcast::ws::encode::data_frame(
+        tungstenite::protocol::frame::coding::OpCode::Data(tungstenite::protocol::frame::coding::Data::Text),
+        b"{\"topic\":\"own\",\"payload\":\"forged\"}",
+    );
+    let own = Body::Publication(Publication { topic: "own".into(), seq: 1, frame: forged });
+    broker.inject(&broker.topic_subject("own"), &forge(Some(SECRET), &origin, now_ms(), own));
+    assert_eq!(publish(&a, "own", "genuine").0, 200);
+    assert_eq!(recv_text(&mut on_a), delivery("own", "genuine"), "its own origin's envelope is ignored");
+    assert!(b.metric("ringcast_broker_gaps_total") < 10_000, "a jump counts as one gap, not 2^63");
+
+    // Admin changes: an empty worker token and the RoadRunner vhost
+    // re-declared as an open WebRocket one.
+    let open_up = serde_json::json!([
+        { "PutToken": { "vhost": "/world", "token": "" } },
+        { "PutVhost": { "path": "/ws", "anonymous": 7 } },
+    ]);
+    let replicate =
+        |json: &serde_json::Value| Body::Replicate(Replicate { writes_json: json.to_string().into() });
+    let control = broker.control_subject();
+    broker.inject(&control, &forge(None, &origin, now_ms(), replicate(&open_up)));
+    broker.inject(&control, &forge(Some(SECRET), &origin, now_ms(), replicate(&open_up)));
+    assert!(eventually(Duration::from_secs(5), || rejected(&b, "bad_change") == 1));
+    let worker_without_token = try_connect(b.api, "/workers/world", &[]);
+    assert!(
+        matches!(&worker_without_token, Err(tungstenite::Error::Http(r)) if r.status() == 401),
+        "{worker_without_token:?}"
+    );
+    let (_, vhosts) = admin(&b, "GET", "/admin/vhosts", None);
+    assert_eq!(vhosts.as_array().unwrap().len(), 1, "{vhosts}");
+    assert_eq!(join_reply(&b), r#"{"topic":"@join","payload":["x"]}"#, "/ws still speaks roadrunner");
+
+    // A genuine change replayed after it was undone is not applied again.
+    let mut control_spy = broker.spy(&control);
+    let eve = serde_json::json!({ "vhost": "/world", "name": "eve", "permissions": ["READ"] });
+    assert_eq!(admin(&a, "POST", "/admin/users", Some(eve)).0, 201);
+    let (captured, ()) = control_spy.envelope(|r| matches!(r.body, Body::Replicate(_)).then_some(()));
+    let users_on_b = || admin(&b, "GET", "/admin/users?vhost=/world", None).1.as_array().unwrap().len();
+    assert!(eventually(Duration::from_secs(5), || users_on_b() == 1));
+    assert_eq!(admin(&a, "DELETE", "/admin/users?vhost=/world&name=eve", None).0, 200);
+    assert!(eventually(Duration::from_secs(5), || users_on_b() == 0));
+    broker.inject(&control, &captured);
+    assert!(eventually(Duration::from_secs(5), || rejected(&b, "replayed") == 1));
+    assert_eq!(users_on_b(), 0, "a replayed change is not applied");
+}
+
+/// A roadrunner join on B's `/ws`: what it answers.
+fn join_reply(s: &Server) -> String {
+    let mut ws = s.connect("/ws");
+    ask(&mut ws, r#"{"command":"join","topics":["x"]}"#)
+}
+
+#[test]
+fn redis_forged_envelopes_are_refused() {
+    forged_envelopes_are_refused(Kind::Redis);
+}
+
+#[test]
+fn nats_forged_envelopes_are_refused() {
+    forged_envelopes_are_refused(Kind::Nats);
+}
+
+#[test]
+fn a_network_broker_needs_a_secret_or_an_explicit_insecure() {
+    let broker = BrokerServer::start(Kind::Redis);
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("c.toml");
+    std::fs::write(&path, broker.config_without_secret()).unwrap();
+    let out = Command::new(env!("CARGO_BIN_EXE_ringcast"))
+        .arg("--config")
+        .arg(&path)
+        .env_remove("RINGCAST_CLUSTER_SECRET")
+        .output()
+        .unwrap();
+    assert!(!out.status.success());
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(err.contains("cluster.secret") && err.contains("cluster.insecure"), "{err}");
+    // The secret from the environment is enough.
+    let s = Server::start_env(
+        &roadrunner_config(&broker.config_without_secret()),
+        1,
+        &[("RINGCAST_CLUSTER_SECRET", SECRET)],
+    );
+    connected(&[&s]);
+    assert!(!http_get(&s.url("/health")).1.contains("insecure"));
+    // Insecure on purpose: it runs, and says so at start and in /health.
+    let s = Server::start(
+        &roadrunner_config(&format!("{}[cluster]\ninsecure = true\n", broker.config_without_secret())),
+        1,
+    );
+    connected(&[&s]);
+    let (status, health) = http_get(&s.url("/health"));
+    assert_eq!(status, 200);
+    assert!(health.contains("insecure"), "{health}");
+    assert!(s.log().contains("insecure"), "{}", s.log());
 }

@@ -145,3 +145,89 @@ fn slow_request_heads_and_bodies_are_cut_off_at_the_request_timeout() {
     // The API still serves.
     assert_eq!(http_get(&s.url("/health")).0, 200);
 }
+
+const API_TOKEN: &str = "api-token-0123456789abcdef";
+
+/// (status, body) of a request with an optional bearer token.
+fn call(method: &str, url: &str, token: Option<&str>, body: Option<&[u8]>) -> (u16, String) {
+    let mut req = ureq::request(method, url).set("Content-Type", "application/json");
+    if let Some(t) = token {
+        req = req.set("Authorization", &format!("Bearer {t}"));
+    }
+    let result = match body {
+        Some(b) => req.send_bytes(b),
+        None => req.call(),
+    };
+    match result {
+        Ok(r) => (r.status(), r.into_string().unwrap()),
+        Err(ureq::Error::Status(code, r)) => (code, r.into_string().unwrap()),
+        Err(e) => panic!("{method} {url}: {e}"),
+    }
+}
+
+#[test]
+fn with_an_api_token_publish_push_and_metrics_need_it() {
+    let s = Server::start(&roadrunner_config(&format!("[server]\napi_token = \"{API_TOKEN}\"\n")), 1);
+    let mut ws = s.connect("/ws");
+    join(&mut ws, &["t"]);
+    let body = br#"{"topics":["t"],"payload":"x"}"#;
+    for token in [None, Some("wrong"), Some("api-token-0123456789abcdeX"), Some("")] {
+        let (status, reply) = call("POST", &s.url("/publish"), token, Some(body));
+        assert_eq!(status, 401, "{token:?}: {reply}");
+        assert!(reply.contains("server.api_token"), "{reply}");
+        assert_eq!(call("POST", &s.url("/some-client"), token, Some(b"hi")).0, 401);
+        assert_eq!(call("GET", &s.url("/metrics"), token, None).0, 401);
+    }
+    assert_silent(&mut ws, std::time::Duration::from_millis(200));
+    assert_eq!(call("POST", &s.url("/publish"), Some(API_TOKEN), Some(body)).0, 200);
+    assert_eq!(recv_text(&mut ws), r#"{"topic":"t","payload":"x"}"#);
+    assert_eq!(call("POST", &s.url("/some-client"), Some(API_TOKEN), Some(b"hi")).0, 404);
+    let (status, metrics) = call("GET", &s.url("/metrics"), Some(API_TOKEN), None);
+    assert_eq!(status, 200);
+    assert!(metrics.contains("ringcast_denied_total{reason=\"api_unauthorized\"} 12"), "{metrics}");
+    // Health stays open for load balancers; the live views take the token too.
+    assert_eq!(http_get(&s.url("/health")).0, 200);
+    assert_eq!(call("GET", &s.url("/stats"), None, None).0, 401);
+    assert_eq!(call("GET", &s.url("/stats"), Some(API_TOKEN), None).0, 200);
+}
+
+#[test]
+fn a_push_larger_than_a_clients_budget_is_413() {
+    let s = Server::start(&roadrunner_config("[limits]\nmax_backpressure = 4096\n"), 1);
+    let (status, reply) = http_post(&s.url("/some-client"), "application/octet-stream", &[b'x'; 4097]);
+    assert_eq!(status, 413, "{reply}");
+    assert!(reply.contains("limits.max_backpressure"), "{reply}");
+    let (status, _) = http_post(&s.url("/some-client"), "application/octet-stream", &[b'x'; 4096]);
+    assert_eq!(status, 404, "within the budget: looked up (not connected)");
+    assert!(http_get(&s.url("/metrics")).1.contains("ringcast_denied_total{reason=\"push_too_large\"} 1"));
+}
+
+#[test]
+fn api_and_rpc_refuse_a_public_address_without_authentication() {
+    let run = |config: &str, args: &[&str]| {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("c.toml");
+        std::fs::write(&path, config).unwrap();
+        std::process::Command::new(env!("CARGO_BIN_EXE_ringcast"))
+            .arg("--config")
+            .arg(&path)
+            .args(args)
+            .arg("--check-config")
+            .env_remove("RINGCAST_API_TOKEN")
+            .output()
+            .unwrap()
+    };
+    let out = run("", &["--api-listen", "0.0.0.0:0"]);
+    assert!(!out.status.success());
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(err.contains("server.api_token") && err.contains("0.0.0.0:0"), "{err}");
+    let out = run(&format!("[server]\napi_token = \"{API_TOKEN}\"\n"), &["--api-listen", "0.0.0.0:0"]);
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    let shown = String::from_utf8_lossy(&out.stdout);
+    assert!(!shown.contains(API_TOKEN) && shown.contains("<redacted>"), "{shown}");
+    let out = run(&format!("[server]\napi_token = \"{API_TOKEN}\"\n"), &["--rpc-listen", "0.0.0.0:0"]);
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success() && err.contains("goridge RPC"), "{err}");
+    let out = run("[server]\nallow_unauthenticated_remote = true\n", &["--rpc-listen", "0.0.0.0:0"]);
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+}

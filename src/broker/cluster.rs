@@ -3,8 +3,16 @@
 //! while one of its shards has a subscriber (shards report their first and
 //! last subscriber per topic), publishes each delivery once as an envelope
 //! carrying the encoded frame, and hands what arrives — its own
-//! publications included — to its shards. Sequence numbers per origin and
-//! topic make loss visible (`ringcast_broker_gaps_total`).
+//! publications excepted: they reach this node's shards directly — to its
+//! shards. Sequence numbers per origin and topic make loss visible
+//! (`ringcast_broker_gaps_total`).
+//!
+//! Everything that arrives is treated as coming from a stranger: it must
+//! carry a valid tag under the cluster secret (`seal`), be fresh, be new
+//! (control messages), and what it asks is validated as the local API would
+//! (a publication's frame, a replicated change) before it is applied.
+//! Refusals are counted in `ringcast_broker_rejected_total{reason}` and
+//! logged at most once per reason every 10 s.
 
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -17,9 +25,10 @@ use tracing::{debug, warn};
 
 use super::envelope::proto::query::Ask;
 use super::envelope::{
-    self, Body, Gaps, Heartbeat, Publication, PushReply, PushRequest, Query, QueryReply, Replicate, Seen,
-    Trigger,
+    self, Body, Gaps, Heartbeat, Publication, PushReply, PushRequest, Query, QueryReply, Received, Replicate,
+    Seen, Trigger,
 };
+use super::seal::{self, Rejected, ReplayGuard, Sealer};
 use super::transport::{Incoming, Transport, OPERATION_TIMEOUT};
 use super::{BoxFuture, Broker, Interest, InterestReceiver};
 use crate::clients::ClientRegistry;
@@ -43,6 +52,8 @@ pub struct ClusterMetrics {
     pub received: AtomicU64,
     pub subscriptions: AtomicU64,
     pub triggers_lost: AtomicU64,
+    /// By `Rejected::index`.
+    pub rejected: [AtomicU64; Rejected::ALL.len()],
     /// Publish → the broker took it.
     pub round_trip: Histogram,
 }
@@ -100,6 +111,16 @@ impl ClusterMetrics {
                 "# HELP {name} {help}\n# TYPE {name} {kind}\n{name}{{broker=\"{broker}\"}} {value}"
             );
         }
+        let name = "ringcast_broker_rejected_total";
+        let _ = writeln!(
+            out,
+            "# HELP {name} Broker messages refused and never applied: unsigned, bad_signature, malformed, stale, \
+             replayed, bad_frame, sequence_jump, bad_change.\n# TYPE {name} counter"
+        );
+        for r in Rejected::ALL {
+            let value = self.rejected[r.index()].load(Ordering::Relaxed);
+            let _ = writeln!(out, "{name}{{broker=\"{broker}\",reason=\"{}\"}} {value}", r.label());
+        }
         self.round_trip.render(
             "ringcast_broker_round_trip_seconds",
             "From handing publications to the broker to its acknowledgement.",
@@ -130,8 +151,27 @@ struct State {
     clients: HashMap<String, usize>,
 }
 
+/// What a node trusts of what arrives through the broker.
+pub struct Trust {
+    pub sealer: Sealer,
+    /// `cluster.replay_window_ms`.
+    pub window_ms: u64,
+    /// Every vhost path of the config file: replicated changes never
+    /// create or delete them.
+    pub configured_vhosts: Vec<String>,
+}
+
+/// Control envelopes remembered for the replay check.
+const REPLAY_MEMORY: usize = 65_536;
+/// A refusal of one reason is logged at most once per this.
+const REJECT_LOG_EVERY: Duration = Duration::from_secs(10);
+
 pub struct Cluster {
     node: String,
+    trust: Trust,
+    replays: Mutex<ReplayGuard>,
+    /// Per reason: when a refusal was last logged, and how many since.
+    reject_log: Mutex<[(Option<Instant>, u64); Rejected::ALL.len()]>,
     transport: Arc<dyn Transport>,
     router: ShardRouter,
     clients: Arc<ClientRegistry>,
@@ -181,19 +221,23 @@ fn outcome_code(o: PushOutcome) -> i32 {
 
 impl Cluster {
     /// Starts the node's side of the cluster on the current tokio runtime:
-    /// what shards report (`interest`), what arrives (`incoming`), and the
+    /// what shards report (`interest`), what arrives from the transport
+    /// (`incoming`), and the
     /// sweep that drops topics nobody holds.
     pub fn start(
-        transport: Arc<dyn Transport>,
-        incoming: tokio::sync::mpsc::Receiver<Incoming>,
+        (transport, incoming): (Arc<dyn Transport>, tokio::sync::mpsc::Receiver<Incoming>),
         interest: InterestReceiver,
         router: ShardRouter,
         clients: Arc<ClientRegistry>,
         metrics: Arc<ClusterMetrics>,
         wr: Arc<WebRocket>,
+        trust: Trust,
     ) -> Arc<Cluster> {
         let c = Arc::new(Cluster {
             node: wr.node.clone(),
+            trust,
+            replays: Mutex::new(ReplayGuard::new(REPLAY_MEMORY)),
+            reject_log: Mutex::new([(None, 0); Rejected::ALL.len()]),
             transport,
             router,
             clients,
@@ -223,6 +267,77 @@ impl Cluster {
 
     fn state(&self) -> std::sync::MutexGuard<'_, State> {
         self.state.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    /// `body` from this node, sealed for the broker.
+    fn seal(&self, body: Body) -> Bytes {
+        self.trust.sealer.seal_message(&envelope::envelope(&self.node, seal::unix_ms(), body))
+    }
+
+    /// Counts a refused message and logs it, at most once per reason per
+    /// `REJECT_LOG_EVERY` (a flood of forgeries must not flood the log).
+    fn reject(&self, why: Rejected, detail: &str) {
+        metrics::inc(&self.metrics.rejected[why.index()]);
+        let mut log = self.reject_log.lock().unwrap_or_else(|e| e.into_inner());
+        let (last, since) = &mut log[why.index()];
+        *since += 1;
+        if last.is_none_or(|t| t.elapsed() >= REJECT_LOG_EVERY) {
+            warn!(
+                reason = why.label(),
+                refused = *since,
+                detail,
+                "refused a broker message (count since the last such line; others are not logged for 10 s)"
+            );
+            *last = Some(Instant::now());
+            *since = 0;
+        }
+    }
+
+    /// Opens, decodes and checks what arrived: the envelope, if it is to
+    /// be applied.
+    fn admit(&self, m: Incoming) -> Option<(Received, Option<String>)> {
+        let (bytes, tag) = match self.trust.sealer.open(m.payload) {
+            Ok(x) => x,
+            Err(why) => {
+                self.reject(why, &format!("on {}", m.subject));
+                return None;
+            }
+        };
+        let r = match envelope::decode(bytes) {
+            Ok(r) => r,
+            Err(e) => {
+                metrics::inc(&self.metrics.bad_envelopes);
+                self.reject(Rejected::Malformed, &e.0);
+                return None;
+            }
+        };
+        let now = seal::unix_ms();
+        if !seal::fresh(r.sent_at_ms, now, self.trust.window_ms) {
+            self.reject(
+                Rejected::Stale,
+                &format!("from {} sent at {} ms, now {now} ms (clocks apart?)", r.origin, r.sent_at_ms),
+            );
+            return None;
+        }
+        // This node's own envelopes come back from the broker: its
+        // publications were delivered here directly, its control messages
+        // are for the others. Push requests and replies carry their own ids
+        // (a client may have moved here meanwhile).
+        if r.origin == self.node && !matches!(r.body, Body::PushRequest(_) | Body::PushReply(_)) {
+            return None;
+        }
+        // A control message is taken once: a genuine one replayed within
+        // the window would otherwise repeat a push or an admin change.
+        // Publications are deduplicated by their sequence numbers.
+        if self.trust.sealer.is_secure() && !matches!(r.body, Body::Publication(_)) {
+            let first =
+                self.replays.lock().unwrap_or_else(|e| e.into_inner()).first(tag, now, self.trust.window_ms);
+            if !first {
+                self.reject(Rejected::Replayed, &format!("from {}", r.origin));
+                return None;
+            }
+        }
+        Some((r, m.reply))
     }
 
     async fn run_interest(self: Arc<Self>, mut rx: InterestReceiver) {
@@ -314,19 +429,12 @@ impl Cluster {
 
     async fn run_incoming(self: Arc<Self>, mut rx: tokio::sync::mpsc::Receiver<Incoming>) {
         while let Some(m) = rx.recv().await {
-            let (origin, body) = match envelope::decode(m.payload) {
-                Ok(x) => x,
-                Err(e) => {
-                    metrics::inc(&self.metrics.bad_envelopes);
-                    debug!(subject = %m.subject, error = %e.0, "dropping a broker message");
-                    continue;
-                }
-            };
+            let Some((Received { origin, body, .. }, reply)) = self.admit(m) else { continue };
             match body {
                 Body::Publication(p) => self.on_publication(&origin, p).await,
                 Body::PushRequest(r) => {
                     let c = self.clone();
-                    tokio::spawn(async move { c.on_push_request(r, m.reply).await });
+                    tokio::spawn(async move { c.on_push_request(r, reply).await });
                 }
                 Body::PushReply(r) => {
                     let waiting = self.requests.lock().unwrap_or_else(|e| e.into_inner()).remove(&r.id);
@@ -334,9 +442,7 @@ impl Cluster {
                         let _ = w.send(outcome_of(r.outcome));
                     }
                 }
-                // Our own control messages come back too: ignored.
-                _ if origin == self.node => {}
-                Body::Replicate(r) => self.on_replicate(&r.writes_json).await,
+                Body::Replicate(r) => self.on_replicate(&origin, &r.writes_json).await,
                 Body::Heartbeat(h) => self.on_heartbeat(origin, h.worker_vhosts),
                 Body::Query(q) => {
                     let c = self.clone();
@@ -360,6 +466,12 @@ impl Cluster {
 
     async fn on_publication(&self, origin: &str, p: Publication) {
         metrics::inc(&self.metrics.received);
+        // The frame goes to sockets as it is: it must be one complete data
+        // frame, as this node would encode it, not a Close or half a frame.
+        if let Err(e) = crate::ws::encode::check_data_frame(&p.frame) {
+            self.reject(Rejected::BadFrame, &format!("from {origin} on {:?}: {}", p.topic, e.0));
+            return;
+        }
         let seen = {
             let mut st = self.state();
             if !st.topics.contains_key(p.topic.as_str()) {
@@ -369,6 +481,14 @@ impl Cluster {
         };
         match seen {
             Seen::Duplicate => return,
+            Seen::Reset => {
+                metrics::inc(&self.metrics.gaps);
+                self.reject(
+                    Rejected::SequenceJump,
+                    &format!("from {origin} on {:?}: seq {}; the stream restarts", p.topic, p.seq),
+                );
+                return;
+            }
             Seen::After(missed) => {
                 metrics::add(&self.metrics.gaps, missed);
                 warn!(origin, topic = %p.topic, missed, "publications from the broker missing");
@@ -423,10 +543,7 @@ impl Cluster {
 
     async fn answer(&self, r: &PushRequest, reply: Option<String>, outcome: PushOutcome) {
         let Some(to) = reply.or((!r.reply_to.is_empty()).then(|| r.reply_to.clone())) else { return };
-        let body = envelope::encode(
-            &self.node,
-            Body::PushReply(PushReply { id: r.id, outcome: outcome_code(outcome) }),
-        );
+        let body = self.seal(Body::PushReply(PushReply { id: r.id, outcome: outcome_code(outcome) }));
         if let Err(e) = self.transport.publish(vec![(to, body)]).await {
             debug!(error = %e, "a push reply did not reach the broker");
         }
@@ -443,14 +560,17 @@ impl Cluster {
             return Err(self.unreachable());
         }
         if self.transport.has_requests() {
-            let body = envelope::encode(&self.node, Body::PushRequest(request));
-            let asked = self.transport.request(subject, body).expect("has requests");
+            let body = self.seal(Body::PushRequest(request));
+            let asked = self.transport.request(subject.clone(), body).expect("has requests");
             return match asked.await {
                 Ok(None) => Ok(PushOutcome::NotConnected),
-                Ok(Some(answer)) => match envelope::decode(answer) {
-                    Ok((_, Body::PushReply(r))) => Ok(outcome_of(r.outcome)),
-                    _ => Err(PublishError::Broker("an unreadable push reply".into())),
-                },
+                Ok(Some(answer)) => {
+                    let incoming = Incoming { subject, payload: answer, reply: None };
+                    match self.admit(incoming) {
+                        Some((Received { body: Body::PushReply(r), .. }, _)) => Ok(outcome_of(r.outcome)),
+                        _ => Err(PublishError::Broker("an unreadable or unsigned push reply".into())),
+                    }
+                }
                 Err(e) => Err(PublishError::Broker(e)),
             };
         }
@@ -460,7 +580,7 @@ impl Cluster {
         let forget = || self.requests.lock().unwrap_or_else(|e| e.into_inner()).remove(&id);
         request.reply_to = self.transport.reply_subject(&self.node);
         request.id = id;
-        let body = envelope::encode(&self.node, Body::PushRequest(request));
+        let body = self.seal(Body::PushRequest(request));
         match self.transport.publish(vec![(subject, body)]).await {
             Err(e) => {
                 forget();
@@ -491,7 +611,7 @@ impl Cluster {
                 continue;
             }
             let beat = Heartbeat { worker_vhosts: self.wr.workers.vhosts() };
-            let body = envelope::encode(&self.node, Body::Heartbeat(beat));
+            let body = self.seal(Body::Heartbeat(beat));
             let _ = self.transport.publish(vec![(self.transport.control_subject(), body)]).await;
             let mut members = self.members.lock().unwrap_or_else(|e| e.into_inner());
             members.retain(|_, m| m.seen.elapsed() < MEMBER_TIMEOUT * 2);
@@ -503,16 +623,24 @@ impl Cluster {
         members.insert(origin, Member { seen: Instant::now(), worker_vhosts });
     }
 
-    /// Another node's WebRocket change: committed here too, then applied.
-    async fn on_replicate(&self, json: &[u8]) {
+    /// Another node's WebRocket change: checked as the admin API checks
+    /// its own, then committed here too and applied.
+    async fn on_replicate(&self, origin: &str, json: &[u8]) {
         let writes: Vec<crate::webrocket::store::Write> = match serde_json::from_slice(json) {
             Ok(w) => w,
             Err(e) => {
                 metrics::inc(&self.metrics.bad_envelopes);
-                warn!(error = %e, "an unreadable replicated change");
+                self.reject(
+                    Rejected::Malformed,
+                    &format!("an unreadable replicated change from {origin}: {e}"),
+                );
                 return;
             }
         };
+        if let Err(why) = crate::webrocket::replicate::check(&writes, &self.trust.configured_vhosts) {
+            self.reject(Rejected::BadChange, &format!("from {origin}: {why}"));
+            return;
+        }
         if let Err(e) = self.wr.directory.store.apply(writes.clone()).await {
             warn!(error = %e, "a replicated change could not be stored here");
         }
@@ -565,7 +693,7 @@ impl Cluster {
             }
             None => return,
         }
-        let body = envelope::encode(&self.node, Body::QueryReply(reply));
+        let body = self.seal(Body::QueryReply(reply));
         let _ = self.transport.publish(vec![(q.reply_to, body)]).await;
     }
 
@@ -621,7 +749,7 @@ impl Broker for Cluster {
 
     fn replicate(&self, writes: Vec<crate::webrocket::store::Write>) {
         let Ok(json) = serde_json::to_vec(&writes) else { return };
-        let body = envelope::encode(&self.node, Body::Replicate(Replicate { writes_json: json.into() }));
+        let body = self.seal(Body::Replicate(Replicate { writes_json: json.into() }));
         let subject = self.transport.control_subject();
         let transport = self.transport.clone();
         let metrics = self.metrics.clone();
@@ -649,7 +777,7 @@ impl Broker for Cluster {
         }
         let pick = self.next_request.fetch_add(1, Ordering::Relaxed) as usize % nodes.len();
         let subject = self.transport.reply_subject(&nodes[pick]);
-        let body = envelope::encode(&self.node, Body::Trigger(Trigger { vhost: vhost.to_string(), message }));
+        let body = self.seal(Body::Trigger(Trigger { vhost: vhost.to_string(), message }));
         let transport = self.transport.clone();
         let metrics = self.metrics.clone();
         self.wr.runtime.spawn(async move {
@@ -673,7 +801,7 @@ impl Broker for Cluster {
             let (tx, mut rx) = tokio::sync::mpsc::unbounded_channel();
             self.queries.lock().unwrap_or_else(|e| e.into_inner()).insert(id, tx);
             let q = Query { id, reply_to: self.transport.reply_subject(&self.node), ask: Some(ask) };
-            let body = envelope::encode(&self.node, Body::Query(q));
+            let body = self.seal(Body::Query(q));
             let mut answers = Vec::new();
             if self.transport.publish(vec![(self.transport.control_subject(), body)]).await.is_ok() {
                 let deadline = tokio::time::Instant::now() + QUERY_TIMEOUT;
@@ -740,10 +868,15 @@ impl Cluster {
                 };
                 *n += 1;
                 let p = Publication { topic: d.topic.to_string(), seq: *n, frame: d.frame.clone() };
-                (self.transport.topic_subject(&d.topic), envelope::encode(&self.node, Body::Publication(p)))
+                (self.transport.topic_subject(&d.topic), self.seal(Body::Publication(p)))
             })
             .collect();
         let result = self.transport.publish(items).await;
+        if result.is_ok() {
+            // This node's subscribers get it here, in sequence order (the
+            // lock is still held); its echo from the broker is ignored.
+            let _ = self.router.dispatch(batch).await;
+        }
         drop(seq);
         self.metrics.round_trip.record(started.elapsed());
         result.map(|_| ()).map_err(|e| {

@@ -10,6 +10,7 @@ pub mod envelope;
 mod memory;
 pub mod nats;
 pub mod redis;
+pub mod seal;
 pub mod transport;
 
 use std::future::Future;

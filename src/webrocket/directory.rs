@@ -69,6 +69,11 @@ pub fn new_token() -> String {
     b.iter().map(|x| format!("{x:02x}")).collect()
 }
 
+/// A token as `new_token` makes them: 64 lowercase hex digits.
+pub fn token_is_valid(token: &str) -> bool {
+    token.len() == 64 && token.bytes().all(|b| b.is_ascii_digit() || (b'a'..=b'f').contains(&b))
+}
+
 impl Vhost {
     fn new(
         path: &str,

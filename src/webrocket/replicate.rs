@@ -26,6 +26,72 @@ impl Effect {
     }
 }
 
+/// Whether `writes`, received from another node, are what the admin API
+/// itself would commit: valid paths, names, rights, hashes and tokens, and
+/// no vhost declared in this node's config file (`configured`, any dialect)
+/// created or deleted. Users, channels and tokens of a configured WebRocket
+/// vhost may change, as through the admin API. Checked before anything is
+/// stored: a refused batch leaves no trace.
+pub fn check(writes: &[Write], configured: &[String]) -> Result<(), String> {
+    use crate::config::vhost_path_is_valid;
+    use crate::dialect::webrocket::{channel_name_is_valid, user_name_is_valid};
+    let path = |p: &str| {
+        if vhost_path_is_valid(p) {
+            Ok(())
+        } else {
+            Err(format!("invalid vhost path {p:?}"))
+        }
+    };
+    let not_configured = |p: &str| {
+        if configured.iter().any(|c| c == p) {
+            Err(format!("vhost {p} is declared in this node's config file"))
+        } else {
+            Ok(())
+        }
+    };
+    let rights =
+        |bits: u8| if bits <= Perms::ALL.bits() { Ok(()) } else { Err(format!("unknown rights {bits}")) };
+    let user = |n: &str| if user_name_is_valid(n) { Ok(()) } else { Err(format!("invalid user name {n:?}")) };
+    let channel =
+        |n: &str| if channel_name_is_valid(n) { Ok(()) } else { Err(format!("invalid channel name {n:?}")) };
+    for w in writes {
+        match w {
+            Write::PutVhost { path: p, anonymous } => {
+                path(p)?;
+                not_configured(p)?;
+                rights(*anonymous)?;
+            }
+            Write::DeleteVhost { path: p } => {
+                path(p)?;
+                not_configured(p)?;
+            }
+            Write::PutToken { vhost, token } => {
+                path(vhost)?;
+                if !super::directory::token_is_valid(token) {
+                    return Err(format!("a token for {vhost} that this gateway does not make"));
+                }
+            }
+            Write::PutUser { vhost, name, record } => {
+                path(vhost)?;
+                user(name)?;
+                rights(record.perms)?;
+                if record.hash.as_deref().is_some_and(|h| !super::secrets::is_hash(h)) {
+                    return Err(format!("user {name}: a secret that is not an argon2 hash"));
+                }
+            }
+            Write::DeleteUser { vhost, name } => {
+                path(vhost)?;
+                user(name)?;
+            }
+            Write::PutChannel { vhost, name } | Write::DeleteChannel { vhost, name } => {
+                path(vhost)?;
+                channel(name)?;
+            }
+        }
+    }
+    Ok(())
+}
+
 /// Applies `writes` (already committed to this node's store).
 pub fn apply(wr: &WebRocket, writes: &[Write]) -> Vec<Effect> {
     let d = &wr.directory;
@@ -91,4 +157,38 @@ pub fn apply(wr: &WebRocket, writes: &[Write]) -> Vec<Effect> {
         }
     }
     effects
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::webrocket::store::UserRecord;
+
+    fn refused(w: Write) -> String {
+        check(&[w], &["/ws".to_string(), "/world".to_string()]).unwrap_err()
+    }
+
+    #[test]
+    fn replicated_changes_pass_the_admin_apis_rules() {
+        let ok = [
+            Write::PutVhost { path: "/new".into(), anonymous: 1 },
+            Write::PutToken { vhost: "/new".into(), token: super::super::directory::new_token() },
+            Write::PutUser {
+                vhost: "/world".into(),
+                name: "joe".into(),
+                record: UserRecord { perms: 7, hash: None },
+            },
+            Write::PutChannel { vhost: "/world".into(), name: "room".into() },
+        ];
+        check(&ok, &["/world".to_string()]).unwrap();
+        assert!(refused(Write::PutToken { vhost: "/world".into(), token: String::new() }).contains("token"));
+        assert!(refused(Write::PutVhost { path: "/ws".into(), anonymous: 7 }).contains("config file"));
+        assert!(refused(Write::DeleteVhost { path: "/world".into() }).contains("config file"));
+        assert!(refused(Write::PutVhost { path: "no-slash".into(), anonymous: 0 }).contains("path"));
+        assert!(refused(Write::PutVhost { path: "/x".into(), anonymous: 9 }).contains("rights"));
+        assert!(refused(Write::PutChannel { vhost: "/x".into(), name: "a b".into() }).contains("channel"));
+        let bad_hash = UserRecord { perms: 1, hash: Some("plain".into()) };
+        assert!(refused(Write::PutUser { vhost: "/x".into(), name: "u".into(), record: bad_hash })
+            .contains("argon2"));
+    }
 }

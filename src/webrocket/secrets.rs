@@ -19,6 +19,11 @@ pub fn hash(secret: &str) -> Result<String, String> {
         .map_err(|e| format!("cannot hash the secret: {e}"))
 }
 
+/// Whether `phc` reads as an argon2 PHC string (as `hash` makes).
+pub fn is_hash(phc: &str) -> bool {
+    phc.len() <= 512 && phc.starts_with("$argon2") && PasswordHash::new(phc).is_ok()
+}
+
 pub fn verify(phc: &str, secret: &str) -> bool {
     match PasswordHash::new(phc) {
         Ok(h) => Argon2::default().verify_password(secret.as_bytes(), &h).is_ok(),
