@@ -174,6 +174,8 @@ pub fn run(config: Config) -> Result<(), StartError> {
         frame_timeout: Duration::from_millis(config.rpc.frame_timeout_ms),
         publish_limits: config.publish_limits(),
         metrics: global_metrics.clone(),
+        write_timeout: Duration::from_millis(config.rpc.write_timeout_ms),
+        max_connections: config.rpc.max_connections,
     });
     let api_ctx = Arc::new(ApiContext {
         broker,

@@ -334,3 +334,119 @@ fn a_dribbled_frame_is_cut_off_at_the_frame_timeout() {
         call(&mut idle, 0x08, 2, "broadcast.Publish", br#"{"messages":[{"topics":["a"],"payload":"aGk="}]}"#);
     assert_eq!(flags & 0x40, 0);
 }
+
+/// A client sends a 16 MiB method name: the answer is a short error that
+/// does not echo it, and the connection's memory is given back.
+#[test]
+fn a_huge_method_name_gets_a_short_error_and_no_memory_is_held() {
+    let s = Server::start("", 1);
+    let rss_before = proc_status_kib(s.pid(), "RssAnon");
+    let mut held = Vec::new();
+    for _ in 0..4 {
+        let mut c = rpc_conn(&s);
+        let name = vec![b'x'; 16 * 1024 * 1024 - 64];
+        c.write_all(&frame(0x80, &[9, name.len() as u32], &name)).unwrap();
+        let (flags, options, payload) = read_frame(&mut c);
+        assert_eq!(flags & 0x40, 0x40, "an error frame");
+        assert_eq!(options, [9, 0], "the name is not echoed in METHOD_LEN");
+        let text = String::from_utf8_lossy(&payload);
+        assert!(payload.len() < 400 && text.contains("at most 256"), "{} bytes: {text:.200}", payload.len());
+        // The connection stays usable.
+        let (flags, _, _) = call(&mut c, 0x80, 10, "nope.Call", b"");
+        assert_eq!(flags & 0x40, 0x40);
+        held.push(c);
+    }
+    let grown = proc_status_kib(s.pid(), "RssAnon").saturating_sub(rss_before);
+    assert!(grown < 32 * 1024, "RSS grew {grown} KiB for 4 idle connections after 16 MiB frames");
+    assert!(http_get(&s.url("/metrics")).1.contains("ringcast_denied_total{reason=\"rpc_method_name\"} 4"));
+}
+
+/// A client that sends calls and never reads its replies is dropped after
+/// rpc.write_timeout_ms instead of holding them in memory.
+#[test]
+fn a_client_that_never_reads_is_dropped_at_the_write_timeout() {
+    let s = Server::start(&roadrunner_config("[rpc]\nwrite_timeout_ms = 500\n"), 1);
+    let sock = socket2::Socket::new(socket2::Domain::IPV4, socket2::Type::STREAM, None).unwrap();
+    sock.set_recv_buffer_size(4096).unwrap();
+    sock.connect(&s.rpc.into()).unwrap();
+    let mut c: TcpStream = sock.into();
+    c.set_write_timeout(Some(Duration::from_secs(30))).unwrap();
+    // Each 21-byte call is answered by a ~170-byte error: the replies fill
+    // every buffer long before the requests do.
+    let one = frame(0x80, &[1, 9], b"nope.Call");
+    let batch: Vec<u8> = one.iter().copied().cycle().take(one.len() * 10_000).collect();
+    let started = std::time::Instant::now();
+    let mut sent = 0usize;
+    let ended = loop {
+        match c.write_all(&batch) {
+            Ok(()) => sent += batch.len(),
+            Err(e) => break e,
+        }
+        assert!(started.elapsed() < Duration::from_secs(30), "still connected after {sent} bytes");
+    };
+    assert!(
+        matches!(ended.kind(), std::io::ErrorKind::BrokenPipe | std::io::ErrorKind::ConnectionReset),
+        "{ended}"
+    );
+    assert!(eventually(Duration::from_secs(5), || http_get(&s.url("/metrics"))
+        .1
+        .contains("ringcast_denied_total{reason=\"rpc_write_timeout\"} 1")));
+}
+
+/// A client streaming calls back to back, always with part of the next one
+/// in flight, is never cut off: the frame timeout runs per frame.
+#[test]
+fn a_continuous_stream_of_calls_is_not_cut_at_the_frame_timeout() {
+    let s = Server::start(&roadrunner_config("[rpc]\nframe_timeout_ms = 300\n"), 1);
+    let mut c = rpc_conn(&s);
+    let one = frame(0x80, &[1, 9], b"nope.Call");
+    let half = one.len() / 2;
+    c.write_all(&one[..half]).unwrap();
+    let started = std::time::Instant::now();
+    let mut answered = 0;
+    while started.elapsed() < Duration::from_millis(1500) {
+        // The rest of one frame and the first half of the next.
+        c.write_all(&one[half..]).unwrap();
+        c.write_all(&one[..half]).unwrap();
+        let (flags, _, _) = read_frame(&mut c);
+        assert_eq!(flags & 0x40, 0x40);
+        answered += 1;
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    assert!(answered >= 10, "{answered}");
+}
+
+#[test]
+fn rpc_and_api_connections_are_capped() {
+    let s = Server::start(
+        &roadrunner_config("[server]\napi_max_connections = 2\n[rpc]\nmax_connections = 2\n"),
+        1,
+    );
+    for addr in [s.rpc, s.api] {
+        let held: Vec<TcpStream> = (0..2).map(|_| TcpStream::connect(addr).unwrap()).collect();
+        let mut third = TcpStream::connect(addr).unwrap();
+        third.set_read_timeout(Some(Duration::from_secs(5))).unwrap();
+        let mut b = [0u8; 1];
+        assert!(matches!(third.read(&mut b), Ok(0) | Err(_)), "the third connection to {addr} is closed");
+        drop(held);
+        // Room again once they are gone.
+        assert!(eventually(Duration::from_secs(5), || {
+            let mut c = TcpStream::connect(addr).unwrap();
+            c.set_read_timeout(Some(Duration::from_millis(500))).unwrap();
+            if addr == s.rpc {
+                c.write_all(&frame(0x80, &[1, 9], b"nope.Call")).unwrap();
+            } else {
+                c.write_all(b"GET /health HTTP/1.1\r\nHost: x\r\n\r\n").unwrap();
+            }
+            matches!(c.read(&mut b), Ok(1))
+        }));
+    }
+    // At least the third of each (a retry while the held ones were still
+    // closing may count too).
+    let text = http_get(&s.url("/metrics")).1;
+    let denied = |reason: &str| -> u64 {
+        let key = format!("ringcast_denied_total{{reason=\"{reason}\"}} ");
+        text.lines().find_map(|l| l.strip_prefix(key.as_str())).unwrap().parse().unwrap()
+    };
+    assert!(denied("rpc_connections") >= 1 && denied("api_connections") >= 1, "{text}");
+}

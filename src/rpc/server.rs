@@ -12,7 +12,23 @@ use tracing::{debug, warn};
 use super::frame;
 use super::service::{self, Action};
 use crate::broker::Broker;
-use crate::metrics::{self, GlobalMetrics};
+use crate::metrics::{self, Denied, GlobalMetrics};
+
+/// Writes a reply within the write timeout; a client that does not read
+/// its replies is dropped (an error ends the connection).
+async fn reply(stream: &mut TcpStream, out: &[u8], ctx: &RpcContext) -> std::io::Result<()> {
+    match tokio::time::timeout(ctx.write_timeout, stream.write_all(out)).await {
+        Ok(r) => r,
+        Err(_) => {
+            ctx.metrics.deny(Denied::RpcWriteTimeout);
+            warn!(
+                timeout_ms = ctx.write_timeout.as_millis() as u64,
+                "closing rpc connection: the client did not read its reply within rpc.write_timeout_ms"
+            );
+            Err(std::io::Error::new(std::io::ErrorKind::TimedOut, "reply not read in time"))
+        }
+    }
+}
 
 pub struct RpcContext {
     pub broker: Arc<dyn Broker>,
@@ -22,17 +38,30 @@ pub struct RpcContext {
     pub frame_timeout: std::time::Duration,
     pub publish_limits: crate::publish::Limits,
     pub metrics: Arc<GlobalMetrics>,
+    /// A reply must be taken by the client within this (`rpc.write_timeout_ms`).
+    pub write_timeout: std::time::Duration,
+    /// Connections open at once (`rpc.max_connections`).
+    pub max_connections: usize,
 }
 
 pub async fn serve(listener: TcpListener, ctx: Arc<RpcContext>) {
+    let slots = Arc::new(tokio::sync::Semaphore::new(ctx.max_connections));
     loop {
         match listener.accept().await {
             Ok((stream, peer)) => {
+                // Past the cap a connection is closed at once (each may
+                // buffer up to rpc.max_frame_size).
+                let Ok(slot) = slots.clone().try_acquire_owned() else {
+                    ctx.metrics.deny(Denied::RpcConnections);
+                    debug!(%peer, "rpc connection refused: rpc.max_connections reached");
+                    continue;
+                };
                 let ctx = ctx.clone();
                 tokio::spawn(async move {
                     if let Err(e) = connection(stream, &ctx).await {
                         debug!(%peer, error = %e, "rpc connection closed");
                     }
+                    drop(slot);
                 });
             }
             Err(e) => {
@@ -63,12 +92,15 @@ async fn connection(mut stream: TcpStream, ctx: &RpcContext) -> std::io::Result<
             start += used;
             metrics::inc(&ctx.metrics.rpc_requests);
             let mut call = service::interpret(&f, &ctx.broker_name, &ctx.publish_limits);
+            if call.method_too_long {
+                ctx.metrics.deny(Denied::RpcMethodName);
+            }
             out.clear();
             match std::mem::replace(&mut call.action, Action::Fail(String::new())) {
                 Action::Fail(e) => {
                     metrics::inc(&ctx.metrics.rpc_errors);
                     call.error_reply(&mut out, &e);
-                    stream.write_all(&out).await?;
+                    reply(&mut stream, &out, ctx).await?;
                 }
                 Action::Publish { messages, wait: true } => {
                     let count = messages.len() as u64;
@@ -82,12 +114,12 @@ async fn connection(mut stream: TcpStream, ctx: &RpcContext) -> std::io::Result<
                             call.error_reply(&mut out, &e.to_string());
                         }
                     }
-                    stream.write_all(&out).await?;
+                    reply(&mut stream, &out, ctx).await?;
                 }
                 Action::Publish { messages, wait: false } => {
                     let count = messages.len() as u64;
                     call.ok_reply(&mut out);
-                    stream.write_all(&out).await?;
+                    reply(&mut stream, &out, ctx).await?;
                     match ctx.broker.publish(messages).await {
                         Ok(()) => metrics::add(&ctx.metrics.published_messages, count),
                         Err(e) => warn!(error = %e, "PublishAsync failed after its reply"),
@@ -96,12 +128,18 @@ async fn connection(mut stream: TcpStream, ctx: &RpcContext) -> std::io::Result<
             }
         }
         buf.drain(..start);
+        // A large frame's buffer is not kept for an idle connection.
+        if buf.capacity() > 64 * 1024 && buf.len() < 4096 {
+            buf.shrink_to(4096);
+        }
         // Part of a frame is here: the rest must follow within the frame
         // timeout (a stalled or dribbling sender is cut off). Between frames
-        // an idle connection may wait as long as it likes.
-        if buf.is_empty() {
+        // an idle connection may wait as long as it likes. The clock runs
+        // per frame: one that completed restarts it for the next.
+        if buf.is_empty() || start > 0 {
             frame_started = None;
-        } else {
+        }
+        if !buf.is_empty() {
             frame_started.get_or_insert_with(tokio::time::Instant::now);
         }
         // Read more; the decoder has already refused oversized claims.

@@ -24,6 +24,8 @@ pub struct Call {
     /// The request's codec flag, used again in the reply.
     codec_flag: u8,
     pub action: Action,
+    /// The method name was over `MAX_METHOD_LEN` (counted by the server).
+    pub method_too_long: bool,
 }
 
 #[derive(Debug, PartialEq)]
@@ -39,12 +41,21 @@ enum Api {
     Broadcast,
 }
 
+/// The longest method name taken (RoadRunner's are under 32 bytes).
+pub const MAX_METHOD_LEN: usize = 256;
+
 /// Interprets one frame. `broker` is the configured broker's name, which a
 /// `websockets.v1beta` message's `broker` field must match when set.
 pub fn interpret(f: &Frame<'_>, broker: &str, limits: &publish::Limits) -> Call {
     let codec_flag = f.flags & !(frame::ERROR | frame::CONTROL);
     let seq = f.options.first().copied().unwrap_or(0);
-    let mut call = Call { seq, method: String::new(), codec_flag, action: Action::Fail(String::new()) };
+    let mut call = Call {
+        seq,
+        method: String::new(),
+        codec_flag,
+        action: Action::Fail(String::new()),
+        method_too_long: false,
+    };
     if f.options.len() != 2 {
         call.action =
             Action::Fail(format!("expected 2 options (SEQ_ID, METHOD_LEN), got {}", f.options.len()));
@@ -54,6 +65,16 @@ pub fn interpret(f: &Frame<'_>, broker: &str, limits: &publish::Limits) -> Call 
     if method_len > f.payload.len() {
         call.action =
             Action::Fail(format!("METHOD_LEN {method_len} exceeds the payload of {} bytes", f.payload.len()));
+        return call;
+    }
+    if method_len > MAX_METHOD_LEN {
+        // Neither echoed in the text nor in the reply's method field: a
+        // 16 MiB name must not come back (or be held) as a 16 MiB reply.
+        call.method_too_long = true;
+        call.action = Action::Fail(format!(
+            "method name of {method_len} bytes; at most {MAX_METHOD_LEN} (known: websockets.Publish, \
+             websockets.PublishAsync, broadcast.Publish, broadcast.PublishAsync)"
+        ));
         return call;
     }
     let (method, body) = f.payload.split_at(method_len);
@@ -281,5 +302,19 @@ mod tests {
         assert_eq!(f.flags, frame::CODEC_PROTO | frame::ERROR);
         assert_eq!(f.options, [5, 9]);
         assert_eq!(f.payload, b"nope.Callboom");
+    }
+
+    #[test]
+    fn a_long_method_name_is_refused_without_being_echoed() {
+        let name = vec![b'x'; 100_000];
+        let c = call(frame::CODEC_PROTO, &[3, name.len() as u32], &name);
+        assert!(c.method_too_long);
+        let Action::Fail(e) = &c.action else { panic!() };
+        assert!(e.contains("at most 256") && e.len() < 300, "{e}");
+        let mut out = Vec::new();
+        c.error_reply(&mut out, e);
+        assert!(out.len() < 400, "reply of {} bytes", out.len());
+        let ok = vec![b'y'; MAX_METHOD_LEN];
+        assert!(!call(frame::CODEC_PROTO, &[3, ok.len() as u32], &ok).method_too_long);
     }
 }
