@@ -17,10 +17,10 @@ const TOKEN: &str = "dashboard-admin-token-0123456789";
 const PUBLICATIONS: usize = 160;
 
 fn text_of(page: &mut common::browser::Page, id: &str) -> String {
-    page.eval(&format!("(document.getElementById('{id}') || {{}}).textContent || ''"))
-        .as_str()
-        .unwrap_or("")
-        .to_string()
+    // Before the page has loaded there is nothing to read yet.
+    page.try_eval(&format!("(document.getElementById('{id}') || {{}}).textContent || ''"))
+        .and_then(|v| v.as_str().map(str::to_string))
+        .unwrap_or_default()
 }
 
 #[test]
@@ -40,7 +40,7 @@ fn the_dashboard_shows_live_numbers_in_chromium() {
     );
     assert!(
         page.wait_until(
-            "document.getElementById('health').textContent === 'healthy'",
+            "(document.getElementById('health') || {}).textContent === 'healthy'",
             Duration::from_secs(20)
         ),
         "the page never got a snapshot; errors: {:?}",
@@ -121,4 +121,20 @@ fn the_dashboard_shows_live_numbers_in_chromium() {
     );
     page.eval("true");
     assert!(page.errors.is_empty(), "console errors: {:?}", page.errors);
+}
+
+/// A wait started while the page is still loading, on an expression that
+/// throws until then, waits instead of failing (a brand-new machine loads
+/// the first page slowly).
+#[test]
+fn browser_waits_tolerate_a_page_that_is_still_loading() {
+    let dir = tempfile::tempdir().unwrap();
+    let html = "<body><script>setTimeout(() => { document.body.innerHTML = '<p id=late>ready</p>' }, 1500)</script></body>";
+    let url = format!("data:text/html,{}", html.replace(' ', "%20").replace('#', "%23"));
+    let (_chromium, mut page) = open_page(dir.path(), &url);
+    assert_eq!(page.try_eval("document.getElementById('late').textContent"), None, "throws before it exists");
+    assert!(
+        page.wait_until("document.getElementById('late').textContent === 'ready'", Duration::from_secs(20))
+    );
+    assert_eq!(page.eval("document.getElementById('late').textContent"), json!("ready"));
 }

@@ -28,10 +28,9 @@ fn wait_for(page: &mut Page, want: &str) -> String {
     loop {
         // Before the page has loaded there is no log yet.
         let log = page
-            .eval("(document.getElementById('log') || {}).innerText || ''")
-            .as_str()
-            .unwrap_or("")
-            .to_string();
+            .try_eval("(document.getElementById('log') || {}).innerText || ''")
+            .and_then(|v| v.as_str().map(str::to_string))
+            .unwrap_or_default();
         if log.contains(want) {
             return log;
         }

@@ -33,6 +33,12 @@ pub struct Page {
 
 impl Page {
     pub fn call(&mut self, session: Option<&str>, method: &str, params: Value) -> Value {
+        self.request(session, method, params).unwrap_or_else(|e| panic!("{method}: {e}"))
+    }
+
+    /// A DevTools call: its result, or the error DevTools answered (e.g.
+    /// no execution context yet while a page is still navigating).
+    pub fn request(&mut self, session: Option<&str>, method: &str, params: Value) -> Result<Value, Value> {
         self.next_id += 1;
         let id = self.next_id;
         let mut msg = json!({ "id": id, "method": method, "params": params });
@@ -44,8 +50,10 @@ impl Page {
             let Message::Text(text) = self.ws.read().expect("devtools answers") else { continue };
             let v: Value = serde_json::from_str(&text).unwrap();
             if v["id"] == id {
-                assert!(v.get("error").is_none(), "{method}: {v}");
-                return v["result"].clone();
+                return match v.get("error") {
+                    Some(e) => Err(e.clone()),
+                    None => Ok(v["result"].clone()),
+                };
             }
             self.record(&v);
         }
@@ -64,11 +72,13 @@ impl Page {
         }
     }
 
-    /// Evaluates `expression` until it is true (within `within`).
+    /// Evaluates `expression` until it is true (within `within`). A page
+    /// still loading — no context yet, or an element not there so the
+    /// expression throws — is "not yet", never a failure.
     pub fn wait_until(&mut self, expression: &str, within: Duration) -> bool {
         let deadline = std::time::Instant::now() + within;
         while std::time::Instant::now() < deadline {
-            if self.eval(expression) == Value::Bool(true) {
+            if self.try_eval(expression) == Some(Value::Bool(true)) {
                 return true;
             }
             std::thread::sleep(Duration::from_millis(50));
@@ -76,6 +86,22 @@ impl Page {
         false
     }
 
+    /// The value of `expression`, or None while it cannot be evaluated yet
+    /// (the page is loading, or the expression throws).
+    pub fn try_eval(&mut self, expression: &str) -> Option<Value> {
+        let session = self.session.clone();
+        let r = self
+            .request(
+                Some(&session),
+                "Runtime.evaluate",
+                json!({ "expression": expression, "returnByValue": true, "awaitPromise": true }),
+            )
+            .ok()?;
+        r.get("exceptionDetails").is_none().then(|| r["result"]["value"].clone())
+    }
+
+    /// The value of `expression` on a page that has loaded: an exception
+    /// fails the test (for waits, use `wait_until` or `try_eval`).
     pub fn eval(&mut self, expression: &str) -> Value {
         let session = self.session.clone();
         let r = self.call(
@@ -91,6 +117,13 @@ impl Page {
 pub fn open_page(dir: &Path, url: &str) -> (Killed, Page) {
     let mut child = Command::new(chromium())
         .args(["--headless", "--no-sandbox", "--disable-gpu", "--no-first-run", "--remote-debugging-port=0"])
+        // Nothing to reach outside: no background connections to refuse.
+        .args([
+            "--disable-quic",
+            "--disable-background-networking",
+            "--disable-component-update",
+            "--disable-sync",
+        ])
         .arg(format!("--user-data-dir={}", dir.display()))
         .arg("about:blank")
         .stdout(Stdio::null())
