@@ -16,8 +16,8 @@ use crate::config::vhost_path_is_valid;
 use crate::dialect::webrocket::{channel_name_is_valid, user_name_is_valid, Perms};
 use crate::shard::ShardMsg;
 use crate::webrocket::directory::{new_token, Vhost};
+use crate::webrocket::replicate;
 use crate::webrocket::store::{UserRecord, Write};
-use crate::webrocket::{replicate, secrets};
 
 /// An admin request refused: the status and why.
 struct Fail(StatusCode, String);
@@ -255,13 +255,9 @@ async fn put_user(ctx: &ApiContext, body: &[u8], create: bool) -> Result<Reply, 
         record.hash = if secret.is_empty() {
             None
         } else {
-            let hashed = tokio::task::spawn_blocking(move || secrets::hash(&secret)).await;
-            Some(
-                hashed
-                    .map_err(|e| e.to_string())
-                    .and_then(|h| h)
-                    .map_err(|e| fail(StatusCode::INTERNAL_SERVER_ERROR, e))?,
-            )
+            // On the same fixed pool as logins: no thread (and malloc arena) per call.
+            let hashed = ctx.webrocket.secrets.hash(secret).await;
+            Some(hashed.map_err(|e| fail(StatusCode::SERVICE_UNAVAILABLE, e))?)
         };
     }
     commit(

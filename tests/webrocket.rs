@@ -496,3 +496,70 @@ fn a_damaged_store_stops_the_start_naming_the_file() {
     let stderr = String::from_utf8_lossy(&out.stderr);
     assert!(stderr.contains(&data.path().join("ringcast.redb").display().to_string()), "{stderr}");
 }
+
+/// Anonymous password guessing: a connection gets 5 attempts per 10 s, then
+/// Close 1008; the hashing runs on a fixed pool behind a bounded queue
+/// (a full queue answers INVALID_CREDENTIALS "retry later" at once), so
+/// 5,000 wrong guesses from 200 connections at once leave RSS within 64 MiB
+/// and a real login works right after.
+#[test]
+fn password_guessing_is_rate_limited_and_bounded_in_memory() {
+    let s = Server::start(&config("\"READ\""), 1);
+    add_user(&s, "joe", Some("right-secret"), &["READ"]);
+    // One attempt too many closes the connection.
+    let mut ws = s.connect("/world");
+    for _ in 0..5 {
+        let reply = ask(&mut ws, r#"{"authenticate":{"user":"joe","secret":"wrong"}}"#);
+        assert_eq!(err_id(&reply), "INVALID_CREDENTIALS", "{reply}");
+    }
+    send_text(&mut ws, r#"{"authenticate":{"user":"joe","secret":"wrong"}}"#);
+    match ws.read() {
+        Ok(Message::Close(Some(f))) => {
+            assert_eq!(u16::from(f.code), 1008);
+            assert!(f.reason.contains("too many authenticate attempts"), "{}", f.reason);
+        }
+        other => panic!("expected Close 1008, got {other:?}"),
+    }
+    drop(ws);
+    let rss_before = proc_status_kib(s.pid(), "RssAnon");
+    let guesses = std::sync::Arc::new(std::sync::atomic::AtomicUsize::new(0));
+    let busy = std::sync::Arc::new(std::sync::atomic::AtomicUsize::new(0));
+    let started = std::time::Instant::now();
+    let attackers: Vec<_> = (0..200)
+        .map(|_| {
+            let (addr, guesses, busy) = (s.ws, guesses.clone(), busy.clone());
+            std::thread::spawn(move || {
+                while guesses.load(std::sync::atomic::Ordering::Relaxed) < 5_000 {
+                    let Ok(mut ws) = try_connect(addr, "/world", &[]) else { continue };
+                    for _ in 0..5 {
+                        send_text(&mut ws, r#"{"authenticate":{"user":"joe","secret":"guess"}}"#);
+                        let reply = recv_text(&mut ws);
+                        assert_eq!(err_id(&reply), "INVALID_CREDENTIALS", "{reply}");
+                        if reply.contains("retry later") {
+                            busy.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+                        }
+                        guesses.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+                    }
+                }
+            })
+        })
+        .collect();
+    for a in attackers {
+        a.join().unwrap();
+    }
+    let took = started.elapsed();
+    let rss_after = proc_status_kib(s.pid(), "RssAnon");
+    let grown_mib = rss_after.saturating_sub(rss_before) / 1024;
+    eprintln!(
+        "{} wrong guesses in {took:?} ({} answered busy): RssAnon {rss_before} -> {rss_after} KiB",
+        guesses.load(std::sync::atomic::Ordering::Relaxed),
+        busy.load(std::sync::atomic::Ordering::Relaxed)
+    );
+    assert!(grown_mib < 64, "RSS grew {grown_mib} MiB");
+    // The right secret still logs in, promptly.
+    let mut ws = s.connect("/world");
+    let t = std::time::Instant::now();
+    let reply = ask(&mut ws, r#"{"authenticate":{"user":"joe","secret":"right-secret"}}"#);
+    assert_eq!(reply, r#"{"authenticated":"joe"}"#);
+    assert!(t.elapsed() < Duration::from_secs(1), "{:?}", t.elapsed());
+}

@@ -119,6 +119,10 @@ impl Env for ShardEnv<'_> {
     fn sid(&self) -> String {
         workers::sid(&self.shard.webrocket.node, self.st.owner)
     }
+
+    fn now(&self) -> std::time::Instant {
+        std::time::Instant::now()
+    }
 }
 
 /// Runs `f` with the connection's session taken out of its state (so the
@@ -205,14 +209,15 @@ pub(super) fn on_message(shard: &Rc<Shard>, conn: &ConnRef, text: Option<&[u8]>)
     match pending {
         None => {}
         Some(Pending::Close) => shard.start_close(&mut st, Some(1000), "", CLOSE_LINGER),
+        Some(Pending::PolicyClose(reason)) => shard.start_close(&mut st, Some(1008), reason, CLOSE_LINGER),
         Some(Pending::Verify { user, secret }) => {
             let Some(hash) = user.hash.clone() else { return };
             st.session.await_answer();
             let checker = shard.webrocket.secrets.clone();
             let shard = shard.clone();
             rt::spawn(async move {
-                let ok = checker.check(hash, secret).await;
-                finish(&shard, owner, |s, env| s.on_verified(user, ok, env));
+                let verdict = checker.check(hash, secret).await;
+                finish(&shard, owner, |s, env| s.on_verified(user, verdict, env));
             });
         }
         Some(Pending::Presence { channel, topic }) => {

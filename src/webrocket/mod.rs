@@ -44,7 +44,7 @@ impl WebRocket {
         Arc::new(WebRocket {
             directory,
             workers: workers::Workers::default(),
-            secrets: secrets::Checker::new(runtime.clone()),
+            secrets: secrets::Checker::for_this_machine(),
             admin_lock: tokio::sync::Mutex::new(()),
             node: node_id(),
             runtime,

@@ -5,6 +5,7 @@
 //! `Pending` for the driver, which calls `on_verified` / sends the count.
 
 use std::sync::Arc;
+use std::time::{Duration, Instant};
 
 use bytes::Bytes;
 
@@ -27,7 +28,15 @@ pub trait Env {
     fn trigger(&mut self, message: String) -> bool;
     /// This session's id, as workers address it.
     fn sid(&self) -> String;
+    /// The time now (for the authenticate rate limit).
+    fn now(&self) -> Instant;
 }
+
+/// `authenticate` attempts one connection may make per `AUTH_WINDOW`; one
+/// more closes it with 1008 (each attempt with a secret costs ~19 MiB and
+/// tens of milliseconds of hashing).
+pub const MAX_AUTH_ATTEMPTS: u8 = 5;
+pub const AUTH_WINDOW: Duration = Duration::from_secs(10);
 
 /// Work the driver finishes asynchronously.
 #[derive(Debug)]
@@ -39,6 +48,17 @@ pub enum Pending {
     Presence { channel: String, topic: String },
     /// Close the connection with 1000 (`disconnect`).
     Close,
+    /// Close the connection with 1008 and this reason (abuse).
+    PolicyClose(&'static str),
+}
+
+/// The outcome of a secret's hash check.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Verdict {
+    Match,
+    Mismatch,
+    /// The hashing pool's queue is full: not checked.
+    Busy,
 }
 
 #[derive(Debug)]
@@ -47,12 +67,14 @@ pub struct Session {
     /// The authenticated user's name.
     pub user: Option<Arc<str>>,
     pub perms: Perms,
+    /// Start of the current rate-limit window and attempts within it.
+    auth_attempts: Option<(Instant, u8)>,
 }
 
 impl Session {
     pub fn new(vhost: Arc<Vhost>) -> Session {
         let perms = vhost.anonymous;
-        Session { vhost, user: None, perms }
+        Session { vhost, user: None, perms, auth_attempts: None }
     }
 
     /// Handles one text message; errors and replies go out through `env`.
@@ -87,6 +109,15 @@ impl Session {
     fn run(&mut self, command: Command<'_>, env: &mut impl Env) -> Result<Option<Pending>, WrError> {
         match command {
             Command::Authenticate { user, secret } => {
+                let now = env.now();
+                let (since, n) = match self.auth_attempts {
+                    Some((since, n)) if now.duration_since(since) < AUTH_WINDOW => (since, n + 1),
+                    _ => (now, 1),
+                };
+                self.auth_attempts = Some((since, n));
+                if n > MAX_AUTH_ATTEMPTS {
+                    return Ok(Some(Pending::PolicyClose("too many authenticate attempts")));
+                }
                 let found = self
                     .vhost
                     .user(&user)
@@ -175,7 +206,13 @@ impl Session {
     }
 
     /// The answer to `Pending::Verify`.
-    pub fn on_verified(&mut self, user: Arc<User>, ok: bool, env: &mut impl Env) {
+    pub fn on_verified(&mut self, user: Arc<User>, verdict: Verdict, env: &mut impl Env) {
+        if verdict == Verdict::Busy {
+            let e = WrError::new(ErrorId::InvalidCredentials, "too many logins being checked; retry later");
+            env.send(e.frame());
+            return;
+        }
+        let ok = verdict == Verdict::Match;
         // The user may have been deleted or changed while the hash ran.
         let current = self.vhost.user(&user.name);
         match current {
@@ -235,6 +272,7 @@ mod tests {
         broadcasts: Vec<(String, String)>,
         triggers: Vec<String>,
         workers: bool,
+        now: Option<Instant>,
     }
 
     impl Env for Recorder {
@@ -268,6 +306,9 @@ mod tests {
         }
         fn sid(&self) -> String {
             "s1".into()
+        }
+        fn now(&self) -> Instant {
+            self.now.unwrap_or_else(Instant::now)
         }
     }
 
@@ -333,9 +374,9 @@ mod tests {
         let pending = say(&mut s, &mut env, r#"{"authenticate":{"user":"locked","secret":"x"}}"#);
         let Some(Pending::Verify { user, secret }) = pending else { panic!("{pending:?}") };
         assert_eq!(secret, "x");
-        s.on_verified(user.clone(), false, &mut env);
+        s.on_verified(user.clone(), Verdict::Mismatch, &mut env);
         assert!(last(&env).contains("INVALID_CREDENTIALS"));
-        s.on_verified(user, true, &mut env);
+        s.on_verified(user, Verdict::Match, &mut env);
         assert_eq!(last(&env), r#"{"authenticated":"locked"}"#);
         assert!(env.topics.is_empty(), "a new login drops the old user's subscriptions");
     }
@@ -385,5 +426,26 @@ mod tests {
         s.on_user_changed(None, &mut env);
         assert_eq!(last(&env), r#"{"loggedOut":true}"#);
         assert_eq!(s.user, None);
+    }
+
+    #[test]
+    fn a_sixth_authenticate_within_ten_seconds_closes_with_1008() {
+        let (_d, v) = vhost(Perms::NONE);
+        let (mut s, mut env) = (Session::new(v), Recorder::default());
+        let start = Instant::now();
+        env.now = Some(start);
+        for _ in 0..MAX_AUTH_ATTEMPTS {
+            assert!(say(&mut s, &mut env, r#"{"authenticate":{"user":"nobody"}}"#).is_none());
+            assert!(last(&env).contains("USER_NOT_FOUND"));
+        }
+        let sixth = say(&mut s, &mut env, r#"{"authenticate":{"user":"joe"}}"#);
+        assert!(matches!(sixth, Some(Pending::PolicyClose(_))), "{sixth:?}");
+        // After the window, attempts are counted afresh.
+        let (_d, v) = vhost(Perms::NONE);
+        let mut s = Session::new(v);
+        for i in 0..12u64 {
+            env.now = Some(start + Duration::from_secs(i * 3));
+            assert!(say(&mut s, &mut env, r#"{"authenticate":{"user":"joe"}}"#).is_none());
+        }
     }
 }
