@@ -52,6 +52,11 @@ pub struct HookRequest {
     pub retry_sent: bool,
     /// Largest response body accepted.
     pub max_response: usize,
+    /// The vhost it serves: each vhost's requests run within its own limit.
+    pub vhost: Arc<str>,
+    /// When it was made: its first attempt's deadline runs from here, so
+    /// time spent queued counts.
+    pub queued_at: Instant,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -159,16 +164,23 @@ struct HookJob {
 #[derive(Clone)]
 pub struct HookSender {
     tx: mpsc::Sender<HookJob>,
+    /// Close notifications: a queue of their own, so a burst of
+    /// disconnects never delays a connect.
+    close_tx: mpsc::Sender<HookJob>,
     metrics: Arc<HookMetrics>,
 }
 
 pub struct HookReceiver {
     rx: mpsc::Receiver<HookJob>,
+    close_rx: mpsc::Receiver<HookJob>,
 }
 
+/// The hook queues: `capacity` requests (connect, join, message) and as
+/// many close notifications.
 pub fn channel(capacity: usize, metrics: Arc<HookMetrics>) -> (HookSender, HookReceiver) {
     let (tx, rx) = mpsc::channel(capacity);
-    (HookSender { tx, metrics }, HookReceiver { rx })
+    let (close_tx, close_rx) = mpsc::channel(capacity);
+    (HookSender { tx, close_tx, metrics }, HookReceiver { rx, close_rx })
 }
 
 impl HookSender {
@@ -197,7 +209,8 @@ impl HookSender {
     ) -> Result<oneshot::Receiver<HookOutcome>, Box<HookRequest>> {
         let (reply, rx) = oneshot::channel();
         self.metrics.pending.fetch_add(1, Relaxed);
-        match self.tx.try_send(HookJob { request, reply }) {
+        let queue = if request.kind == HookKind::Close { &self.close_tx } else { &self.tx };
+        match queue.try_send(HookJob { request, reply }) {
             Ok(()) => Ok(rx),
             Err(mpsc::error::TrySendError::Full(job) | mpsc::error::TrySendError::Closed(job)) => {
                 self.metrics.pending.fetch_sub(1, Relaxed);
@@ -213,7 +226,8 @@ impl HookSender {
 
 type HttpClient = Client<HttpConnector, Full<Bytes>>;
 
-/// Hook requests executing at once (each holds one backend connection).
+/// Hook requests executing at once per vhost, and for close notifications
+/// (each holds one backend connection).
 const MAX_CONCURRENT_REQUESTS: usize = 256;
 
 /// Runs hook requests until every sender is gone (integration thread).
@@ -230,7 +244,11 @@ pub async fn run(mut receiver: HookReceiver, metrics: Arc<HookMetrics>) {
     // Bounded concurrency keeps the backend's keep-alive connections busy
     // instead of opening a new connection for every request of a burst
     // (measured: 15,000 closes at once took seconds each without it).
-    let permits = Arc::new(tokio::sync::Semaphore::new(MAX_CONCURRENT_REQUESTS));
+    // One limit per vhost and one for close notifications: a vhost whose
+    // backend hangs fills its own, never another's. The loop never waits
+    // for a permit itself (that made every vhost wait behind one).
+    let mut pools: std::collections::HashMap<Arc<str>, Arc<tokio::sync::Semaphore>> = Default::default();
+    let closes = Arc::new(tokio::sync::Semaphore::new(MAX_CONCURRENT_REQUESTS));
     // Request ids: a per-process random prefix and a counter, sent to the
     // backend as `X-Request-Id` and logged with the call, so one hook call
     // can be found in both logs.
@@ -238,16 +256,37 @@ pub async fn run(mut receiver: HookReceiver, metrics: Arc<HookMetrics>) {
     let _ = getrandom::fill(&mut prefix);
     let prefix = u32::from_le_bytes(prefix);
     let mut calls: u64 = 0;
-    while let Some(job) = receiver.rx.recv().await {
-        let Ok(permit) = permits.clone().acquire_owned().await else { break };
+    loop {
+        let job = tokio::select! {
+            biased;
+            Some(job) = receiver.rx.recv() => job,
+            Some(job) = receiver.close_rx.recv() => job,
+            else => break,
+        };
+        let pool = if job.request.kind == HookKind::Close {
+            closes.clone()
+        } else {
+            pools
+                .entry(job.request.vhost.clone())
+                .or_insert_with(|| Arc::new(tokio::sync::Semaphore::new(MAX_CONCURRENT_REQUESTS)))
+                .clone()
+        };
         let client = client.clone();
         let metrics = metrics.clone();
         calls += 1;
         let request_id = format!("{prefix:08x}-{calls}");
         tokio::spawn(async move {
             let started = Instant::now();
-            let outcome = execute(&client, &job.request, &request_id).await;
-            drop(permit);
+            // Waiting for room counts against the first attempt's deadline.
+            let deadline = tokio::time::Instant::from_std(job.request.queued_at + job.request.timeout);
+            let outcome = match tokio::time::timeout_at(deadline, pool.acquire_owned()).await {
+                Ok(Ok(permit)) => {
+                    let outcome = execute(&client, &job.request, &request_id).await;
+                    drop(permit);
+                    outcome
+                }
+                _ => HookOutcome::Timeout,
+            };
             let took = started.elapsed();
             debug!(
                 request_id,
@@ -267,7 +306,7 @@ pub async fn run(mut receiver: HookReceiver, metrics: Arc<HookMetrics>) {
 async fn execute(client: &HttpClient, r: &HookRequest, request_id: &str) -> HookOutcome {
     let mut attempt = 0;
     loop {
-        let outcome = attempt_once(client, r, request_id).await;
+        let outcome = attempt_once(client, r, request_id, attempt == 0).await;
         let (retry, outcome) = match outcome {
             Attempt::Done(o) => (false, o),
             Attempt::NotSent(e) => (true, HookOutcome::Unreachable(e)),
@@ -290,7 +329,7 @@ enum Attempt {
     MaybeSent(HookOutcome),
 }
 
-async fn attempt_once(client: &HttpClient, r: &HookRequest, request_id: &str) -> Attempt {
+async fn attempt_once(client: &HttpClient, r: &HookRequest, request_id: &str, first: bool) -> Attempt {
     let mut builder =
         hyper::Request::builder().method(r.method.clone()).uri(&r.url).header("x-request-id", request_id);
     for (k, v) in &r.headers {
@@ -300,7 +339,12 @@ async fn attempt_once(client: &HttpClient, r: &HookRequest, request_id: &str) ->
         Ok(req) => req,
         Err(e) => return Attempt::Done(HookOutcome::Unreachable(format!("invalid hook request: {e}"))),
     };
-    let deadline = tokio::time::Instant::now() + r.timeout;
+    // The first attempt's deadline runs from when the request was queued;
+    // a retry gets a whole timeout of its own.
+    let deadline = match first {
+        true => tokio::time::Instant::from_std(r.queued_at + r.timeout),
+        false => tokio::time::Instant::now() + r.timeout,
+    };
     let response = match tokio::time::timeout_at(deadline, client.request(request)).await {
         Err(_) => return Attempt::MaybeSent(HookOutcome::Timeout),
         Ok(Err(e)) if e.is_connect() => return Attempt::NotSent(error_chain(&e)),

@@ -443,3 +443,43 @@ fn shutdown_keeps_to_one_deadline_with_stuck_clients_and_backend() {
     assert!(took < Duration::from_millis(1700), "shutdown took {took:?} for a 1 s timeout");
     assert!(s.log().contains("exiting with backend hook requests unfinished"), "{}", s.log());
 }
+
+/// One vhost's hanging backend does not slow another vhost's connects:
+/// each vhost has its own limit of hook requests, the queue time counts
+/// against a hook's deadline, and the handshake timeout covers the wait.
+#[test]
+fn a_hanging_backend_does_not_delay_another_vhosts_connects() {
+    let slow = Backend::start(|_| Answer::new(200, "ok").after(Duration::from_secs(30)));
+    let fast = Backend::start(|_| Answer::new(200, "ok"));
+    let config = format!(
+        "[limits]\nhandshake_timeout_ms = 3000\n\
+         [[vhost]]\npath = \"/slow\"\ndialect = \"roadrunner\"\n[vhost.hooks]\nconnect = \"{}/auth\"\ntimeout_ms = 20000\n\
+         [[vhost]]\npath = \"/fast\"\ndialect = \"roadrunner\"\n[vhost.hooks]\nconnect = \"{}/auth\"\n",
+        slow.url(),
+        fast.url()
+    );
+    let s = Server::start(&config, 1);
+    let flood = raw_upgrades(s.ws, "/slow", 700);
+    assert!(
+        eventually(Duration::from_secs(10), || slow.seen().len() >= 256),
+        "the flood reached the backend"
+    );
+    let mut worst = Duration::ZERO;
+    for _ in 0..20 {
+        let started = Instant::now();
+        let ws = try_connect(s.ws, "/fast", &[]).expect("a connect to the fast vhost");
+        worst = worst.max(started.elapsed());
+        drop(ws);
+    }
+    eprintln!("fast vhost connects during a 700-handshake flood of the slow one: worst {worst:?}");
+    assert!(worst < Duration::from_millis(200), "worst connect {worst:?}");
+    // The flooded handshakes end at the handshake deadline (3 s), not the
+    // hook's 20 s: 504 for each.
+    let mut c = flood.into_iter().next().unwrap();
+    c.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
+    let started = Instant::now();
+    let mut head = [0u8; 12];
+    std::io::Read::read_exact(&mut c, &mut head).unwrap();
+    assert_eq!(&head, b"HTTP/1.1 504");
+    assert!(started.elapsed() < Duration::from_secs(5), "{:?}", started.elapsed());
+}

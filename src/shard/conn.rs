@@ -118,6 +118,8 @@ pub(super) fn hook_request(
         retries: v.hooks.retries,
         retry_sent: v.hooks.retry_sent,
         max_response,
+        vhost: v.path.as_str().into(),
+        queued_at: std::time::Instant::now(),
     }
 }
 

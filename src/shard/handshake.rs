@@ -181,13 +181,24 @@ impl From<HttpError> for HandshakeEnd {
 /// backend's connect hook; answers refusals itself.
 async fn upgrade(shard: &Shard, stream: &mut TcpStream, peer: Option<SocketAddr>) -> Option<Accepted> {
     let timeout = Duration::from_millis(shard.config.limits.handshake_timeout_ms);
+    let deadline = std::time::Instant::now() + timeout;
     let read = futures_lite::future::or(read_upgrade(shard, stream), async {
         rt::sleep(timeout).await;
         Err(HttpError::new(408, "handshake timeout").into())
     })
     .await;
+    // The connect hook's wait is part of the handshake: it ends at the
+    // same deadline, whatever the hook's own timeout.
     let outcome = match read {
-        Ok(accepted) => authorize(shard, &accepted, peer).await.map(|()| accepted),
+        Ok(accepted) => futures_lite::future::or(authorize(shard, &accepted, peer), async {
+            rt::sleep(deadline.saturating_duration_since(std::time::Instant::now())).await;
+            Err(HandshakeEnd::Refused(
+                HttpError::new(504, "backend timeout (limits.handshake_timeout_ms)").response(),
+                Refusal::Timeout,
+            ))
+        })
+        .await
+        .map(|()| accepted),
         Err(e) => Err(e),
     };
     match outcome {

@@ -97,7 +97,8 @@ pub struct Shard {
     pub(crate) recorder: RefCell<Recorder>,
     /// The settings of vhosts added at run time (WebRocket, defaults).
     runtime_vhost: crate::config::VhostConfig,
-    hooks_in_flight: Cell<usize>,
+    /// Hook requests outstanding per vhost path.
+    hooks_in_flight: RefCell<std::collections::HashMap<Arc<str>, usize>>,
     /// Close notifications the full hook queue could not take yet, oldest
     /// first; one retry task works through them (`close_retry_running`).
     close_backlog: RefCell<VecDeque<HookRequest>>,
@@ -143,7 +144,7 @@ pub async fn run(setup: ShardSetup, ring: ring::Ring) {
         recorder: RefCell::new(recorder),
         stats: setup.stats,
         runtime_vhost: crate::config::VhostConfig::runtime_webrocket(),
-        hooks_in_flight: Cell::new(0),
+        hooks_in_flight: RefCell::default(),
         close_backlog: RefCell::new(VecDeque::new()),
         close_retry_running: Cell::new(false),
         registered: Cell::new(0),
@@ -452,14 +453,23 @@ impl Shard {
     }
 
     /// Runs a backend hook request, within the shard's in-flight limit.
+    /// The limit is per vhost: one vhost's hanging backend cannot take the
+    /// room of another's.
     pub(crate) async fn call_hook(&self, request: HookRequest) -> HookOutcome {
-        if self.hooks_in_flight.get() >= self.config.limits.max_hooks_in_flight {
-            self.hooks.metrics().record(request.kind, &HookOutcome::Busy, Duration::ZERO);
-            return HookOutcome::Busy;
+        let vhost = request.vhost.clone();
+        {
+            let mut in_flight = self.hooks_in_flight.borrow_mut();
+            let n = in_flight.entry(vhost.clone()).or_default();
+            if *n >= self.config.limits.max_hooks_in_flight {
+                self.hooks.metrics().record(request.kind, &HookOutcome::Busy, Duration::ZERO);
+                return HookOutcome::Busy;
+            }
+            *n += 1;
         }
-        self.hooks_in_flight.set(self.hooks_in_flight.get() + 1);
+        // Released when the call ends or is abandoned (a handshake that
+        // reached its deadline drops this future mid-wait).
+        let _slot = HookSlot { in_flight: &self.hooks_in_flight, vhost };
         let outcome = self.hooks.submit(request).await;
-        self.hooks_in_flight.set(self.hooks_in_flight.get() - 1);
         outcome.unwrap_or(HookOutcome::Unreachable("gateway shutting down".into()))
     }
 
@@ -766,6 +776,24 @@ async fn keepalive_loop(shard: Rc<Shard>) {
                     shard.slow_consumer_closed(&mut st);
                     shard.closing(&mut st, CLOSE_LINGER);
                 }
+            }
+        }
+    }
+}
+
+/// One vhost's hook call counted in the shard's in-flight limit.
+struct HookSlot<'a> {
+    in_flight: &'a RefCell<std::collections::HashMap<Arc<str>, usize>>,
+    vhost: Arc<str>,
+}
+
+impl Drop for HookSlot<'_> {
+    fn drop(&mut self) {
+        let mut in_flight = self.in_flight.borrow_mut();
+        if let Some(n) = in_flight.get_mut(&self.vhost) {
+            *n -= 1;
+            if *n == 0 {
+                in_flight.remove(&self.vhost);
             }
         }
     }
