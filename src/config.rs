@@ -112,7 +112,7 @@ pub struct RpcConfig {
 #[derive(Debug, Clone, Deserialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct RedisConfig {
-    /// `redis://[user:password@]host:port[/db]` (`rediss://` is not built yet).
+    /// `redis://[user:password@]host:port[/db]`, `rediss://` for TLS (private CA: `SSL_CERT_FILE`).
     pub url: String,
     /// Prepended to every channel ringcast uses.
     pub prefix: String,

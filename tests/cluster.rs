@@ -899,3 +899,66 @@ fn a_network_broker_needs_a_secret_or_an_explicit_insecure() {
     assert!(health.contains("insecure"), "{health}");
     assert!(s.log().contains("insecure"), "{}", s.log());
 }
+
+/// `rediss://`: a real redis-server speaking TLS only, its certificate
+/// signed by a CA made here. The node trusts the CA through
+/// `SSL_CERT_FILE` (as rustls-native-certs programs do) and works; without
+/// it the node does not connect and says why in /health.
+#[test]
+fn redis_over_tls_with_a_private_ca() {
+    let dir = tempfile::tempdir().unwrap();
+    let ca_key = rcgen::KeyPair::generate().unwrap();
+    let mut ca_params = rcgen::CertificateParams::new(Vec::<String>::new()).unwrap();
+    ca_params.is_ca = rcgen::IsCa::Ca(rcgen::BasicConstraints::Unconstrained);
+    ca_params.distinguished_name.push(rcgen::DnType::CommonName, "ringcast test CA");
+    let ca = ca_params.self_signed(&ca_key).unwrap();
+    let server_key = rcgen::KeyPair::generate().unwrap();
+    let server_params = rcgen::CertificateParams::new(vec!["localhost".into(), "127.0.0.1".into()]).unwrap();
+    let issuer = rcgen::Issuer::new(ca_params, ca_key);
+    let server = server_params.signed_by(&server_key, &issuer).unwrap();
+    let path = |name: &str| dir.path().join(name).to_str().unwrap().to_string();
+    std::fs::write(path("ca.pem"), ca.pem()).unwrap();
+    std::fs::write(path("server.pem"), server.pem()).unwrap();
+    std::fs::write(path("server.key"), server_key.serialize_pem()).unwrap();
+    let port = broker_port();
+    let _redis = Killed(
+        Command::new("redis-server")
+            .args(["--port", "0", "--tls-port", &port.to_string(), "--bind", "127.0.0.1"])
+            .args(["--tls-cert-file", &path("server.pem"), "--tls-key-file", &path("server.key")])
+            .args(["--tls-ca-cert-file", &path("ca.pem"), "--tls-auth-clients", "no"])
+            .args(["--save", "", "--appendonly", "no"])
+            .stdout(Stdio::null())
+            .spawn()
+            .expect("redis-server (scripts/test.sh installs it)"),
+    );
+    wait_port(port);
+    let config = roadrunner_config(&format!(
+        "broker = \"redis\"\n[redis]\nurl = \"rediss://localhost:{port}\"\n[cluster]\nsecret = \"{SECRET}\"\n"
+    ));
+    // Trusting the private CA: healthy, publications flow through Redis.
+    let trusted = Server::start_env(&config, 1, &[("SSL_CERT_FILE", &path("ca.pem"))]);
+    assert!(
+        eventually(Duration::from_secs(15), || http_get(&trusted.url("/health")).0 == 200),
+        "{}",
+        http_get(&trusted.url("/health")).1
+    );
+    let other = Server::start_env(&config, 1, &[("SSL_CERT_FILE", &path("ca.pem"))]);
+    connected(&[&other]);
+    let mut sub = other.connect("/ws");
+    join(&mut sub, &["secure"]);
+    assert_eq!(publish(&trusted, "secure", "over tls").0, 200);
+    assert_eq!(recv_text(&mut sub), delivery("secure", "over tls"));
+    // Not trusting it: never connects, and says so.
+    let empty = path("empty.pem");
+    std::fs::write(&empty, "").unwrap();
+    let untrusted = Server::start_env(&config, 1, &[("SSL_CERT_FILE", &empty)]);
+    assert!(
+        eventually(Duration::from_secs(10), || {
+            let (status, body) = http_get(&untrusted.url("/health"));
+            status == 503 && body.to_lowercase().contains("certificate")
+        }),
+        "{}",
+        http_get(&untrusted.url("/health")).1
+    );
+    assert!(untrusted.log().to_lowercase().contains("certificate"), "{}", untrusted.log());
+}
