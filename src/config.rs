@@ -24,6 +24,7 @@ pub struct Config {
     pub redis: RedisConfig,
     pub nats: NatsConfig,
     pub cluster: ClusterConfig,
+    pub webrocket: WebRocketConfig,
     #[serde(rename = "vhost")]
     pub vhosts: Vec<VhostConfig>,
 }
@@ -136,6 +137,21 @@ pub struct NatsConfig {
 impl Default for NatsConfig {
     fn default() -> Self {
         NatsConfig { url: "nats://127.0.0.1:4222".into(), prefix: "ringcast.".into() }
+    }
+}
+
+/// What every WebRocket vhost shares.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct WebRocketConfig {
+    /// Channels one vhost may hold; a `subscribe` that would create one
+    /// more answers `TOO_MANY_CHANNELS`.
+    pub max_channels_per_vhost: usize,
+}
+
+impl Default for WebRocketConfig {
+    fn default() -> Self {
+        WebRocketConfig { max_channels_per_vhost: crate::webrocket::directory::DEFAULT_MAX_CHANNELS }
     }
 }
 
@@ -326,6 +342,7 @@ impl Default for Config {
             redis: RedisConfig::default(),
             nats: NatsConfig::default(),
             cluster: ClusterConfig::default(),
+            webrocket: WebRocketConfig::default(),
             vhosts: vec![VhostConfig {
                 path: "/ws".into(),
                 dialect: Dialect::RoadRunner,
@@ -516,6 +533,9 @@ impl Config {
                  one (anyone who can publish to the broker can then inject messages)",
                 self.broker
             )));
+        }
+        if self.webrocket.max_channels_per_vhost == 0 {
+            return fail("webrocket.max_channels_per_vhost", "must be at least 1");
         }
         if c.replay_window_ms < 1_000 {
             return fail("cluster.replay_window_ms", "must be at least 1000");

@@ -345,6 +345,10 @@ fn open_webrocket(config: &Config, runtime: tokio::runtime::Handle) -> Result<Ar
         (Store::disabled(), Loaded::default())
     };
     let (directory, initial) = Directory::load(store.clone(), loaded, &configured);
+    directory
+        .hooks
+        .max_channels
+        .store(config.webrocket.max_channels_per_vhost, std::sync::atomic::Ordering::Relaxed);
     if !initial.is_empty() {
         futures_lite::future::block_on(store.apply(initial)).map_err(|e| StartError(e.to_string()))?;
     }

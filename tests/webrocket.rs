@@ -563,3 +563,49 @@ fn password_guessing_is_rate_limited_and_bounded_in_memory() {
     assert_eq!(reply, r#"{"authenticated":"joe"}"#);
     assert!(t.elapsed() < Duration::from_secs(1), "{:?}", t.elapsed());
 }
+
+/// Anonymous subscribes cannot grow a vhost's channels without bound, and
+/// the store's write-behind backlog they make cannot delay an admin write.
+#[test]
+fn channels_made_by_subscribes_are_bounded_and_do_not_delay_admin_writes() {
+    let s = Server::start(&format!("[webrocket]\nmax_channels_per_vhost = 3001\n{}", config("\"READ\"")), 1);
+    // A churn of new channels from 12 connections, 250 each.
+    let churn: Vec<_> = (0..12)
+        .map(|c| {
+            let addr = s.ws;
+            std::thread::spawn(move || {
+                let mut ws = try_connect(addr, "/world", &[]).unwrap();
+                for i in 0..250 {
+                    let channel = format!("c{c}-{i}");
+                    let reply = ask(&mut ws, &json!({ "subscribe": { "channel": channel } }).to_string());
+                    assert_eq!(reply, format!(r#"{{"subscribed":"{channel}"}}"#));
+                    if i % 50 == 49 {
+                        // Keep within max_topics_per_connection (256).
+                        for j in i - 49..=i {
+                            let channel = format!("c{c}-{j}");
+                            ask(&mut ws, &json!({ "unsubscribe": { "channel": channel } }).to_string());
+                        }
+                    }
+                }
+            })
+        })
+        .collect();
+    std::thread::sleep(Duration::from_millis(300));
+    let started = std::time::Instant::now();
+    let (status, answer) =
+        admin(&s, "POST", "/admin/channels", Some(json!({ "vhost": "/world", "name": "news" })));
+    let took = started.elapsed();
+    assert_eq!(status, 201, "{answer}");
+    for c in churn {
+        c.join().unwrap();
+    }
+    eprintln!("admin write during a churn of 3,000 new channels answered in {took:?}");
+    assert!(took < Duration::from_secs(1), "{took:?}");
+    // 3,001 channels now (news + 3,000), the cap: the next new one is refused.
+    let mut ws = s.connect("/world");
+    let reply = ask(&mut ws, r#"{"subscribe":{"channel":"one-too-many"}}"#);
+    assert_eq!(err_id(&reply), "TOO_MANY_CHANNELS", "{reply}");
+    assert!(reply.contains("3001 channels (webrocket.max_channels_per_vhost)"), "{reply}");
+    // Existing channels still take subscribers.
+    assert_eq!(ask(&mut ws, r#"{"subscribe":{"channel":"news"}}"#), r#"{"subscribed":"news"}"#);
+}

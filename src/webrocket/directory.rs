@@ -41,10 +41,27 @@ pub struct Vhost {
 pub type ChannelHook = Box<dyn Fn(&str, &str) + Send + Sync>;
 
 /// Set once the broker runs.
-#[derive(Default)]
 pub struct Hooks {
     pub channel_created: std::sync::OnceLock<ChannelHook>,
+    /// `webrocket.max_channels_per_vhost`: a subscribe past it is refused.
+    pub max_channels: std::sync::atomic::AtomicUsize,
 }
+
+impl Default for Hooks {
+    fn default() -> Self {
+        Hooks {
+            channel_created: std::sync::OnceLock::new(),
+            max_channels: std::sync::atomic::AtomicUsize::new(DEFAULT_MAX_CHANNELS),
+        }
+    }
+}
+
+/// `webrocket.max_channels_per_vhost`'s default.
+pub const DEFAULT_MAX_CHANNELS: usize = 10_000;
+
+/// A subscribe would create a channel past `max_channels_per_vhost`.
+#[derive(Debug, PartialEq, Eq)]
+pub struct TooManyChannels(pub usize);
 
 impl std::fmt::Debug for Hooks {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
@@ -132,12 +149,21 @@ impl Vhost {
     }
 
     /// Makes `name` exist (a subscribe to a new channel); written to the
-    /// store behind the caller's back. True if it is new.
-    pub fn ensure_channel(&self, name: &str) -> bool {
+    /// store behind the caller's back. True if it is new; an error past
+    /// `max_channels_per_vhost` (anonymous clients must not grow the
+    /// directory, the store and every node's copy without bound).
+    pub fn ensure_channel(&self, name: &str) -> Result<bool, TooManyChannels> {
         if self.channel_exists(name) {
-            return false;
+            return Ok(false);
         }
-        let created = write(&self.channels).insert(name.into());
+        let max = self.hooks.max_channels.load(Ordering::Relaxed);
+        let created = {
+            let mut channels = write(&self.channels);
+            if channels.len() >= max {
+                return Err(TooManyChannels(max));
+            }
+            channels.insert(name.into())
+        };
         if created {
             self.store
                 .apply_later(vec![Write::PutChannel { vhost: self.path.to_string(), name: name.into() }]);
@@ -145,7 +171,7 @@ impl Vhost {
                 hook(&self.path, name);
             }
         }
-        created
+        Ok(created)
     }
 
     pub fn token(&self) -> Arc<str> {

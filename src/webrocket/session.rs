@@ -143,7 +143,12 @@ impl Session {
                             format!("at most {} channels per connection", env.max_subscriptions()),
                         ));
                     }
-                    self.vhost.ensure_channel(&channel);
+                    self.vhost.ensure_channel(&channel).map_err(|e| {
+                        WrError::new(
+                            ErrorId::TooManyChannels,
+                            format!("the vhost has {} channels (webrocket.max_channels_per_vhost)", e.0),
+                        )
+                    })?;
                     // Subscribed before the reply: a broadcast made after the
                     // client saw `subscribed` reaches it.
                     env.subscribe(&topic);

@@ -7,7 +7,8 @@
 //! API awaits its commits, subscribe-created channels are written behind.
 
 use std::path::{Path, PathBuf};
-use std::sync::mpsc;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::{mpsc, Arc};
 
 use futures_channel::oneshot;
 use redb::{Database, ReadableDatabase, ReadableTable, TableDefinition};
@@ -93,7 +94,15 @@ type Job = (Vec<Write>, Option<oneshot::Sender<Result<(), StoreError>>>);
 pub struct Store {
     jobs: mpsc::Sender<Job>,
     file: PathBuf,
+    /// Write-behind jobs (`apply_later`) queued and not yet committed.
+    backlog: Arc<AtomicUsize>,
 }
+
+/// Jobs committed in one transaction at most.
+const BATCH: usize = 4096;
+/// Write-behind jobs queued at most; past it they are dropped (logged):
+/// the change stays in memory, only its persistence is lost.
+const MAX_BACKLOG: usize = 65_536;
 
 impl std::fmt::Debug for Store {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
@@ -128,30 +137,47 @@ impl Store {
         let loaded = read_all(&db).map_err(|e| fail("cannot read", &e))?;
         let (jobs, rx) = mpsc::channel::<Job>();
         let file_for_thread = file.clone();
+        let backlog = Arc::new(AtomicUsize::new(0));
+        let backlog_for_thread = backlog.clone();
         std::thread::Builder::new()
             .name("ringcast-store".into())
             .spawn(move || {
-                for (writes, done) in rx {
-                    let result = commit(&db, &writes).map_err(|e| {
+                // Everything queued meanwhile goes into one transaction (one
+                // durable commit): an admin write waits for one batch, not
+                // behind thousands of commits of channels made by subscribes.
+                while let Ok(first) = rx.recv() {
+                    let mut batch = vec![first];
+                    while batch.len() < BATCH {
+                        match rx.try_recv() {
+                            Ok(job) => batch.push(job),
+                            Err(_) => break,
+                        }
+                    }
+                    let later = batch.iter().filter(|(_, done)| done.is_none()).count();
+                    backlog_for_thread.fetch_sub(later, Ordering::Relaxed);
+                    let writes: Vec<&Write> = batch.iter().flat_map(|(w, _)| w.iter()).collect();
+                    let result = commit(&db, writes).map_err(|e| {
                         StoreError(format!("state store {}: write failed: {e}", file_for_thread.display()))
                     });
                     if let Err(e) = &result {
                         tracing::error!(error = %e, "state store write failed");
                     }
-                    if let Some(done) = done {
-                        let _ = done.send(result);
+                    for (_, done) in batch {
+                        if let Some(done) = done {
+                            let _ = done.send(result.clone());
+                        }
                     }
                 }
             })
             .map_err(|e| StoreError(format!("cannot start the store thread: {e}")))?;
-        Ok((Store { jobs, file }, loaded))
+        Ok((Store { jobs, file, backlog }, loaded))
     }
 
     /// A store for a gateway that keeps no state (no WebRocket vhost, no
     /// admin API): every write fails with a message saying so.
     pub fn disabled() -> Store {
         let (jobs, _) = mpsc::channel();
-        Store { jobs, file: PathBuf::new() }
+        Store { jobs, file: PathBuf::new(), backlog: Arc::default() }
     }
 
     pub fn file(&self) -> &Path {
@@ -171,7 +197,16 @@ impl Store {
 
     /// Commits without waiting (errors are logged by the writer).
     pub fn apply_later(&self, writes: Vec<Write>) {
-        let _ = self.jobs.send((writes, None));
+        if self.backlog.fetch_add(1, Ordering::Relaxed) >= MAX_BACKLOG {
+            self.backlog.fetch_sub(1, Ordering::Relaxed);
+            tracing::warn!(
+                "state store write-behind queue full ({MAX_BACKLOG}); a change is kept in memory only"
+            );
+            return;
+        }
+        if self.jobs.send((writes, None)).is_err() {
+            self.backlog.fetch_sub(1, Ordering::Relaxed);
+        }
     }
 }
 
@@ -206,7 +241,10 @@ fn read_all(db: &Database) -> Result<Loaded, Box<dyn std::error::Error>> {
     Ok(loaded)
 }
 
-fn commit(db: &Database, writes: &[Write]) -> Result<(), Box<dyn std::error::Error>> {
+fn commit<'w>(
+    db: &Database,
+    writes: impl IntoIterator<Item = &'w Write>,
+) -> Result<(), Box<dyn std::error::Error>> {
     let txn = db.begin_write()?;
     {
         let mut vhosts = txn.open_table(VHOSTS)?;
