@@ -298,8 +298,10 @@ fn sendpath_measures_each_path_on_real_sockets() {
     for row in rows {
         let cells: Vec<&str> = row.split('|').map(str::trim).collect();
         assert_eq!(cells[2], "600", "3 passes × 200 sends: {row}");
+        // A number, not a measurement to judge: rusage is tick-granular on
+        // some kernels, so 600 sends on a loaded machine can read 0.00.
         let cpu_per_send: f64 = cells[3].parse().unwrap();
-        assert!(cpu_per_send > 0.0, "{row}");
+        assert!(cpu_per_send.is_finite() && cpu_per_send >= 0.0, "{row}");
     }
     let uring = out.lines().find(|l| l.starts_with("| Uring")).unwrap();
     assert!(uring.ends_with("| 1.0 |"), "one io_uring_enter per pass of 200: {uring}");
