@@ -47,6 +47,9 @@ impl Env for Sink {
     fn sid(&self) -> String {
         "1-1".into()
     }
+    fn now(&self) -> std::time::Instant {
+        std::time::Instant::now()
+    }
 }
 
 fuzz_target!(|data: &[u8]| {
