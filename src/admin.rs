@@ -297,8 +297,12 @@ async fn list_channels(ctx: &ApiContext, v: Arc<Vhost>) -> Reply {
             *counts.entry(name).or_default() += n as usize;
         }
     }
-    let all: Vec<_> = v
-        .channels()
+    // Kept channels, and those made by subscribes on any node.
+    let mut names = v.channels();
+    names.extend(counts.iter().filter(|(_, n)| **n > 0).map(|(name, _)| name.clone()));
+    names.sort();
+    names.dedup();
+    let all: Vec<_> = names
         .into_iter()
         .map(|name| {
             let n = counts.get(&name).copied().unwrap_or(0);
@@ -328,7 +332,8 @@ async fn add_channel(ctx: &ApiContext, body: &[u8]) -> Result<Reply, Fail> {
         .directory
         .vhost(&b.vhost)
         .ok_or_else(|| fail(StatusCode::NOT_FOUND, format!("no webrocket vhost {}", b.vhost)))?;
-    if v.channel_exists(&b.name) {
+    // A channel made by a subscribe is kept from now on.
+    if v.channel_is_kept(&b.name) {
         return Err(fail(StatusCode::CONFLICT, format!("channel {} exists in {}", b.name, v.path)));
     }
     commit(ctx, vec![Write::PutChannel { vhost: v.path.to_string(), name: b.name.clone() }]).await?;
@@ -336,7 +341,7 @@ async fn add_channel(ctx: &ApiContext, body: &[u8]) -> Result<Reply, Fail> {
 }
 
 async fn delete_channel(ctx: &ApiContext, v: Arc<Vhost>, name: &str) -> Result<Reply, Fail> {
-    if !v.channel_exists(name) {
+    if !v.channel_exists(name) && !ctx.webrocket.channel_elsewhere(&v, name).await {
         return Err(fail(StatusCode::NOT_FOUND, format!("no channel {name} in {}", v.path)));
     }
     commit(ctx, vec![Write::DeleteChannel { vhost: v.path.to_string(), name: name.into() }]).await?;

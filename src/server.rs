@@ -159,14 +159,6 @@ pub fn run(config: Config) -> Result<(), StartError> {
         ))?,
     };
     let _ = webrocket.broker.set(broker.clone());
-    {
-        // A channel made by a subscribe exists on every node.
-        let broker = broker.clone();
-        let _ = webrocket.directory.hooks.channel_created.set(Box::new(move |vhost, name| {
-            use crate::webrocket::store::Write;
-            broker.replicate(vec![Write::PutChannel { vhost: vhost.into(), name: name.into() }]);
-        }));
-    }
     let rpc_ctx = Arc::new(RpcContext {
         broker: broker.clone(),
         broker_name: config.broker.clone(),

@@ -645,6 +645,21 @@ fn webrocket_flows_are_cluster_wide(kind: Kind) {
     );
     let err: serde_json::Value = serde_json::from_str(&recv_text(&mut worker)).unwrap();
     assert_eq!(err["err"], "SESSION_NOT_FOUND");
+    // B's worker broadcasts to a channel only A has (made by a subscribe there).
+    let mut hall = a.connect("/world");
+    assert_eq!(ask(&mut hall, r#"{"subscribe":{"channel":"hall"}}"#), r#"{"subscribed":"hall"}"#);
+    send_text(&mut worker, r#"{"broadcast":{"channel":"hall","event":"news","data":3}}"#);
+    assert_eq!(recv_text(&mut hall), r#"{"news":{"channel":"hall","data":3}}"#);
+    drop(hall);
+    // The channel lived with B's subscriber: once it left, no node has it.
+    drop(on_b);
+    let mut on_a = a.connect("/world");
+    assert!(eventually(Duration::from_secs(5), || {
+        ask(&mut on_a, r#"{"broadcast":{"event":"hi","channel":"room","data":[2]}}"#)
+            .contains("CHANNEL_NOT_FOUND")
+    }));
+    assert_eq!(admin(&a, "GET", "/admin/channels?vhost=/world", None).1, serde_json::json!([]));
+    assert_eq!(admin(&b, "GET", "/admin/channels?vhost=/world", None).1, serde_json::json!([]));
 }
 
 #[test]

@@ -691,6 +691,11 @@ impl Cluster {
                     reply.counts.push(n);
                 }
             }
+            Some(Ask::ChannelExistsTopic(topic)) => {
+                let d = &self.wr.directory;
+                let exists = d.channel_of_topic(&topic).is_some_and(|(v, channel)| v.channel_exists(channel));
+                reply.count = u64::from(exists);
+            }
             None => return,
         }
         let body = self.seal(Body::QueryReply(reply));

@@ -582,6 +582,12 @@ impl Shard {
     ) -> (Rc<str>, Option<oneshot::Receiver<()>>) {
         let (name, new) = self.topics.borrow_mut().subscribe(topic, key);
         metrics::inc(&self.metrics.subscriptions);
+        if new {
+            // A WebRocket channel exists while a shard has subscribers.
+            if let Some((vhost, channel)) = self.webrocket.directory.channel_of_topic(topic) {
+                vhost.shard_subscribed(channel);
+            }
+        }
         let confirm = match (&self.interest, new) {
             (Some(tx), true) => {
                 let (confirmed, rx) = oneshot::channel();
@@ -596,6 +602,9 @@ impl Shard {
     pub(crate) fn index_unsubscribe(&self, index: &mut TopicIndex, topic: &str, key: ConnKey) {
         metrics::dec(&self.metrics.subscriptions);
         if index.unsubscribe(topic, key) {
+            if let Some((vhost, channel)) = self.webrocket.directory.channel_of_topic(topic) {
+                vhost.shard_unsubscribed(channel);
+            }
             if let Some(tx) = &self.interest {
                 let _ = tx.send(Interest::Leave { topic: topic.into() });
             }

@@ -19,7 +19,7 @@ use crate::dialect::webrocket as wire;
 use crate::metrics;
 use crate::publish::{Batch, Delivery};
 use crate::rt;
-use crate::webrocket::session::{Env, Pending, Session};
+use crate::webrocket::session::{not_found, Env, Pending, Session};
 use crate::webrocket::workers;
 
 /// The shard as a session's environment, for one message.
@@ -123,6 +123,10 @@ impl Env for ShardEnv<'_> {
     fn now(&self) -> std::time::Instant {
         std::time::Instant::now()
     }
+
+    fn in_cluster(&self) -> bool {
+        self.shard.interest.is_some()
+    }
 }
 
 /// Runs `f` with the connection's session taken out of its state (so the
@@ -220,14 +224,40 @@ pub(super) fn on_message(shard: &Rc<Shard>, conn: &ConnRef, text: Option<&[u8]>)
                 finish(&shard, owner, |s, env| s.on_verified(user, verdict, env));
             });
         }
-        Some(Pending::Presence { channel, topic }) => {
+        Some(Pending::Presence { channel, topic, known }) => {
             st.session.await_answer();
             let shard = shard.clone();
             rt::spawn(async move {
                 let (count, users) = presence(&shard, topic).await;
-                let names: Vec<&str> = users.iter().map(|u| &**u).collect();
-                let frame = wire::presence_frame(&channel, count, &names);
+                let frame = if count == 0 && !known {
+                    not_found(&channel).frame()
+                } else {
+                    let names: Vec<&str> = users.iter().map(|u| &**u).collect();
+                    wire::presence_frame(&channel, count, &names)
+                };
                 finish(&shard, owner, |_, env| env.send(frame));
+            });
+        }
+        Some(Pending::BroadcastElsewhere { channel, topic, frame }) => {
+            st.session.await_answer();
+            let Some(session) = st.wr.as_ref() else { return };
+            let vhost = session.vhost.clone();
+            let shard = shard.clone();
+            rt::spawn(async move {
+                let wr = shard.webrocket.clone();
+                let ask = {
+                    let name = channel.clone();
+                    shard.webrocket.runtime.spawn(async move { wr.channel_elsewhere(&vhost, &name).await })
+                };
+                let found = ask.await.unwrap_or(false);
+                finish(&shard, owner, move |_, env| {
+                    if found {
+                        env.broadcast(topic, frame);
+                        env.send(wire::named_reply("broadcasted", &channel));
+                    } else {
+                        env.send(not_found(&channel).frame());
+                    }
+                });
             });
         }
     }
@@ -358,6 +388,13 @@ impl Shard {
         for (_, conn) in self.conns.borrow().iter() {
             let mut st = conn.borrow_mut();
             if st.wr.as_ref().is_some_and(|s| &*s.vhost.path == vhost) {
+                // Unsubscribed now, not when the close completes: a vhost
+                // made again under the path starts with no channels of these.
+                let mut index = self.topics.borrow_mut();
+                for t in std::mem::take(&mut st.topics) {
+                    self.index_unsubscribe(&mut index, &t, st.owner.key);
+                }
+                drop(index);
                 self.start_close(&mut st, Some(1001), "vhost deleted", CLOSE_LINGER);
             }
         }

@@ -1,12 +1,13 @@
 //! The live WebRocket state every thread reads: vhosts, their users,
 //! channels and worker tokens. Shards read it on authenticate, subscribe,
-//! broadcast and presence (short read locks, written only by the admin API
-//! and by the first subscribe to a channel); every change goes to the store
-//! too.
+//! broadcast and presence (short read locks). The admin API's changes go to
+//! the store too; a channel made by a subscribe lives only in memory, on the
+//! nodes where it has subscribers, and goes when its last subscriber does.
 
-use std::collections::{HashMap, HashSet};
+use std::collections::HashMap;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, RwLock};
+use std::time::{Duration, Instant};
 
 use super::store::{Loaded, Store, UserRecord, Write};
 use crate::dialect::webrocket::Perms;
@@ -30,29 +31,37 @@ pub struct Vhost {
     /// start with it (control characters are not valid there).
     topic_prefix: Box<str>,
     users: RwLock<HashMap<Box<str>, Arc<User>>>,
-    channels: RwLock<HashSet<Box<str>>>,
+    channels: RwLock<HashMap<Box<str>, Channel>>,
+    /// Channels another node was recently found to have (subscribers
+    /// there only), so a broadcast here does not ask the cluster each time.
+    elsewhere: std::sync::Mutex<HashMap<Box<str>, Instant>>,
     token: RwLock<Arc<str>>,
     deleted: AtomicBool,
-    store: Store,
     hooks: Arc<Hooks>,
 }
 
-/// Called when a subscribe created a channel (to tell the other nodes).
-pub type ChannelHook = Box<dyn Fn(&str, &str) + Send + Sync>;
+/// A channel as this node knows it.
+#[derive(Debug, Default)]
+struct Channel {
+    /// Made by the admin API (or loaded from the store): stays without
+    /// subscribers.
+    kept: bool,
+    /// Shards of this node with at least one subscriber.
+    shards: usize,
+}
 
-/// Set once the broker runs.
+/// How long a channel found on another node counts as existing there.
+const ELSEWHERE_FOR: Duration = Duration::from_secs(1);
+
+/// Settings every vhost shares.
 pub struct Hooks {
-    pub channel_created: std::sync::OnceLock<ChannelHook>,
     /// `webrocket.max_channels_per_vhost`: a subscribe past it is refused.
     pub max_channels: std::sync::atomic::AtomicUsize,
 }
 
 impl Default for Hooks {
     fn default() -> Self {
-        Hooks {
-            channel_created: std::sync::OnceLock::new(),
-            max_channels: std::sync::atomic::AtomicUsize::new(DEFAULT_MAX_CHANNELS),
-        }
+        Hooks { max_channels: std::sync::atomic::AtomicUsize::new(DEFAULT_MAX_CHANNELS) }
     }
 }
 
@@ -92,14 +101,7 @@ pub fn token_is_valid(token: &str) -> bool {
 }
 
 impl Vhost {
-    fn new(
-        path: &str,
-        anonymous: Perms,
-        from_config: bool,
-        token: String,
-        store: Store,
-        hooks: Arc<Hooks>,
-    ) -> Vhost {
+    fn new(path: &str, anonymous: Perms, from_config: bool, token: String, hooks: Arc<Hooks>) -> Vhost {
         Vhost {
             path: path.into(),
             anonymous,
@@ -107,9 +109,9 @@ impl Vhost {
             topic_prefix: format!("\u{1}{path}\u{1}").into(),
             users: RwLock::default(),
             channels: RwLock::default(),
+            elsewhere: std::sync::Mutex::default(),
             token: RwLock::new(token.into()),
             deleted: AtomicBool::new(false),
-            store,
             hooks,
         }
     }
@@ -138,40 +140,72 @@ impl Vhost {
         all
     }
 
+    /// Kept, or subscribed on this node.
     pub fn channel_exists(&self, name: &str) -> bool {
-        read(&self.channels).contains(name)
+        read(&self.channels).contains_key(name)
+    }
+
+    /// Made by the admin API (persisted).
+    pub fn channel_is_kept(&self, name: &str) -> bool {
+        read(&self.channels).get(name).is_some_and(|c| c.kept)
     }
 
     pub fn channels(&self) -> Vec<String> {
-        let mut all: Vec<String> = read(&self.channels).iter().map(|c| c.to_string()).collect();
+        let mut all: Vec<String> = read(&self.channels).keys().map(|c| c.to_string()).collect();
         all.sort();
         all
     }
 
-    /// Makes `name` exist (a subscribe to a new channel); written to the
-    /// store behind the caller's back. True if it is new; an error past
+    /// May a subscribe make `name` exist here? An error past
     /// `max_channels_per_vhost` (anonymous clients must not grow the
-    /// directory, the store and every node's copy without bound).
-    pub fn ensure_channel(&self, name: &str) -> Result<bool, TooManyChannels> {
-        if self.channel_exists(name) {
-            return Ok(false);
-        }
+    /// directory without bound). Shards subscribing at the same moment may
+    /// pass it together: the bound holds to within the shard count.
+    pub fn room_for(&self, name: &str) -> Result<(), TooManyChannels> {
+        let channels = read(&self.channels);
         let max = self.hooks.max_channels.load(Ordering::Relaxed);
-        let created = {
-            let mut channels = write(&self.channels);
-            if channels.len() >= max {
-                return Err(TooManyChannels(max));
-            }
-            channels.insert(name.into())
-        };
-        if created {
-            self.store
-                .apply_later(vec![Write::PutChannel { vhost: self.path.to_string(), name: name.into() }]);
-            if let Some(hook) = self.hooks.channel_created.get() {
-                hook(&self.path, name);
+        if channels.len() >= max && !channels.contains_key(name) {
+            return Err(TooManyChannels(max));
+        }
+        Ok(())
+    }
+
+    /// A shard's first subscriber of `name`: it exists while any shard has one.
+    pub fn shard_subscribed(&self, name: &str) {
+        write(&self.channels).entry(name.into()).or_default().shards += 1;
+    }
+
+    /// A shard's last subscriber of `name` left: a channel nobody made with
+    /// the admin API is gone once no shard has subscribers.
+    pub fn shard_unsubscribed(&self, name: &str) {
+        let mut channels = write(&self.channels);
+        if let Some(c) = channels.get_mut(name) {
+            c.shards = c.shards.saturating_sub(1);
+            if c.shards == 0 && !c.kept {
+                channels.remove(name);
             }
         }
-        Ok(created)
+    }
+
+    /// Another node has subscribers of `name` (found in the last second).
+    pub fn seen_elsewhere(&self, name: &str) -> bool {
+        let seen = self.elsewhere.lock().unwrap_or_else(|e| e.into_inner());
+        seen.get(name).is_some_and(|at| at.elapsed() < ELSEWHERE_FOR)
+    }
+
+    /// Remembers that another node has `name`, within the vhost's channel bound.
+    pub fn note_elsewhere(&self, name: &str) {
+        let mut seen = self.elsewhere.lock().unwrap_or_else(|e| e.into_inner());
+        if seen.len() >= self.hooks.max_channels.load(Ordering::Relaxed) {
+            seen.retain(|_, at| at.elapsed() < ELSEWHERE_FOR);
+        }
+        if seen.len() < self.hooks.max_channels.load(Ordering::Relaxed) {
+            seen.insert(name.into(), Instant::now());
+        }
+    }
+
+    #[cfg(test)]
+    pub fn hooks_for_test(&self) -> &Hooks {
+        &self.hooks
     }
 
     pub fn token(&self) -> Arc<str> {
@@ -195,12 +229,23 @@ impl Vhost {
         write(&self.users).remove(name).is_some()
     }
 
+    /// Keeps `name` (admin API, store); true if it was not kept before.
     pub fn add_channel(&self, name: &str) -> bool {
-        write(&self.channels).insert(name.into())
+        !std::mem::replace(&mut write(&self.channels).entry(name.into()).or_default().kept, true)
     }
 
+    /// Deletes `name`; true if it existed here. Its subscribers are
+    /// unsubscribed by the caller's effect, which ends the entry.
     pub fn remove_channel(&self, name: &str) -> bool {
-        write(&self.channels).remove(name)
+        let mut channels = write(&self.channels);
+        let Some(c) = channels.get_mut(name) else {
+            return false;
+        };
+        c.kept = false;
+        if c.shards == 0 {
+            channels.remove(name);
+        }
+        true
     }
 
     pub fn set_token(&self, token: String) {
@@ -238,19 +283,13 @@ impl Directory {
             }
         };
         for c in configured {
-            let v = Vhost::new(c.path, c.anonymous, true, token_for(c.path), store.clone(), hooks.clone());
+            let v = Vhost::new(c.path, c.anonymous, true, token_for(c.path), hooks.clone());
             vhosts.insert(c.path.into(), Arc::new(v));
         }
         for (path, anonymous) in loaded.vhosts {
             if !vhosts.contains_key(path.as_str()) {
-                let v = Vhost::new(
-                    &path,
-                    Perms::from_bits(anonymous),
-                    false,
-                    token_for(&path),
-                    store.clone(),
-                    hooks.clone(),
-                );
+                let v =
+                    Vhost::new(&path, Perms::from_bits(anonymous), false, token_for(&path), hooks.clone());
                 vhosts.insert(path.into(), Arc::new(v));
             }
         }
@@ -283,9 +322,16 @@ impl Directory {
         if all.contains_key(path) {
             return None;
         }
-        let v = Arc::new(Vhost::new(path, anonymous, false, token, self.store.clone(), self.hooks.clone()));
+        let v = Arc::new(Vhost::new(path, anonymous, false, token, self.hooks.clone()));
         all.insert(path.into(), v.clone());
         Some(v)
+    }
+
+    /// The vhost and channel a topic-index key names (a WebRocket topic is
+    /// `\u{1}path\u{1}channel`).
+    pub fn channel_of_topic<'t>(&self, topic: &'t str) -> Option<(Arc<Vhost>, &'t str)> {
+        let (path, channel) = topic.strip_prefix('\u{1}')?.split_once('\u{1}')?;
+        Some((self.vhost(path)?, channel))
     }
 
     /// Removes a runtime vhost; its sessions see it as deleted.

@@ -56,4 +56,21 @@ impl WebRocket {
     pub fn broker(&self) -> Option<&Arc<dyn crate::broker::Broker>> {
         self.broker.get()
     }
+
+    /// Does another node have `channel` of `vhost` (a channel made by a
+    /// subscribe exists only where it has subscribers)? A yes is remembered
+    /// for a second, so a stream of broadcasts asks once. Awaits the
+    /// broker: call it on the integration runtime.
+    pub async fn channel_elsewhere(&self, vhost: &Vhost, channel: &str) -> bool {
+        if vhost.seen_elsewhere(channel) {
+            return true;
+        }
+        let Some(broker) = self.broker() else { return false };
+        let ask = crate::broker::envelope::proto::query::Ask::ChannelExistsTopic(vhost.topic(channel));
+        let found = broker.gather(ask).await.iter().any(|r| r.count > 0);
+        if found {
+            vhost.note_elsewhere(channel);
+        }
+        found
+    }
 }

@@ -1,8 +1,8 @@
 //! One WebRocket session as a state machine: a client message in, effects
 //! out through `Env` (frames to send, topics to join or leave, broadcasts,
-//! triggers). No I/O and no awaits: the two answers that take time (a
-//! secret's hash check, a presence count across shards) come back as
-//! `Pending` for the driver, which calls `on_verified` / sends the count.
+//! triggers). No I/O and no awaits: the answers that take time (a secret's
+//! hash check, a presence count across shards, whether another node has a
+//! channel) come back as `Pending` for the driver.
 
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -30,6 +30,9 @@ pub trait Env {
     fn sid(&self) -> String;
     /// The time now (for the authenticate rate limit).
     fn now(&self) -> Instant;
+    /// Is this node one of a cluster (a channel unknown here may have
+    /// subscribers on another node)?
+    fn in_cluster(&self) -> bool;
 }
 
 /// `authenticate` attempts one connection may make per `AUTH_WINDOW`; one
@@ -43,13 +46,23 @@ pub const AUTH_WINDOW: Duration = Duration::from_secs(10);
 pub enum Pending {
     /// Check `secret` against `user`'s hash, then call `on_verified`.
     Verify { user: Arc<User>, secret: String },
-    /// Count the subscribers of `topic` on every shard, then send
-    /// `presence_frame(channel, …)`.
-    Presence { channel: String, topic: String },
+    /// Count the subscribers of `topic` on every shard (and node), then
+    /// send `presence_frame(channel, …)`; with `known` false, a count of 0
+    /// means the channel does not exist (CHANNEL_NOT_FOUND).
+    Presence { channel: String, topic: String, known: bool },
+    /// Ask the other nodes whether `channel` has subscribers there; if so
+    /// broadcast `frame` to `topic` and answer `broadcasted`, else
+    /// CHANNEL_NOT_FOUND.
+    BroadcastElsewhere { channel: String, topic: String, frame: Bytes },
     /// Close the connection with 1000 (`disconnect`).
     Close,
     /// Close the connection with 1008 and this reason (abuse).
     PolicyClose(&'static str),
+}
+
+/// CHANNEL_NOT_FOUND for `channel`.
+pub fn not_found(channel: &str) -> WrError {
+    WrError::new(ErrorId::ChannelNotFound, format!("no channel {channel:?}"))
 }
 
 /// The outcome of a secret's hash check.
@@ -143,7 +156,7 @@ impl Session {
                             format!("at most {} channels per connection", env.max_subscriptions()),
                         ));
                     }
-                    self.vhost.ensure_channel(&channel).map_err(|e| {
+                    self.vhost.room_for(&channel).map_err(|e| {
                         WrError::new(
                             ErrorId::TooManyChannels,
                             format!("the vhost has {} channels (webrocket.max_channels_per_vhost)", e.0),
@@ -171,10 +184,16 @@ impl Session {
             }
             Command::Broadcast { event, channel, data } => {
                 self.require(Perms::WRITE, "broadcast")?;
-                if !self.vhost.channel_exists(&channel) {
-                    return Err(WrError::new(ErrorId::ChannelNotFound, format!("no channel {channel:?}")));
+                let known = self.vhost.channel_exists(&channel) || self.vhost.seen_elsewhere(&channel);
+                if !known && !env.in_cluster() {
+                    return Err(not_found(&channel));
                 }
-                env.broadcast(self.vhost.topic(&channel), wire::broadcast_frame(&event, &channel, data));
+                let topic = self.vhost.topic(&channel);
+                let frame = wire::broadcast_frame(&event, &channel, data);
+                if !known {
+                    return Ok(Some(Pending::BroadcastElsewhere { channel: channel.into(), topic, frame }));
+                }
+                env.broadcast(topic, frame);
                 env.send(wire::named_reply("broadcasted", &channel));
                 Ok(None)
             }
@@ -192,11 +211,12 @@ impl Session {
             }
             Command::Presence { channel } => {
                 self.require(Perms::MANAGE, "presence")?;
-                if !self.vhost.channel_exists(&channel) {
-                    return Err(WrError::new(ErrorId::ChannelNotFound, format!("no channel {channel:?}")));
+                let known = self.vhost.channel_exists(&channel);
+                if !known && !env.in_cluster() {
+                    return Err(not_found(&channel));
                 }
                 let topic = self.vhost.topic(&channel);
-                Ok(Some(Pending::Presence { channel: channel.into(), topic }))
+                Ok(Some(Pending::Presence { channel: channel.into(), topic, known }))
             }
             Command::Logout => {
                 if self.user.is_none() {
@@ -278,6 +298,25 @@ mod tests {
         triggers: Vec<String>,
         workers: bool,
         now: Option<Instant>,
+        cluster: bool,
+        /// Told of first and last subscribers, as a shard's topic index tells it.
+        vhost: Option<Arc<Vhost>>,
+    }
+
+    impl Recorder {
+        fn of(vhost: &Arc<Vhost>) -> Recorder {
+            Recorder { vhost: Some(vhost.clone()), ..Recorder::default() }
+        }
+
+        fn index(&self, topic: &str, subscribed: bool) {
+            let Some(v) = &self.vhost else { return };
+            let channel = v.channel_of(topic).unwrap();
+            if subscribed {
+                v.shard_subscribed(channel)
+            } else {
+                v.shard_unsubscribed(channel)
+            }
+        }
     }
 
     impl Env for Recorder {
@@ -291,13 +330,17 @@ mod tests {
             2
         }
         fn subscribe(&mut self, topic: &str) {
+            self.index(topic, true);
             self.topics.push(topic.into());
         }
         fn unsubscribe(&mut self, topic: &str) {
+            self.index(topic, false);
             self.topics.retain(|t| t != topic);
         }
         fn unsubscribe_all(&mut self) {
-            self.topics.clear();
+            for t in std::mem::take(&mut self.topics) {
+                self.index(&t, false);
+            }
         }
         fn send(&mut self, frame: Bytes) {
             self.sent.push(String::from_utf8(frame[2..].to_vec()).unwrap());
@@ -314,6 +357,9 @@ mod tests {
         }
         fn now(&self) -> Instant {
             self.now.unwrap_or_else(Instant::now)
+        }
+        fn in_cluster(&self) -> bool {
+            self.cluster
         }
     }
 
@@ -343,11 +389,47 @@ mod tests {
         say(&mut s, &mut env, r#"{"subscribe":{"channel":"room"}}"#);
         assert!(last(&env).contains("ACCESS_DENIED"), "{}", last(&env));
         let (_d, v) = vhost(Perms::READ);
-        let mut s = Session::new(v.clone());
+        let (mut s, mut env) = (Session::new(v.clone()), Recorder::of(&v));
         say(&mut s, &mut env, r#"{"subscribe":{"channel":"room"}}"#);
         assert_eq!(last(&env), r#"{"subscribed":"room"}"#);
         assert!(v.channel_exists("room"), "subscribe creates the channel");
         assert_eq!(env.topics, [v.topic("room")]);
+        say(&mut s, &mut env, r#"{"unsubscribe":{"channel":"room"}}"#);
+        assert!(!v.channel_exists("room"), "it goes with its last subscriber");
+    }
+
+    #[test]
+    fn a_channel_unknown_here_is_looked_for_on_the_other_nodes() {
+        let (_d, v) = vhost(Perms::ALL);
+        let (mut s, mut env) = (Session::new(v.clone()), Recorder::of(&v));
+        say(&mut s, &mut env, r#"{"broadcast":{"event":"e","channel":"far"}}"#);
+        assert!(last(&env).contains("CHANNEL_NOT_FOUND"), "alone, at once");
+        env.cluster = true;
+        let p = say(&mut s, &mut env, r#"{"broadcast":{"event":"e","channel":"far"}}"#);
+        assert!(matches!(p, Some(Pending::BroadcastElsewhere { .. })), "{p:?}");
+        let p = say(&mut s, &mut env, r#"{"presence":{"channel":"far"}}"#);
+        assert!(matches!(p, Some(Pending::Presence { known: false, .. })), "{p:?}");
+        v.note_elsewhere("far");
+        assert!(say(&mut s, &mut env, r#"{"broadcast":{"event":"e","channel":"far"}}"#).is_none());
+        assert_eq!(last(&env), r#"{"broadcasted":"far"}"#);
+    }
+
+    #[test]
+    fn subscribes_make_channels_up_to_the_vhost_bound_and_kept_ones_stay() {
+        let (_d, v) = vhost(Perms::READ);
+        v.add_channel("kept");
+        v.hooks_for_test().max_channels.store(2, std::sync::atomic::Ordering::Relaxed);
+        let (mut a, mut env) = (Session::new(v.clone()), Recorder::of(&v));
+        say(&mut a, &mut env, r#"{"subscribe":{"channel":"x"}}"#);
+        say(&mut a, &mut env, r#"{"subscribe":{"channel":"y"}}"#);
+        assert!(last(&env).contains("TOO_MANY_CHANNELS"), "{}", last(&env));
+        say(&mut a, &mut env, r#"{"subscribe":{"channel":"kept"}}"#);
+        assert_eq!(last(&env), r#"{"subscribed":"kept"}"#, "existing channels take subscribers");
+        say(&mut a, &mut env, r#"{"unsubscribe":{"channel":"x"}}"#);
+        say(&mut a, &mut env, r#"{"unsubscribe":{"channel":"kept"}}"#);
+        assert_eq!(v.channels(), ["kept"]);
+        say(&mut a, &mut env, r#"{"subscribe":{"channel":"y"}}"#);
+        assert_eq!(last(&env), r#"{"subscribed":"y"}"#);
     }
 
     #[test]
@@ -389,7 +471,7 @@ mod tests {
     #[test]
     fn broadcast_trigger_logout_and_limits() {
         let (_d, v) = vhost(Perms::NONE);
-        let (mut s, mut env) = (Session::new(v.clone()), Recorder::default());
+        let (mut s, mut env) = (Session::new(v.clone()), Recorder::of(&v));
         say(&mut s, &mut env, r#"{"authenticate":{"user":"joe"}}"#);
         say(&mut s, &mut env, r#"{"subscribe":{"channel":"a"}}"#);
         say(&mut s, &mut env, r#"{"subscribe":{"channel":"a"}}"#);
@@ -420,7 +502,7 @@ mod tests {
     #[test]
     fn losing_read_drops_subscriptions_and_deletion_logs_out() {
         let (_d, v) = vhost(Perms::NONE);
-        let (mut s, mut env) = (Session::new(v.clone()), Recorder::default());
+        let (mut s, mut env) = (Session::new(v.clone()), Recorder::of(&v));
         say(&mut s, &mut env, r#"{"authenticate":{"user":"ro"}}"#);
         say(&mut s, &mut env, r#"{"subscribe":{"channel":"a"}}"#);
         say(&mut s, &mut env, r#"{"presence":{"channel":"a"}}"#);

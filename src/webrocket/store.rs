@@ -4,11 +4,11 @@
 //! redb because it is embedded, pure Rust, transactional, and commits with
 //! fsync by default (`Durability::Immediate`): once `apply` resolved, a
 //! `kill -9` loses nothing. One writer thread owns the database; the admin
-//! API awaits its commits, subscribe-created channels are written behind.
+//! API (and a replicated change) awaits its commit. Channels made by a
+//! subscribe are never written: they live in memory only.
 
 use std::path::{Path, PathBuf};
-use std::sync::atomic::{AtomicUsize, Ordering};
-use std::sync::{mpsc, Arc};
+use std::sync::mpsc;
 
 use futures_channel::oneshot;
 use redb::{Database, ReadableDatabase, ReadableTable, TableDefinition};
@@ -87,22 +87,17 @@ impl std::fmt::Display for StoreError {
 
 impl std::error::Error for StoreError {}
 
-type Job = (Vec<Write>, Option<oneshot::Sender<Result<(), StoreError>>>);
+type Job = (Vec<Write>, oneshot::Sender<Result<(), StoreError>>);
 
 /// The handle to the writer thread; cheap to clone.
 #[derive(Clone)]
 pub struct Store {
     jobs: mpsc::Sender<Job>,
     file: PathBuf,
-    /// Write-behind jobs (`apply_later`) queued and not yet committed.
-    backlog: Arc<AtomicUsize>,
 }
 
 /// Jobs committed in one transaction at most.
 const BATCH: usize = 4096;
-/// Write-behind jobs queued at most; past it they are dropped (logged):
-/// the change stays in memory, only its persistence is lost.
-const MAX_BACKLOG: usize = 65_536;
 
 impl std::fmt::Debug for Store {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
@@ -137,14 +132,13 @@ impl Store {
         let loaded = read_all(&db).map_err(|e| fail("cannot read", &e))?;
         let (jobs, rx) = mpsc::channel::<Job>();
         let file_for_thread = file.clone();
-        let backlog = Arc::new(AtomicUsize::new(0));
-        let backlog_for_thread = backlog.clone();
         std::thread::Builder::new()
             .name("ringcast-store".into())
             .spawn(move || {
                 // Everything queued meanwhile goes into one transaction (one
-                // durable commit): an admin write waits for one batch, not
-                // behind thousands of commits of channels made by subscribes.
+                // durable commit): a write waits for one batch, not behind a
+                // commit per earlier write (replicated changes can come in
+                // bursts).
                 while let Ok(first) = rx.recv() {
                     let mut batch = vec![first];
                     while batch.len() < BATCH {
@@ -153,8 +147,6 @@ impl Store {
                             Err(_) => break,
                         }
                     }
-                    let later = batch.iter().filter(|(_, done)| done.is_none()).count();
-                    backlog_for_thread.fetch_sub(later, Ordering::Relaxed);
                     let writes: Vec<&Write> = batch.iter().flat_map(|(w, _)| w.iter()).collect();
                     let result = commit(&db, writes).map_err(|e| {
                         StoreError(format!("state store {}: write failed: {e}", file_for_thread.display()))
@@ -163,21 +155,19 @@ impl Store {
                         tracing::error!(error = %e, "state store write failed");
                     }
                     for (_, done) in batch {
-                        if let Some(done) = done {
-                            let _ = done.send(result.clone());
-                        }
+                        let _ = done.send(result.clone());
                     }
                 }
             })
             .map_err(|e| StoreError(format!("cannot start the store thread: {e}")))?;
-        Ok((Store { jobs, file, backlog }, loaded))
+        Ok((Store { jobs, file }, loaded))
     }
 
     /// A store for a gateway that keeps no state (no WebRocket vhost, no
     /// admin API): every write fails with a message saying so.
     pub fn disabled() -> Store {
         let (jobs, _) = mpsc::channel();
-        Store { jobs, file: PathBuf::new(), backlog: Arc::default() }
+        Store { jobs, file: PathBuf::new() }
     }
 
     pub fn file(&self) -> &Path {
@@ -187,26 +177,12 @@ impl Store {
     /// Commits `writes` as one durable transaction; resolves once on disk.
     pub async fn apply(&self, writes: Vec<Write>) -> Result<(), StoreError> {
         let (tx, rx) = oneshot::channel();
-        self.jobs.send((writes, Some(tx))).map_err(|_| {
+        self.jobs.send((writes, tx)).map_err(|_| {
             StoreError(
                 "no state store: set server.admin_token or declare a webrocket vhost to keep state".into(),
             )
         })?;
         rx.await.map_err(|_| StoreError("state store thread is gone".into()))?
-    }
-
-    /// Commits without waiting (errors are logged by the writer).
-    pub fn apply_later(&self, writes: Vec<Write>) {
-        if self.backlog.fetch_add(1, Ordering::Relaxed) >= MAX_BACKLOG {
-            self.backlog.fetch_sub(1, Ordering::Relaxed);
-            tracing::warn!(
-                "state store write-behind queue full ({MAX_BACKLOG}); a change is kept in memory only"
-            );
-            return;
-        }
-        if self.jobs.send((writes, None)).is_err() {
-            self.backlog.fetch_sub(1, Ordering::Relaxed);
-        }
     }
 }
 

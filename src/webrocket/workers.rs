@@ -243,8 +243,8 @@ async fn on_message(
             }
         }
         WorkerCommand::Broadcast { channel, event, data } => {
-            if !vhost.channel_exists(&channel) {
-                return Some(WrError::new(ErrorId::ChannelNotFound, format!("no channel {channel:?}")));
+            if !vhost.channel_exists(&channel) && !wr.channel_elsewhere(vhost, &channel).await {
+                return Some(super::session::not_found(&channel));
             }
             let delivery =
                 Delivery::new(&vhost.topic(&channel), wire::broadcast_frame(&event, &channel, data));
