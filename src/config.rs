@@ -196,11 +196,14 @@ pub struct StatsConfig {
     pub enabled: bool,
     /// Topics listed by subscribers and by message rate (dashboard, `/stats`).
     pub top_topics: usize,
+    /// A shard's work that waits longer than this to run is logged (the
+    /// stall detector; 0: no log). Needs `enabled`.
+    pub stall_log_ms: u64,
 }
 
 impl Default for StatsConfig {
     fn default() -> Self {
-        StatsConfig { enabled: true, top_topics: 10 }
+        StatsConfig { enabled: true, top_topics: 10, stall_log_ms: 50 }
     }
 }
 

@@ -105,15 +105,16 @@ pub fn spawn_joinable<T: 'static>(fut: impl Future<Output = T> + 'static) -> imp
 /// Resolves once `fd` is readable, waiting on the shard's blocking thread
 /// (glommio cannot poll a descriptor that is not a socket or file): the
 /// bridge from the shard's own io_uring into glommio's loop. The caller
-/// keeps `fd` open until this resolved.
-pub fn readable(fd: RawFd) -> impl Future<Output = ()> {
+/// keeps `fd` open until this resolved. Resolves to when `fd` was found
+/// readable (the stall detector measures the hand-back from there).
+pub fn readable(fd: RawFd) -> impl Future<Output = std::time::Instant> {
     glommio::executor().spawn_blocking(move || {
         let mut p = libc::pollfd { fd, events: libc::POLLIN, revents: 0 };
         loop {
             // SAFETY: one valid pollfd, alive for the call.
             let n = unsafe { libc::poll(&mut p, 1, -1) };
             if n >= 0 || io::Error::last_os_error().raw_os_error() != Some(libc::EINTR) {
-                return;
+                return std::time::Instant::now();
             }
         }
     })

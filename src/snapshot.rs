@@ -101,6 +101,9 @@ pub struct ShardView {
     pub messages_out: u64,
     pub bytes_out: u64,
     pub slow_consumer_closes: u64,
+    /// The stall detector's waits since the start (ms), by where.
+    #[serde(default)]
+    pub stall_ms: BTreeMap<String, Percentiles>,
 }
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -237,6 +240,10 @@ impl Snapshot {
                 messages_out: m.messages_out.load(Relaxed),
                 bytes_out: m.bytes_out.load(Relaxed),
                 slow_consumer_closes: m.slow_consumer_closes.load(Relaxed),
+                stall_ms: crate::stats::StallSite::ALL
+                    .iter()
+                    .map(|s| (s.name().to_string(), percentiles(&p.stalls[*s as usize], 1000.0)))
+                    .collect(),
             })
             .collect();
         let mut refused = BTreeMap::new();
@@ -344,6 +351,14 @@ pub fn render_metrics(ctx: &ApiContext, out: &mut String) {
     head(out, name, "histogram", "A publication received by this node to its last subscriber's socket write (sampled: one in flight per shard).");
     for (i, p) in shards() {
         hdr_series(name, &format!("shard=\"{i}\""), &p.publish_to_socket, &crate::metrics::BOUNDS, 1e6, out);
+    }
+    let name = "ringcast_shard_stall_seconds";
+    head(out, name, "histogram", "How long a shard's work waited to run once it could: where=inbox, a publication taken by this node until the shard starts queueing it; where=driver, the connection driver runnable until its turn.");
+    for (i, p) in shards() {
+        for site in crate::stats::StallSite::ALL {
+            let labels = format!("shard=\"{i}\",where=\"{}\"", site.name());
+            hdr_series(name, &labels, &p.stalls[site as usize], &crate::metrics::BOUNDS, 1e6, out);
+        }
     }
     let name = "ringcast_send_queue_depth_bytes";
     head(out, name, "histogram", "Bytes queued on a connection when it starts a write.");

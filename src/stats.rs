@@ -54,6 +54,26 @@ pub fn probe_advance(mark: ProbeMark, frames: usize) -> (ProbeMark, Option<u32>)
     }
 }
 
+/// Where the stall detector watches a shard's work wait (`shard::stall`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum StallSite {
+    /// A publication taken by the node until the shard starts queueing it.
+    Inbox = 0,
+    /// The connection driver runnable until its turn starts.
+    Driver = 1,
+}
+
+impl StallSite {
+    pub const ALL: [StallSite; 2] = [StallSite::Inbox, StallSite::Driver];
+
+    pub fn name(self) -> &'static str {
+        match self {
+            StallSite::Inbox => "inbox",
+            StallSite::Driver => "driver",
+        }
+    }
+}
+
 struct Probe {
     id: u32,
     received: Instant,
@@ -71,6 +91,8 @@ pub struct Recorder {
     probes_given_up: u64,
     /// Open connections per vhost index (the last: vhosts added at run time).
     vhost_connections: Vec<u64>,
+    /// Stall detector waits (µs) per `StallSite`.
+    stalls: [Histogram<u64>; 2],
 }
 
 impl Recorder {
@@ -83,7 +105,13 @@ impl Recorder {
             last_probe_id: 0,
             probes_given_up: 0,
             vhost_connections: vec![0; vhosts + 1],
+            stalls: [latency_histogram(), latency_histogram()],
         }
+    }
+
+    /// Work at `site` waited `d` to run.
+    pub fn stall(&mut self, site: StallSite, d: Duration) {
+        self.stalls[site as usize].saturating_record((d.as_micros() as u64).max(1));
     }
 
     /// A publication received at `received` is about to be queued: its probe
@@ -166,6 +194,8 @@ pub struct Published {
     pub queue_depth: Histogram<u64>,
     pub probes_given_up: u64,
     pub vhost_connections: Vec<u64>,
+    /// Stall detector waits (µs) per `StallSite`, since the start.
+    pub stalls: [Histogram<u64>; 2],
     pub topics: u64,
     /// Empty unless someone looked within the last `WANTED_FOR_MS`.
     pub top_by_subscribers: Vec<TopicStat>,
@@ -192,6 +222,7 @@ impl ShardStats {
                 queue_depth: depth_histogram(),
                 probes_given_up: 0,
                 vhost_connections: vec![0; vhosts + 1],
+                stalls: [latency_histogram(), latency_histogram()],
                 topics: 0,
                 top_by_subscribers: Vec::new(),
                 top_by_rate: Vec::new(),
@@ -220,6 +251,10 @@ impl ShardStats {
         let _ = p.queue_depth.add(&r.queue_depth);
         r.publish_to_socket.reset();
         r.queue_depth.reset();
+        for (p, r) in p.stalls.iter_mut().zip(r.stalls.iter_mut()) {
+            let _ = p.add(&*r);
+            r.reset();
+        }
         p.probes_given_up += std::mem::take(&mut r.probes_given_up);
         p.vhost_connections.clone_from(&r.vhost_connections);
         p.topics = topics;

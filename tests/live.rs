@@ -70,6 +70,20 @@ fn measurements_move_with_a_real_subscriber_and_publications() {
     );
     let latency_sum = sum(&text, "ringcast_publish_to_socket_seconds_sum");
     assert!(latency_sum > 0.0 && latency_sum < 0.75, "{latency_sum}");
+    // The stall detector: every shard took the three publications from its
+    // inbox (each shard gets every publication), promptly on an idle gateway.
+    for shard in 0..2 {
+        let inbox = format!("ringcast_shard_stall_seconds_count{{shard=\"{shard}\",where=\"inbox\"}}");
+        assert_eq!(series(&text, &inbox), Some(3.0), "{text}");
+        let le =
+            format!("ringcast_shard_stall_seconds_bucket{{shard=\"{shard}\",where=\"inbox\",le=\"0.25\"}}");
+        assert_eq!(series(&text, &le), Some(3.0), "{text}");
+    }
+    let view = stats(&s);
+    assert_eq!(view["shards"][0]["stall_ms"]["inbox"]["count"], 3, "{view}");
+    let driver_waits: u64 =
+        (0..2).map(|i| view["shards"][i]["stall_ms"]["driver"]["count"].as_u64().unwrap()).sum();
+    assert!(driver_waits >= 1, "the subscriber's shard woke its driver to write: {view}");
     // The join reply and three deliveries each started a write.
     assert!(sum(&text, "ringcast_send_queue_depth_bytes_count") >= 4.0, "{text}");
     assert_eq!(sum(&text, "ringcast_vhost_connections"), 1.0);

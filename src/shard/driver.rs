@@ -18,6 +18,7 @@ use std::pin::Pin;
 use std::rc::Rc;
 use std::sync::atomic::Ordering;
 use std::task::{Poll, Waker};
+use std::time::Instant;
 
 use super::conn::{self, ConnRef, ConnState};
 use super::ring::{Completion, Readiness, Token};
@@ -25,6 +26,7 @@ use super::Shard;
 use crate::clients::Owner;
 use crate::metrics;
 use crate::rt;
+use crate::stats::StallSite;
 
 /// Reads per connection per turn before others get theirs (each up to the
 /// shard's 64 KiB read buffer).
@@ -56,6 +58,22 @@ struct Work {
     passes_done: u64,
     in_pass: bool,
     pass_waiters: Vec<(u64, Waker)>,
+    /// The stall detector reads the clock (`stats.enabled`).
+    timed: bool,
+    /// When the idle driver was first woken since its last turn.
+    woken_at: Option<Instant>,
+}
+
+impl Work {
+    /// Wakes the idle driver (noting when, for the stall detector).
+    fn wake_driver(&mut self) {
+        if let Some(waker) = self.waker.take() {
+            if self.timed && self.woken_at.is_none() {
+                self.woken_at = Some(Instant::now());
+            }
+            waker.wake();
+        }
+    }
 }
 
 thread_local! {
@@ -68,9 +86,7 @@ pub(super) fn schedule(owner: Owner) {
     WORK.with(|w| {
         let mut w = w.borrow_mut();
         w.dirty.push(owner);
-        if let Some(waker) = w.waker.take() {
-            waker.wake();
-        }
+        w.wake_driver();
     });
 }
 
@@ -80,9 +96,7 @@ pub(super) async fn after_pass() {
     let target = WORK.with(|w| {
         let mut w = w.borrow_mut();
         w.kicked = true;
-        if let Some(waker) = w.waker.take() {
-            waker.wake();
-        }
+        w.wake_driver();
         w.passes_done + if w.in_pass { 2 } else { 1 }
     });
     poll_fn(|cx| {
@@ -114,11 +128,13 @@ pub(super) async fn run(shard: Rc<Shard>) {
     let ring_fd = shard.ring.borrow().fd();
     let mut readers: std::collections::VecDeque<Owner> = Default::default();
     let mut batch = Vec::new();
-    let mut waiting: Option<Pin<Box<dyn Future<Output = ()>>>> = None;
+    let mut waiting: Option<Pin<Box<dyn Future<Output = Instant>>>> = None;
+    WORK.with(|w| w.borrow_mut().timed = shard.stalls.enabled());
     loop {
         if shard.driver_stopping.get() {
             break;
         }
+        shard.stalls.doing("a driver turn");
         take_completions(&shard, &mut readers);
         read_some(&shard, &mut readers, READERS_PER_TURN, None);
         pass(&shard, &mut batch, &mut readers).await;
@@ -127,37 +143,51 @@ pub(super) async fn run(shard: Rc<Shard>) {
         }
         if !readers.is_empty() || WORK.with(|w| !w.borrow().dirty.is_empty()) {
             // More to do: let accepts, timers and hooks run first.
+            let yielded = shard.stalls.now();
             rt::yield_now().await;
+            if let Some(since) = yielded {
+                let r = &mut shard.recorder.borrow_mut();
+                shard.stalls.waited(shard.id, r, StallSite::Driver, "its own yield", since);
+            }
             continue;
         }
-        // Idle: wait for a mark or for the ring to report readiness.
-        poll_fn(|cx| {
+        // Idle: wait for a mark or for the ring to report readiness; then
+        // the stall detector learns since when the driver could have run
+        // (the ring may have been ready while the driver was busy: the wait
+        // counts from the idle wait's start at the earliest).
+        let idle_from = shard.stalls.now();
+        let runnable = poll_fn(|cx| {
             let marked = WORK.with(|w| {
                 let mut w = w.borrow_mut();
                 if !w.dirty.is_empty() || std::mem::take(&mut w.kicked) {
-                    true
+                    Some(w.woken_at.take().map(|at| (at, "a mark")))
                 } else {
                     w.waker = Some(cx.waker().clone());
-                    false
+                    None
                 }
             });
-            if marked {
-                return Poll::Ready(());
+            if let Some(since) = marked {
+                return Poll::Ready(since);
             }
             let ring = waiting.get_or_insert_with(|| Box::pin(rt::readable(ring_fd)));
             match ring.as_mut().poll(cx) {
-                Poll::Ready(()) => {
+                Poll::Ready(at) => {
                     waiting = None;
-                    Poll::Ready(())
+                    WORK.with(|w| w.borrow_mut().woken_at = None);
+                    Poll::Ready(Some((at, "its ring's readiness")))
                 }
                 Poll::Pending => Poll::Pending,
             }
         })
         .await;
+        if let (Some((since, how)), Some(idle_from)) = (runnable, idle_from) {
+            let since = since.max(idle_from);
+            shard.stalls.waited(shard.id, &mut shard.recorder.borrow_mut(), StallSite::Driver, how, since);
+        }
     }
     // The ring was nudged: the blocking wait ends before the ring is closed.
     if let Some(ring) = waiting {
-        ring.await;
+        let _ = ring.await;
     }
 }
 

@@ -7,6 +7,7 @@ mod driver;
 mod handshake;
 pub mod ring;
 mod router;
+mod stall;
 pub mod topics;
 mod webrocket;
 
@@ -35,7 +36,7 @@ use crate::publish::Delivery;
 use crate::rt;
 use crate::session::send_queue::Frame;
 use crate::session::Tick;
-use crate::stats::{self, Recorder, ShardStats, TopN};
+use crate::stats::{self, Recorder, ShardStats, StallSite, TopN};
 use crate::webrocket::WebRocket;
 use conn::{ConnRef, ConnState};
 use topics::{ConnKey, TopicIndex};
@@ -95,6 +96,8 @@ pub struct Shard {
     interest: Option<InterestSender>,
     stats: Arc<ShardStats>,
     pub(crate) recorder: RefCell<Recorder>,
+    /// The stall detector.
+    pub(crate) stalls: stall::StallWatch,
     /// The settings of vhosts added at run time (WebRocket, defaults).
     runtime_vhost: crate::config::VhostConfig,
     /// Hook requests outstanding per vhost path.
@@ -123,6 +126,10 @@ pub fn ring() -> std::io::Result<ring::Ring> {
 pub async fn run(setup: ShardSetup, ring: ring::Ring) {
     let listener = rt::adopt_listener(setup.listener);
     let recorder = Recorder::new(setup.config.stats.enabled, setup.config.vhosts.len());
+    let stalls = stall::StallWatch::new(
+        setup.config.stats.enabled,
+        Duration::from_millis(setup.config.stats.stall_log_ms),
+    );
     let shard = Rc::new_cyclic(|me| Shard {
         me: me.clone(),
         id: setup.id,
@@ -142,6 +149,7 @@ pub async fn run(setup: ShardSetup, ring: ring::Ring) {
         webrocket: setup.webrocket,
         interest: setup.interest,
         recorder: RefCell::new(recorder),
+        stalls,
         stats: setup.stats,
         runtime_vhost: crate::config::VhostConfig::runtime_webrocket(),
         hooks_in_flight: RefCell::default(),
@@ -224,7 +232,13 @@ async fn inbox_loop(shard: Rc<Shard>, inbox: Inbox) -> Inbox {
         }
         match msg {
             Some(ShardMsg::Deliver(batch)) => {
+                shard.stalls.doing("the inbox's deliveries");
                 for d in batch.iter() {
+                    if shard.stalls.enabled() {
+                        let mut recorder = shard.recorder.borrow_mut();
+                        let how = "a publication";
+                        shard.stalls.waited(shard.id, &mut recorder, StallSite::Inbox, how, d.received);
+                    }
                     if turn_bytes >= budget_share || turn.elapsed() >= TURN_MAX {
                         driver::after_pass().await;
                         (turn, turn_bytes) = (Instant::now(), 0);
@@ -697,6 +711,7 @@ async fn accept_loop(shard: Rc<Shard>, listener: rt::TcpListener) {
         match accepted {
             None => return,
             Some(Ok(stream)) => {
+                shard.stalls.doing("an accept");
                 if shard.open_connections.fetch_add(1, Ordering::Relaxed) >= max {
                     shard.open_connections.fetch_sub(1, Ordering::Relaxed);
                     metrics::inc(&shard.metrics.connections_refused);
@@ -727,6 +742,7 @@ async fn stats_loop(shard: Rc<Shard>) {
         if shard.draining.get() {
             return;
         }
+        shard.stalls.doing("the stats fold");
         let top_n = shard.config.stats.top_topics;
         let top = if shard.config.stats.enabled && shard.stats.wanted() {
             let seconds = last_scan.elapsed().as_secs_f64();
@@ -769,6 +785,7 @@ async fn keepalive_loop(shard: Rc<Shard>) {
     );
     while !shard.draining.get() {
         rt::sleep(tick).await;
+        shard.stalls.doing("the keepalive scan");
         let now = shard.now_ms();
         let budget = shard.config.limits.max_backpressure;
         for (_, conn) in shard.conns.borrow().iter() {
