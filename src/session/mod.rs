@@ -210,7 +210,8 @@ impl Session {
     }
 
     /// The keepalive: a ping once silent for `ping_after_ms` (one at a
-    /// time), a Close 1001 once silent for `close_after_ms`.
+    /// time; the caller spreads it per connection, `ping_after_for`), a
+    /// Close 1001 once silent for `close_after_ms`.
     pub fn tick(
         &mut self,
         now_ms: u64,
@@ -393,11 +394,40 @@ pub fn message_frame(body: &[u8]) -> Bytes {
     data_frame(OpCode::Data(opcode), body)
 }
 
+/// When connection `id` is pinged: after between half and all of
+/// `ping_interval_ms` of silence, the same share for a connection every
+/// time, so connections that arrived together (a reconnect storm, a load
+/// test) are pinged over half an interval rather than in one keepalive tick.
+pub fn ping_after_for(ping_interval_ms: u64, id: u64) -> u64 {
+    let spread = ping_interval_ms / 2;
+    if spread == 0 {
+        return ping_interval_ms;
+    }
+    // A multiplicative hash: consecutive ids land far apart.
+    let h = id.wrapping_mul(0x9E37_79B9_7F4A_7C15) >> 32;
+    ping_interval_ms - h % spread
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
 
     const BUDGET: usize = 64 * 1024;
+
+    #[test]
+    fn pings_of_connections_that_came_together_are_spread() {
+        // 10,000 consecutive ids (one shard's counter) over a 25 s
+        // interval: each pinged after at least half of it, and no second
+        // with much more than its even share (800).
+        let mut per_second = [0u32; 26];
+        for n in 1..=10_000u64 {
+            let after = ping_after_for(25_000, (3 << 48) | n);
+            assert!((12_501..=25_000).contains(&after), "{after}");
+            per_second[(after / 1000) as usize] += 1;
+        }
+        assert!(per_second.iter().all(|n| *n <= 1000), "{per_second:?}");
+        assert_eq!(ping_after_for(1, 7), 1);
+    }
 
     /// A masked client frame (mask 0: the payload as is).
     fn frame(opcode: u8, payload: &[u8]) -> Vec<u8> {
