@@ -98,6 +98,10 @@ pub struct Args {
     /// The server's PID (for nginx: the worker), to report its CPU per step.
     #[arg(long)]
     server_pid: Option<u32>,
+    /// ringcast's API address: after each step, its stall detector's waits
+    /// (`GET /stats`, docs/metrics.md) are printed under the step.
+    #[arg(long)]
+    stats_api: Option<SocketAddr>,
     /// Directory for the JSON summary and HdrHistogram logs.
     #[arg(long, default_value = "target/bench/fanout")]
     out: PathBuf,
@@ -137,6 +141,9 @@ struct StepSummary {
     publisher_error: Option<String>,
     server_cpu: Option<f64>,
     latency_ms: std::collections::BTreeMap<String, f64>,
+    /// With --stats-api: the server's stall p99 and max (ms) per site.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    server_stall_ms: Option<crate::server_stats::Stalls>,
     passed: bool,
 }
 
@@ -306,6 +313,19 @@ pub fn run(args: Args) -> Result<(), String> {
                 (None, true) => String::new(),
             }
         );
+        let server_stall_ms = match args.stats_api {
+            None => None,
+            Some(api) => match rt.block_on(crate::server_stats::stalls(api)) {
+                Ok(s) => {
+                    println!("{}", crate::server_stats::line(&s));
+                    Some(s)
+                }
+                Err(e) => {
+                    eprintln!("--stats-api: {e}");
+                    None
+                }
+            },
+        };
         report::write_hlog(
             &args.out.join(format!("fanout-{rate}.hlog")),
             &hist,
@@ -328,6 +348,7 @@ pub fn run(args: Args) -> Result<(), String> {
             publisher_error: publish_error.clone(),
             server_cpu,
             latency_ms: pct.iter().map(|(n, v)| (n.to_string(), *v)).collect(),
+            server_stall_ms,
             passed,
         });
         if passed {

@@ -11,6 +11,7 @@ mod publisher;
 mod report;
 mod roundtrip;
 mod sendpath;
+mod server_stats;
 mod stub_backend;
 mod wire;
 
