@@ -338,7 +338,6 @@ fn open_webrocket(config: &Config, runtime: tokio::runtime::Handle) -> Result<Ar
     };
     let (directory, initial) = Directory::load(store.clone(), loaded, &configured);
     directory
-        .hooks
         .max_channels
         .store(config.webrocket.max_channels_per_vhost, std::sync::atomic::Ordering::Relaxed);
     if !initial.is_empty() {

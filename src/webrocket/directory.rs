@@ -5,7 +5,7 @@
 //! nodes where it has subscribers, and goes when its last subscriber does.
 
 use std::collections::HashMap;
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::{Arc, RwLock};
 use std::time::{Duration, Instant};
 
@@ -37,7 +37,9 @@ pub struct Vhost {
     elsewhere: std::sync::Mutex<HashMap<Box<str>, Instant>>,
     token: RwLock<Arc<str>>,
     deleted: AtomicBool,
-    hooks: Arc<Hooks>,
+    /// `webrocket.max_channels_per_vhost` (shared by every vhost): a
+    /// subscribe past it is refused.
+    max_channels: Arc<AtomicUsize>,
 }
 
 /// A channel as this node knows it.
@@ -53,30 +55,12 @@ struct Channel {
 /// How long a channel found on another node counts as existing there.
 const ELSEWHERE_FOR: Duration = Duration::from_secs(1);
 
-/// Settings every vhost shares.
-pub struct Hooks {
-    /// `webrocket.max_channels_per_vhost`: a subscribe past it is refused.
-    pub max_channels: std::sync::atomic::AtomicUsize,
-}
-
-impl Default for Hooks {
-    fn default() -> Self {
-        Hooks { max_channels: std::sync::atomic::AtomicUsize::new(DEFAULT_MAX_CHANNELS) }
-    }
-}
-
 /// `webrocket.max_channels_per_vhost`'s default.
 pub const DEFAULT_MAX_CHANNELS: usize = 10_000;
 
 /// A subscribe would create a channel past `max_channels_per_vhost`.
 #[derive(Debug, PartialEq, Eq)]
 pub struct TooManyChannels(pub usize);
-
-impl std::fmt::Debug for Hooks {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.write_str("Hooks")
-    }
-}
 
 fn read<T>(l: &RwLock<T>) -> std::sync::RwLockReadGuard<'_, T> {
     // A panic while holding one of these locks leaves consistent data
@@ -101,7 +85,13 @@ pub fn token_is_valid(token: &str) -> bool {
 }
 
 impl Vhost {
-    fn new(path: &str, anonymous: Perms, from_config: bool, token: String, hooks: Arc<Hooks>) -> Vhost {
+    fn new(
+        path: &str,
+        anonymous: Perms,
+        from_config: bool,
+        token: String,
+        max_channels: Arc<AtomicUsize>,
+    ) -> Vhost {
         Vhost {
             path: path.into(),
             anonymous,
@@ -112,7 +102,7 @@ impl Vhost {
             elsewhere: std::sync::Mutex::default(),
             token: RwLock::new(token.into()),
             deleted: AtomicBool::new(false),
-            hooks,
+            max_channels,
         }
     }
 
@@ -162,7 +152,7 @@ impl Vhost {
     /// pass it together: the bound holds to within the shard count.
     pub fn room_for(&self, name: &str) -> Result<(), TooManyChannels> {
         let channels = read(&self.channels);
-        let max = self.hooks.max_channels.load(Ordering::Relaxed);
+        let max = self.max_channels.load(Ordering::Relaxed);
         if channels.len() >= max && !channels.contains_key(name) {
             return Err(TooManyChannels(max));
         }
@@ -195,17 +185,12 @@ impl Vhost {
     /// Remembers that another node has `name`, within the vhost's channel bound.
     pub fn note_elsewhere(&self, name: &str) {
         let mut seen = self.elsewhere.lock().unwrap_or_else(|e| e.into_inner());
-        if seen.len() >= self.hooks.max_channels.load(Ordering::Relaxed) {
+        if seen.len() >= self.max_channels.load(Ordering::Relaxed) {
             seen.retain(|_, at| at.elapsed() < ELSEWHERE_FOR);
         }
-        if seen.len() < self.hooks.max_channels.load(Ordering::Relaxed) {
+        if seen.len() < self.max_channels.load(Ordering::Relaxed) {
             seen.insert(name.into(), Instant::now());
         }
-    }
-
-    #[cfg(test)]
-    pub fn hooks_for_test(&self) -> &Hooks {
-        &self.hooks
     }
 
     pub fn token(&self) -> Arc<str> {
@@ -257,7 +242,8 @@ impl Vhost {
 pub struct Directory {
     vhosts: RwLock<HashMap<Box<str>, Arc<Vhost>>>,
     pub store: Store,
-    pub hooks: Arc<Hooks>,
+    /// `webrocket.max_channels_per_vhost`, set at start.
+    pub max_channels: Arc<AtomicUsize>,
 }
 
 /// A vhost the config file declares.
@@ -271,7 +257,7 @@ impl Directory {
     /// the writes that must be committed before serving (new tokens).
     pub fn load(store: Store, loaded: Loaded, configured: &[ConfigVhost<'_>]) -> (Directory, Vec<Write>) {
         let tokens: HashMap<String, String> = loaded.tokens.into_iter().collect();
-        let hooks = Arc::new(Hooks::default());
+        let max_channels = Arc::new(AtomicUsize::new(DEFAULT_MAX_CHANNELS));
         let mut initial = Vec::new();
         let mut vhosts = HashMap::new();
         let mut token_for = |path: &str| match tokens.get(path) {
@@ -283,13 +269,18 @@ impl Directory {
             }
         };
         for c in configured {
-            let v = Vhost::new(c.path, c.anonymous, true, token_for(c.path), hooks.clone());
+            let v = Vhost::new(c.path, c.anonymous, true, token_for(c.path), max_channels.clone());
             vhosts.insert(c.path.into(), Arc::new(v));
         }
         for (path, anonymous) in loaded.vhosts {
             if !vhosts.contains_key(path.as_str()) {
-                let v =
-                    Vhost::new(&path, Perms::from_bits(anonymous), false, token_for(&path), hooks.clone());
+                let v = Vhost::new(
+                    &path,
+                    Perms::from_bits(anonymous),
+                    false,
+                    token_for(&path),
+                    max_channels.clone(),
+                );
                 vhosts.insert(path.into(), Arc::new(v));
             }
         }
@@ -303,7 +294,7 @@ impl Directory {
                 v.add_channel(&name);
             }
         }
-        (Directory { vhosts: RwLock::new(vhosts), store, hooks }, initial)
+        (Directory { vhosts: RwLock::new(vhosts), store, max_channels }, initial)
     }
 
     pub fn vhost(&self, path: &str) -> Option<Arc<Vhost>> {
@@ -322,7 +313,7 @@ impl Directory {
         if all.contains_key(path) {
             return None;
         }
-        let v = Arc::new(Vhost::new(path, anonymous, false, token, self.hooks.clone()));
+        let v = Arc::new(Vhost::new(path, anonymous, false, token, self.max_channels.clone()));
         all.insert(path.into(), v.clone());
         Some(v)
     }

@@ -416,9 +416,14 @@ mod tests {
 
     #[test]
     fn subscribes_make_channels_up_to_the_vhost_bound_and_kept_ones_stay() {
-        let (_d, v) = vhost(Perms::READ);
+        let (d, _) = Directory::load(
+            Store::disabled(),
+            Default::default(),
+            &[ConfigVhost { path: "/w", anonymous: Perms::READ }],
+        );
+        d.max_channels.store(2, std::sync::atomic::Ordering::Relaxed);
+        let v = d.vhost("/w").unwrap();
         v.add_channel("kept");
-        v.hooks_for_test().max_channels.store(2, std::sync::atomic::Ordering::Relaxed);
         let (mut a, mut env) = (Session::new(v.clone()), Recorder::of(&v));
         say(&mut a, &mut env, r#"{"subscribe":{"channel":"x"}}"#);
         say(&mut a, &mut env, r#"{"subscribe":{"channel":"y"}}"#);
