@@ -129,6 +129,60 @@ fn silent_clients_are_pinged_then_closed() {
     join(&mut ws, &["alive"]);
 }
 
+/// Connections that arrived together (a reconnect storm, a load test) are
+/// pinged spread over the interval, not in one keepalive pass: 10,000 pings
+/// written and their pongs read at once held a shard's publications back
+/// 100-200 ms every ping interval (docs/benchmarks.md, "Stalls"). Counts, not
+/// durations: a slower machine only spreads the pings further.
+#[test]
+fn a_cohort_of_connections_is_pinged_spread_over_the_interval() {
+    const COHORT: usize = 1000;
+    let s =
+        Server::start(&roadrunner_config("[limits]\nping_interval_ms = 2000\nidle_timeout_ms = 60000"), 1);
+    let mut cohort = raw_upgrades(s.ws, "/ws", COHORT);
+    for c in cohort.iter_mut() {
+        c.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
+        let mut head = [0u8; 129];
+        c.read_exact(&mut head).unwrap();
+        assert!(head.starts_with(b"HTTP/1.1 101 "), "{}", String::from_utf8_lossy(&head));
+        c.set_nonblocking(true).unwrap();
+    }
+    // When each connection's first ping arrives.
+    let mut pinged_at: Vec<Option<Instant>> = vec![None; COHORT];
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while pinged_at.iter().any(Option::is_none) {
+        assert!(
+            Instant::now() < deadline,
+            "{} never pinged",
+            pinged_at.iter().filter(|t| t.is_none()).count()
+        );
+        for (c, at) in cohort.iter_mut().zip(pinged_at.iter_mut()).filter(|(_, at)| at.is_none()) {
+            let mut ping = [0u8; 2];
+            match c.read(&mut ping) {
+                Ok(2) => {
+                    assert_eq!(ping, [0x89, 0x00], "an empty ping");
+                    *at = Some(Instant::now());
+                }
+                Ok(n) => panic!("{n} bytes instead of a ping"),
+                Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => {}
+                Err(e) => panic!("{e}"),
+            }
+        }
+        std::thread::sleep(Duration::from_millis(2));
+    }
+    // The most pings in any 50 ms: one keepalive slice visits a tenth of the
+    // connections; pinging the whole cohort in one pass puts it all there.
+    let mut times: Vec<Instant> = pinged_at.into_iter().flatten().collect();
+    times.sort();
+    let window = Duration::from_millis(50);
+    let densest = (0..times.len())
+        .map(|i| times[i..].iter().take_while(|t| **t - times[i] <= window).count())
+        .max()
+        .unwrap();
+    let spread = *times.last().unwrap() - times[0];
+    assert!(densest <= COHORT / 3, "{densest} of {COHORT} pings within {window:?} (all within {spread:?})");
+}
+
 #[test]
 fn max_connections_refuses_with_503() {
     let s = Server::start("[server]\nmax_connections = 2\n", 2);
