@@ -12,9 +12,9 @@ use serde::Deserialize;
 use serde_json::json;
 
 use crate::api::{json as reply_json, ApiContext, Reply};
+use crate::bus::ShardMsg;
 use crate::config::vhost_path_is_valid;
 use crate::dialect::webrocket::{channel_name_is_valid, user_name_is_valid, Perms};
-use crate::shard::ShardMsg;
 use crate::webrocket::directory::{new_token, Vhost};
 use crate::webrocket::replicate;
 use crate::webrocket::store::{UserRecord, Write};
@@ -176,7 +176,9 @@ async fn add_vhost(ctx: &ApiContext, body: &[u8]) -> Result<Reply, Fail> {
             format!("invalid vhost path {path:?}: `/` then printable ASCII without spaces, `?` or `#`"),
         ));
     }
-    if ctx.config.vhosts.iter().any(|v| v.path == path) || ctx.webrocket.directory.vhost(&path).is_some() {
+    if ctx.telemetry.config.vhosts.iter().any(|v| v.path == path)
+        || ctx.webrocket.directory.vhost(&path).is_some()
+    {
         return Err(fail(StatusCode::CONFLICT, format!("vhost {path} exists")));
     }
     let token = new_token();
@@ -291,7 +293,7 @@ async fn list_channels(ctx: &ApiContext, v: Arc<Vhost>) -> Reply {
         }
     }
     // Subscribers on the other nodes (network broker).
-    let ask = crate::broker::envelope::proto::query::Ask::ChannelCountsVhost(v.path.to_string());
+    let ask = crate::proto::query::Ask::ChannelCountsVhost(v.path.to_string());
     for r in ctx.broker.gather(ask).await {
         for (name, n) in r.channels.into_iter().zip(r.counts) {
             *counts.entry(name).or_default() += n as usize;

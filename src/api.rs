@@ -16,24 +16,20 @@ use serde::Deserialize;
 use tokio::net::TcpListener;
 use tracing::{debug, warn};
 
-use crate::broker::Broker;
+use crate::bus::Broker;
+use crate::bus::{ShardMsg, ShardRouter};
 use crate::clients::ClientRegistry;
-use crate::hooks::HookMetrics;
-use crate::metrics::{self, GlobalMetrics, ShardMetrics};
+use crate::handle::PushOutcome;
+use crate::metrics;
 use crate::publish::{self, Message};
 use crate::rpc::proto;
-use crate::shard::{PushOutcome, ShardMsg, ShardRouter};
+use crate::snapshot::Telemetry;
 
 pub struct ApiContext {
     pub broker: Arc<dyn Broker>,
-    pub shard_metrics: Vec<Arc<ShardMetrics>>,
-    pub shard_stats: Vec<Arc<crate::stats::ShardStats>>,
-    /// When the gateway started (uptime).
-    pub started: std::time::Instant,
-    /// The addresses bound: WebSocket, API, RPC.
-    pub bound: [std::net::SocketAddr; 3],
-    pub metrics: Arc<GlobalMetrics>,
-    pub hook_metrics: Arc<HookMetrics>,
+    /// The counters and measurements `/metrics`, `/stats` and the live
+    /// stream read (also the global counters and the config).
+    pub telemetry: Telemetry,
     pub max_body: usize,
     /// Head and body of a request must arrive within this.
     pub request_timeout: std::time::Duration,
@@ -45,11 +41,10 @@ pub struct ApiContext {
     pub webrocket: Arc<crate::webrocket::WebRocket>,
     /// Enables `/admin/…`; requests must carry it as a bearer token.
     pub admin_token: Option<String>,
-    pub config: Arc<crate::config::Config>,
 }
 
 pub async fn serve(listener: TcpListener, ctx: Arc<ApiContext>) {
-    let slots = Arc::new(tokio::sync::Semaphore::new(ctx.config.server.api_max_connections));
+    let slots = Arc::new(tokio::sync::Semaphore::new(ctx.telemetry.config.server.api_max_connections));
     loop {
         let (stream, peer) = match listener.accept().await {
             Ok(a) => a,
@@ -61,7 +56,7 @@ pub async fn serve(listener: TcpListener, ctx: Arc<ApiContext>) {
         };
         // Past the cap a connection is closed at once: it holds no task.
         let Ok(slot) = slots.clone().try_acquire_owned() else {
-            ctx.metrics.deny(metrics::Denied::ApiConnections);
+            ctx.telemetry.metrics.deny(metrics::Denied::ApiConnections);
             debug!(%peer, "api connection refused: server.api_max_connections reached");
             drop(stream);
             continue;
@@ -145,9 +140,9 @@ async fn route(req: Request<Incoming>, ctx: &Arc<ApiContext>) -> Reply {
             unauthorized(ctx)
         }
         (&Method::GET, "/metrics") => {
-            let mut text = metrics::render(&ctx.shard_metrics, &ctx.metrics);
-            ctx.hook_metrics.render(&mut text);
-            crate::snapshot::render_metrics(ctx, &mut text);
+            let mut text = metrics::render(&ctx.telemetry.shard_metrics, &ctx.telemetry.metrics);
+            ctx.telemetry.hook_metrics.render(&mut text);
+            crate::snapshot::render_metrics(&ctx.telemetry, &mut text);
             if let Some(m) = &ctx.cluster_metrics {
                 m.render(ctx.broker.name(), &mut text);
             }
@@ -156,10 +151,10 @@ async fn route(req: Request<Incoming>, ctx: &Arc<ApiContext>) -> Reply {
             r
         }
         (&Method::POST, "/publish") => {
-            metrics::inc(&ctx.metrics.http_publish_requests);
+            metrics::inc(&ctx.telemetry.metrics.http_publish_requests);
             let reply = publish_route(req, ctx).await;
             if !reply.status().is_success() {
-                metrics::inc(&ctx.metrics.http_publish_errors);
+                metrics::inc(&ctx.telemetry.metrics.http_publish_errors);
             }
             reply
         }
@@ -177,14 +172,14 @@ async fn route(req: Request<Incoming>, ctx: &Arc<ApiContext>) -> Reply {
 /// Whether a publish, push or metrics request may go on: always without
 /// `server.api_token`, else with it as the bearer token.
 fn api_authorized(headers: &hyper::HeaderMap, ctx: &ApiContext) -> bool {
-    match &ctx.config.server.api_token {
+    match &ctx.telemetry.config.server.api_token {
         None => true,
         Some(token) => crate::admin::token_eq(crate::admin::bearer(headers), token),
     }
 }
 
 fn unauthorized(ctx: &ApiContext) -> Reply {
-    ctx.metrics.deny(metrics::Denied::ApiUnauthorized);
+    ctx.telemetry.metrics.deny(metrics::Denied::ApiUnauthorized);
     let mut r = error(
         StatusCode::UNAUTHORIZED,
         "missing or wrong API token (Authorization: Bearer <server.api_token>)",
@@ -197,7 +192,7 @@ fn unauthorized(ctx: &ApiContext) -> Reply {
 /// warnings about how the node runs (`cluster.insecure`) ride along.
 fn health(ctx: &ApiContext) -> Reply {
     let mut warnings = Vec::new();
-    let c = &ctx.config;
+    let c = &ctx.telemetry.config;
     if c.broker != "memory" && c.cluster.secret.is_none() {
         warnings.push(format!(
             "insecure cluster: envelopes on the {} broker are not authenticated (cluster.insecure = true; set cluster.secret)",
@@ -275,7 +270,7 @@ fn worker_route(mut req: Request<Incoming>, vhost: &str, ctx: &Arc<ApiContext>) 
             }
         };
         let ws = tokio_tungstenite::WebSocketStream::from_raw_socket(io, Role::Server, None).await;
-        let limits = &ctx.config.limits;
+        let limits = &ctx.telemetry.config.limits;
         let link = crate::webrocket::workers::WorkerLink {
             vhost: v,
             token,
@@ -310,12 +305,12 @@ fn text(status: StatusCode, body: &'static str) -> Reply {
 async fn push_route(req: Request<Incoming>, client: &str, ctx: &ApiContext) -> Reply {
     // A push larger than a client's whole send budget could only close it
     // as a slow consumer: refused before it is read.
-    let budget = ctx.config.limits.max_backpressure;
+    let budget = ctx.telemetry.config.limits.max_backpressure;
     let body = match read_body_within(req, ctx, budget.min(ctx.max_body)).await {
         Ok(b) => b,
         Err(reply) => {
             if reply.status() == StatusCode::PAYLOAD_TOO_LARGE {
-                ctx.metrics.deny(metrics::Denied::PushTooLarge);
+                ctx.telemetry.metrics.deny(metrics::Denied::PushTooLarge);
             }
             return reply;
         }
@@ -334,7 +329,7 @@ async fn push_route(req: Request<Incoming>, client: &str, ctx: &ApiContext) -> R
             }
         }
     };
-    ctx.metrics.record_push(outcome);
+    ctx.telemetry.metrics.record_push(outcome);
     match outcome {
         PushOutcome::Queued => text(StatusCode::OK, "ok"),
         PushOutcome::NotConnected => text(StatusCode::NOT_FOUND, "not connected"),
@@ -402,7 +397,7 @@ async fn publish_route(req: Request<Incoming>, ctx: &ApiContext) -> Reply {
     let count = messages.len() as u64;
     match ctx.broker.publish(messages).await {
         Ok(()) => {
-            metrics::add(&ctx.metrics.published_messages, count);
+            metrics::add(&ctx.telemetry.metrics.published_messages, count);
             json(StatusCode::OK, r#"{"ok":true}"#.into())
         }
         Err(e) => error(StatusCode::SERVICE_UNAVAILABLE, &e.to_string()),

@@ -11,15 +11,7 @@ use std::sync::{Arc, Mutex};
 use futures_channel::oneshot;
 use tokio::sync::mpsc;
 
-/// A generation-checked handle to a connection, valid across shards and
-/// awaits: `key` is its slab slot (reused after it closes), `id` is unique
-/// for the process, so a handle never names a later connection in the slot.
-#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
-pub struct Owner {
-    pub shard: usize,
-    pub key: usize,
-    pub id: u64,
-}
+use crate::handle::Owner;
 
 #[derive(Debug, Default)]
 pub struct ClientRegistry {
@@ -114,25 +106,22 @@ impl RegistryHandle {
 }
 
 /// Applies the shards' claims and releases in order (integration thread),
-/// telling the broker which ClientIds this node holds (pushes from other
-/// nodes find them).
-pub async fn run(
-    mut ops: RegistryOps,
-    registry: Arc<ClientRegistry>,
-    broker: Arc<dyn crate::broker::Broker>,
-) {
+/// telling `here(client, true/false)` which ClientIds this node starts and
+/// stops holding (the cluster announces them, so pushes from other nodes
+/// find them).
+pub async fn run(mut ops: RegistryOps, registry: Arc<ClientRegistry>, here: impl Fn(&str, bool)) {
     while let Some(op) = ops.rx.recv().await {
         match op {
             Op::Claim { client, owner, replace, reply } => {
                 let claimed = registry.claim(&client, owner, replace);
                 if claimed == Ok(None) {
-                    broker.client_here(&client, true);
+                    here(&client, true);
                 }
                 let _ = reply.send(claimed);
             }
             Op::Release { client, owner } => {
                 if registry.release(&client, owner) {
-                    broker.client_here(&client, false);
+                    here(&client, false);
                 }
             }
         }

@@ -155,6 +155,10 @@ impl Default for WebRocketConfig {
     }
 }
 
+/// The shortest `cluster.secret` accepted (bytes): the key of the envelopes'
+/// HMAC (`broker::seal`).
+pub const MIN_CLUSTER_SECRET_LEN: usize = 32;
+
 /// How nodes sharing a network broker trust each other (docs/cluster.md).
 #[derive(Debug, Clone, Deserialize)]
 #[serde(deny_unknown_fields, default)]
@@ -520,7 +524,7 @@ impl Config {
         }
         let c = &self.cluster;
         if let Some(secret) = &c.secret {
-            if secret.len() < crate::broker::seal::MIN_SECRET_LEN {
+            if secret.len() < MIN_CLUSTER_SECRET_LEN {
                 return fail(
                     "cluster.secret",
                     "use at least 32 bytes (e.g. `openssl rand -hex 32`), the same on every node",

@@ -113,7 +113,7 @@ impl HookMetrics {
     }
 
     /// Latency percentiles (ms) per hook that was called.
-    pub fn percentiles_ms(&self) -> std::collections::BTreeMap<String, crate::snapshot::Percentiles> {
+    pub fn percentiles_ms(&self) -> std::collections::BTreeMap<String, crate::metrics::Percentiles> {
         HookKind::ALL
             .iter()
             .filter(|k| self.latency[**k as usize].count() > 0)

@@ -4,14 +4,17 @@
 pub mod admin;
 pub mod api;
 pub mod broker;
+pub mod bus;
 pub mod clients;
 pub mod config;
 pub mod ctl;
 pub mod dialect;
+pub mod handle;
 pub mod hooks;
 pub mod live;
 pub mod metrics;
 pub mod monitor;
+pub mod proto;
 pub mod publish;
 pub mod rpc;
 pub mod rt;

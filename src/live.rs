@@ -45,7 +45,7 @@ pub fn check(headers: &HeaderMap, ctx: &ApiContext, admin_only: bool) -> Option<
     // Either token opens the live views (`admin_only`: profiling, the admin
     // token alone); with neither set they are open (the API then listens on
     // loopback, or by the operator's choice).
-    let api_token = if admin_only { &None } else { &ctx.config.server.api_token };
+    let api_token = if admin_only { &None } else { &ctx.telemetry.config.server.api_token };
     let tokens: Vec<&String> = [&ctx.admin_token, api_token].into_iter().flatten().collect();
     if tokens.is_empty() {
         return None;
@@ -61,7 +61,7 @@ pub fn check(headers: &HeaderMap, ctx: &ApiContext, admin_only: bool) -> Option<
 }
 
 pub fn stats(ctx: &ApiContext) -> Reply {
-    json(StatusCode::OK, serde_json::to_string(&Snapshot::collect(ctx)).unwrap_or_default())
+    json(StatusCode::OK, serde_json::to_string(&Snapshot::collect(&ctx.telemetry)).unwrap_or_default())
 }
 
 pub fn dashboard() -> Reply {
@@ -88,7 +88,7 @@ pub fn stream(ctx: Arc<ApiContext>) -> StreamReply {
     let state = (ctx, None::<Snapshot>, ticks);
     let events = futures_util::stream::unfold(state, |(ctx, previous, mut ticks)| async move {
         ticks.tick().await;
-        let mut now = Snapshot::collect(&ctx);
+        let mut now = Snapshot::collect(&ctx.telemetry);
         if let Some(p) = &previous {
             now.rates = Some(now.rates_since(p));
         }

@@ -5,6 +5,19 @@ use std::fmt::Write;
 use std::sync::atomic::{AtomicU64, Ordering::Relaxed};
 use std::sync::Arc;
 
+use serde::{Deserialize, Serialize};
+
+/// Latency percentiles in ms, as `/stats`, the hooks' view and the monitor
+/// show them.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+pub struct Percentiles {
+    pub count: u64,
+    pub p50: f64,
+    pub p99: f64,
+    pub p999: f64,
+    pub max: f64,
+}
+
 #[derive(Debug, Default)]
 pub struct ShardMetrics {
     pub connections: AtomicU64,
@@ -153,8 +166,8 @@ impl GlobalMetrics {
         inc(&self.denied[why.index()]);
     }
 
-    pub fn record_push(&self, outcome: crate::shard::PushOutcome) {
-        use crate::shard::PushOutcome::*;
+    pub fn record_push(&self, outcome: crate::handle::PushOutcome) {
+        use crate::handle::PushOutcome::*;
         inc(match outcome {
             Queued => &self.pushes_queued,
             NotConnected => &self.pushes_not_connected,
@@ -191,7 +204,7 @@ impl Histogram {
 
     /// Percentiles in ms, each the upper bound of the bucket it falls in
     /// (beyond the last bound: the last bound).
-    pub fn percentiles_ms(&self) -> crate::snapshot::Percentiles {
+    pub fn percentiles_ms(&self) -> Percentiles {
         let counts: Vec<u64> = self.buckets.iter().map(|b| b.load(Relaxed)).collect();
         let total: u64 = counts.iter().sum();
         let at = |q: f64| {
@@ -208,13 +221,7 @@ impl Histogram {
         if total == 0 {
             return Default::default();
         }
-        crate::snapshot::Percentiles {
-            count: total,
-            p50: at(0.5),
-            p99: at(0.99),
-            p999: at(0.999),
-            max: at(1.0),
-        }
+        Percentiles { count: total, p50: at(0.5), p99: at(0.99), p999: at(0.999), max: at(1.0) }
     }
 
     pub fn render(&self, name: &str, help: &str, labels: &str, out: &mut String) {

@@ -3,7 +3,8 @@
 
 use std::fmt::Write;
 
-use crate::snapshot::{Percentiles, Snapshot};
+use crate::metrics::Percentiles;
+use crate::snapshot::Snapshot;
 
 /// Numbers as people read them: 12.3k, 4.56M.
 pub fn human(n: f64) -> String {

@@ -11,14 +11,16 @@ use tracing::{error, info, warn};
 
 use crate::api::{self, ApiContext};
 use crate::broker::cluster::{Cluster, ClusterMetrics};
-use crate::broker::{Broker, MemoryBroker};
+use crate::broker::MemoryBroker;
+use crate::bus::Broker;
+use crate::bus::ShardRouter;
 use crate::clients::ClientRegistry;
 use crate::config::Config;
 use crate::hooks::{self, HookMetrics, HookReceiver};
 use crate::metrics::{GlobalMetrics, ShardMetrics};
 use crate::rpc::server::{self as rpc_server, RpcContext};
 use crate::rt;
-use crate::shard::{self, ShardRouter, ShardSetup};
+use crate::shard::{self, ShardSetup};
 use crate::webrocket::WebRocket;
 
 /// Why the server could not start or run.
@@ -169,23 +171,34 @@ pub fn run(config: Config) -> Result<(), StartError> {
         write_timeout: Duration::from_millis(config.rpc.write_timeout_ms),
         max_connections: config.rpc.max_connections,
     });
-    let api_ctx = Arc::new(ApiContext {
-        broker,
+    let network = config.broker != "memory";
+    let telemetry = crate::snapshot::Telemetry {
         shard_metrics,
         shard_stats,
         started: std::time::Instant::now(),
         bound: [ws_addr, api_addr, rpc_addr],
         metrics: global_metrics,
         hook_metrics: hook_metrics.clone(),
+        broker_round_trip: network.then(|| cluster_metrics.round_trip.clone()),
+        node: webrocket.node.clone(),
+        broker_name: broker.name(),
+        broker_degraded: Box::new({
+            let broker = broker.clone();
+            move || broker.degraded()
+        }),
+        config: config.clone(),
+    };
+    let api_ctx = Arc::new(ApiContext {
+        broker,
+        telemetry,
         max_body: config.rpc.max_frame_size,
         request_timeout: Duration::from_millis(config.server.api_request_timeout_ms),
         publish_limits: config.publish_limits(),
         router: router.clone(),
         clients,
-        cluster_metrics: (config.broker != "memory").then_some(cluster_metrics),
+        cluster_metrics: network.then_some(cluster_metrics),
         webrocket,
         admin_token: config.server.admin_token.clone(),
-        config: config.clone(),
     });
     drop(hook_sender);
     std::thread::Builder::new()
@@ -251,7 +264,10 @@ fn integration_thread(
 ) {
     runtime.block_on(async move {
         api_ctx.router.spawn_space_relays();
-        tokio::spawn(crate::clients::run(registry_ops, api_ctx.clients.clone(), api_ctx.broker.clone()));
+        let broker = api_ctx.broker.clone();
+        tokio::spawn(crate::clients::run(registry_ops, api_ctx.clients.clone(), move |client, here| {
+            broker.client_here(client, here)
+        }));
         let to_tokio = |l: std::net::TcpListener| {
             l.set_nonblocking(true).and_then(|()| tokio::net::TcpListener::from_std(l))
         };
@@ -274,7 +290,7 @@ fn integration_thread(
 /// node's side of the cluster; the node serves even while the broker is down.
 async fn start_cluster(
     config: &Config,
-    interest: crate::broker::InterestReceiver,
+    interest: crate::bus::InterestReceiver,
     router: ShardRouter,
     clients: Arc<ClientRegistry>,
     metrics: Arc<ClusterMetrics>,

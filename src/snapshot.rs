@@ -3,14 +3,39 @@
 //! Built from the same counters and shard measurements as `GET /metrics`.
 
 use std::collections::BTreeMap;
+use std::net::SocketAddr;
 use std::sync::atomic::Ordering::Relaxed;
+use std::sync::Arc;
+use std::time::Instant;
 
 use hdrhistogram::Histogram;
 use serde::{Deserialize, Serialize};
 
-use crate::api::ApiContext;
-use crate::metrics::Refusal;
-use crate::stats::{Published, TopicStat};
+use crate::config::Config;
+use crate::hooks::HookMetrics;
+use crate::metrics::{GlobalMetrics, Histogram as RoundTrips, Percentiles, Refusal, ShardMetrics};
+use crate::stats::{Published, ShardStats, TopicStat};
+
+/// What a snapshot reads: the node's counters and measurements (shared
+/// atomics, never the shards themselves) and how to ask the broker's health.
+pub struct Telemetry {
+    pub shard_metrics: Vec<Arc<ShardMetrics>>,
+    pub shard_stats: Vec<Arc<ShardStats>>,
+    /// When the gateway started (uptime).
+    pub started: Instant,
+    /// The addresses bound: WebSocket, API, RPC.
+    pub bound: [SocketAddr; 3],
+    pub metrics: Arc<GlobalMetrics>,
+    pub hook_metrics: Arc<HookMetrics>,
+    /// With a network broker: publish → the broker took it.
+    pub broker_round_trip: Option<Arc<RoundTrips>>,
+    /// This node's id (the cluster's `origin`).
+    pub node: String,
+    pub broker_name: &'static str,
+    /// `None` while the broker is healthy, else why not.
+    pub broker_degraded: Box<dyn Fn() -> Option<String> + Send + Sync>,
+    pub config: Arc<Config>,
+}
 
 #[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct Snapshot {
@@ -42,15 +67,6 @@ pub struct Snapshot {
     /// Per second since the previous snapshot of a stream (absent in `/stats`).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub rates: Option<Rates>,
-}
-
-#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
-pub struct Percentiles {
-    pub count: u64,
-    pub p50: f64,
-    pub p99: f64,
-    pub p999: f64,
-    pub max: f64,
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize)]
@@ -148,7 +164,7 @@ pub struct Merged {
 }
 
 impl Merged {
-    pub fn read(ctx: &ApiContext) -> Merged {
+    pub fn read(ctx: &Telemetry) -> Merged {
         let per_shard: Vec<Published> = ctx.shard_stats.iter().map(|s| s.read()).collect();
         let mut publish_to_socket = crate::stats::latency_histogram();
         let mut publish_to_socket_recent = crate::stats::latency_histogram();
@@ -199,14 +215,14 @@ fn merge_top(
 
 /// Path and dialect of vhost index `i` (past the configured ones: the
 /// share of the vhosts added at run time).
-fn vhost_label(ctx: &ApiContext, i: usize) -> (String, String) {
+fn vhost_label(ctx: &Telemetry, i: usize) -> (String, String) {
     ctx.config.vhosts.get(i).map_or((RUNTIME_VHOSTS.to_string(), "webrocket".to_string()), |v| {
         (v.path.clone(), v.dialect.to_string())
     })
 }
 
 /// Every vhost with its connections (the configured ones, then the runtime share).
-pub fn vhost_views(ctx: &ApiContext, merged: &Merged) -> Vec<VhostView> {
+pub fn vhost_views(ctx: &Telemetry, merged: &Merged) -> Vec<VhostView> {
     (0..=ctx.config.vhosts.len())
         .map(|i| {
             let (path, dialect) = vhost_label(ctx, i);
@@ -224,7 +240,7 @@ pub fn vhost_views(ctx: &ApiContext, merged: &Merged) -> Vec<VhostView> {
 }
 
 impl Snapshot {
-    pub fn collect(ctx: &ApiContext) -> Snapshot {
+    pub fn collect(ctx: &Telemetry) -> Snapshot {
         let merged = Merged::read(ctx);
         let shards: Vec<ShardView> = ctx
             .shard_metrics
@@ -264,12 +280,12 @@ impl Snapshot {
             slow_consumer_closes: sum(|m| m.slow_consumer_closes.load(Relaxed)),
             refused: refused.values().sum(),
         };
-        let degraded = ctx.broker.degraded();
+        let degraded = (ctx.broker_degraded)();
         let server = &ctx.config.server;
         let (top_topics_by_subscribers, top_topics_by_rate) = merged.top(ctx.config.stats.top_topics);
         Snapshot {
             version: env!("CARGO_PKG_VERSION").to_string(),
-            node: ctx.webrocket.node.clone(),
+            node: ctx.node.clone(),
             unix_ms: std::time::SystemTime::now()
                 .duration_since(std::time::UNIX_EPOCH)
                 .map_or(0, |d| d.as_millis() as u64),
@@ -286,7 +302,7 @@ impl Snapshot {
             },
             health: Health {
                 status: if degraded.is_some() { "degraded" } else { "ok" }.to_string(),
-                broker: ctx.broker.name().to_string(),
+                broker: ctx.broker_name.to_string(),
                 broker_error: degraded,
                 hooks_pending: ctx.hook_metrics.pending(),
                 hook_failures: ctx.hook_metrics.failures(),
@@ -299,7 +315,7 @@ impl Snapshot {
             publish_to_socket_last_second_ms: percentiles(&merged.publish_to_socket_recent, 1000.0),
             queue_depth_bytes: percentiles(&merged.queue_depth, 1.0),
             hook_ms: ctx.hook_metrics.percentiles_ms(),
-            broker_round_trip_ms: ctx.cluster_metrics.as_ref().map(|m| m.round_trip.percentiles_ms()),
+            broker_round_trip_ms: ctx.broker_round_trip.as_ref().map(|h| h.percentiles_ms()),
             top_topics_by_subscribers,
             top_topics_by_rate,
             rates: None,
@@ -342,7 +358,7 @@ fn hdr_series(name: &str, labels: &str, h: &Histogram<u64>, bounds: &[f64], unit
 }
 
 /// The series of docs/metrics.md built on the shards' measurements.
-pub fn render_metrics(ctx: &ApiContext, out: &mut String) {
+pub fn render_metrics(ctx: &Telemetry, out: &mut String) {
     use crate::metrics::head;
     use std::fmt::Write;
     let merged = Merged::read(ctx);

@@ -23,18 +23,19 @@ use bytes::Bytes;
 use futures_channel::oneshot;
 use tracing::{debug, warn};
 
-use super::envelope::proto::query::Ask;
 use super::envelope::{
     self, Body, Gaps, Heartbeat, Publication, PushReply, PushRequest, Query, QueryReply, Received, Replicate,
     Seen, Trigger,
 };
 use super::seal::{self, Rejected, ReplayGuard, Sealer};
 use super::transport::{Incoming, Transport, OPERATION_TIMEOUT};
-use super::{BoxFuture, Broker, Interest, InterestReceiver};
+use crate::bus::{BoxFuture, Broker, Interest, InterestReceiver};
+use crate::bus::{ShardMsg, ShardRouter};
 use crate::clients::ClientRegistry;
+use crate::handle::PushOutcome;
 use crate::metrics::{self, Histogram};
+use crate::proto::query::Ask;
 use crate::publish::{Batch, Delivery, PublishError};
-use crate::shard::{PushOutcome, ShardMsg, ShardRouter};
 use crate::webrocket::WebRocket;
 
 /// Frame bytes on their way to the broker at once; past it publishers get
@@ -55,7 +56,7 @@ pub struct ClusterMetrics {
     /// By `Rejected::index`.
     pub rejected: [AtomicU64; Rejected::ALL.len()],
     /// Publish → the broker took it.
-    pub round_trip: Histogram,
+    pub round_trip: Arc<Histogram>,
 }
 
 impl ClusterMetrics {
@@ -202,7 +203,7 @@ const MEMBER_TIMEOUT: Duration = Duration::from_secs(3);
 const QUERY_TIMEOUT: Duration = Duration::from_secs(1);
 
 fn outcome_of(o: i32) -> PushOutcome {
-    use envelope::proto::push_reply::Outcome;
+    use crate::proto::push_reply::Outcome;
     match Outcome::try_from(o) {
         Ok(Outcome::Queued) => PushOutcome::Queued,
         Ok(Outcome::SlowConsumer) => PushOutcome::SlowConsumer,
@@ -211,7 +212,7 @@ fn outcome_of(o: i32) -> PushOutcome {
 }
 
 fn outcome_code(o: PushOutcome) -> i32 {
-    use envelope::proto::push_reply::Outcome;
+    use crate::proto::push_reply::Outcome;
     (match o {
         PushOutcome::Queued => Outcome::Queued,
         PushOutcome::NotConnected => Outcome::NotConnected,

@@ -6,9 +6,7 @@ use std::collections::HashMap;
 use bytes::Bytes;
 use prost::Message as _;
 
-pub mod proto {
-    include!(concat!(env!("OUT_DIR"), "/ringcast.cluster.v1.rs"));
-}
+use crate::proto;
 
 pub use proto::envelope::Body;
 pub use proto::{

@@ -1,8 +1,8 @@
 //! The embedded broker: this node's shards are the whole system.
 
-use super::{BoxFuture, Broker};
+use crate::bus::ShardRouter;
+use crate::bus::{BoxFuture, Broker};
 use crate::publish::{Batch, PublishError};
-use crate::shard::ShardRouter;
 
 pub struct MemoryBroker {
     router: ShardRouter,

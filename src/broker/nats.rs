@@ -13,7 +13,7 @@ use futures_util::StreamExt;
 use tracing::warn;
 
 use super::transport::{backoff, Incoming, IncomingSender, Transport, OPERATION_TIMEOUT};
-use super::BoxFuture;
+use crate::bus::BoxFuture;
 
 pub struct NatsTransport {
     client: async_nats::Client,

@@ -13,7 +13,7 @@ use redis::aio::{MultiplexedConnection, PubSubSink};
 use tracing::{info, warn};
 
 use super::transport::{backoff, Incoming, IncomingSender, Transport, OPERATION_TIMEOUT};
-use super::BoxFuture;
+use crate::bus::BoxFuture;
 
 #[derive(Default)]
 struct Links {

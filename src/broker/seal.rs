@@ -17,8 +17,6 @@ use sha2::Sha256;
 
 /// Bytes of the tag in front of every envelope.
 pub const TAG_LEN: usize = 32;
-/// The shortest secret accepted (bytes).
-pub const MIN_SECRET_LEN: usize = 32;
 
 /// Why a received broker message was refused; the label of
 /// `ringcast_broker_rejected_total{reason}`.
@@ -80,7 +78,7 @@ pub struct Sealer {
 }
 
 impl Sealer {
-    /// A sealer with `secret` (at least `MIN_SECRET_LEN` bytes; checked by
+    /// A sealer with `secret` (at least `config::MIN_CLUSTER_SECRET_LEN` bytes; checked by
     /// the config), or an insecure one without.
     pub fn new(secret: Option<&[u8]>) -> Sealer {
         Sealer { key: secret.map(|s| Hmac::<Sha256>::new_from_slice(s).expect("HMAC takes any key length")) }

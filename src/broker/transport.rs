@@ -6,7 +6,7 @@ use std::time::Duration;
 
 use bytes::Bytes;
 
-use super::BoxFuture;
+use crate::bus::BoxFuture;
 
 /// A message from the broker.
 #[derive(Debug)]

@@ -11,7 +11,7 @@ use tracing::{debug, warn};
 
 use super::frame;
 use super::service::{self, Action};
-use crate::broker::Broker;
+use crate::bus::Broker;
 use crate::metrics::{self, Denied, GlobalMetrics};
 
 /// Writes a reply within the write timeout; a client that does not read

@@ -15,9 +15,9 @@ use bytes::Bytes;
 use hyper::header::{HeaderValue, CONTENT_TYPE};
 
 use super::{Shard, CLOSE_LINGER};
-use crate::clients::Owner;
 use crate::config::{OnBackendError, VhostConfig};
 use crate::dialect::proxy;
+use crate::handle::Owner;
 use crate::hooks::{HookKind, HookOutcome, HookRequest};
 use crate::metrics;
 use crate::rt;

@@ -23,7 +23,7 @@ use std::time::Instant;
 use super::conn::{self, ConnRef, ConnState};
 use super::ring::{Completion, Readiness, Token};
 use super::Shard;
-use crate::clients::Owner;
+use crate::handle::Owner;
 use crate::metrics;
 use crate::rt;
 use crate::stats::StallSite;

@@ -6,7 +6,6 @@ pub mod conn;
 mod driver;
 mod handshake;
 pub mod ring;
-mod router;
 mod stall;
 pub mod topics;
 mod webrocket;
@@ -25,11 +24,10 @@ use futures_channel::oneshot;
 use slab::Slab;
 use tracing::{debug, warn};
 
-pub use router::{Closed, Inbox, PushOutcome, ShardMsg, ShardRouter, TrySendError};
-
-use crate::broker::{Interest, InterestSender};
-use crate::clients::{Owner, RegistryHandle};
+use crate::bus::{Inbox, Interest, InterestSender, ShardMsg, ShardRouter, TrySendError};
+use crate::clients::RegistryHandle;
 use crate::config::Config;
+use crate::handle::{Owner, PushOutcome};
 use crate::hooks::{HookOutcome, HookRequest, HookSender};
 use crate::metrics::{self, ShardMetrics};
 use crate::publish::Delivery;

@@ -11,11 +11,11 @@ use bytes::Bytes;
 use futures_channel::oneshot;
 
 use super::conn::{ConnRef, ConnState};
-use super::router::{ShardMsg, TrySendError};
 use super::topics::ConnKey;
 use super::{Shard, CLOSE_LINGER};
-use crate::clients::Owner;
+use crate::bus::{ShardMsg, TrySendError};
 use crate::dialect::webrocket as wire;
+use crate::handle::{Owner, PushOutcome};
 use crate::metrics;
 use crate::publish::{Batch, Delivery};
 use crate::rt;
@@ -86,7 +86,7 @@ impl Env for ShardEnv<'_> {
         if let Some(network) = &self.shard.interest {
             // Through the network broker, which brings it back to this
             // node's shards too.
-            let _ = network.send(crate::broker::Interest::Publish { batch });
+            let _ = network.send(crate::bus::Interest::Publish { batch });
             return;
         }
         // Every shard through its inbox, this one too: in order with the
@@ -298,7 +298,7 @@ async fn presence(shard: &Shard, topic: String) -> (usize, Vec<Arc<str>>) {
     // The other nodes' subscribers (network broker), asked on the
     // integration thread where the broker runs.
     if let Some(broker) = shard.webrocket.broker().cloned() {
-        let ask = crate::broker::envelope::proto::query::Ask::PresenceTopic(topic.clone());
+        let ask = crate::proto::query::Ask::PresenceTopic(topic.clone());
         let remote = shard.webrocket.runtime.spawn(async move { broker.gather(ask).await });
         for r in remote.await.unwrap_or_default() {
             count += r.count as usize;
@@ -339,20 +339,20 @@ impl Shard {
     }
 
     /// A worker's reply to one session of `vhost`.
-    pub(super) fn send_to_session(&self, to: Owner, vhost: &str, frame: Bytes) -> super::PushOutcome {
+    pub(super) fn send_to_session(&self, to: Owner, vhost: &str, frame: Bytes) -> PushOutcome {
         let Some(conn) = self.conn(to) else {
-            return super::PushOutcome::NotConnected;
+            return PushOutcome::NotConnected;
         };
         let mut st = conn.borrow_mut();
         let same_vhost = st.wr.as_ref().is_some_and(|s| &*s.vhost.path == vhost && !s.vhost.is_deleted());
         if !same_vhost || st.is_closing() {
-            return super::PushOutcome::NotConnected;
+            return PushOutcome::NotConnected;
         }
         if st.push(frame, self.config.limits.max_backpressure).is_err() {
             self.close_slow_consumer(&mut st);
-            return super::PushOutcome::SlowConsumer;
+            return PushOutcome::SlowConsumer;
         }
-        super::PushOutcome::Queued
+        PushOutcome::Queued
     }
 
     /// Applies an admin change to `user` of `vhost` to its sessions here.

@@ -28,7 +28,7 @@ pub struct WebRocket {
     pub runtime: tokio::runtime::Handle,
     /// The broker, once started (shards ask it for other nodes' workers,
     /// presence and replies).
-    pub broker: std::sync::OnceLock<Arc<dyn crate::broker::Broker>>,
+    pub broker: std::sync::OnceLock<Arc<dyn crate::bus::Broker>>,
 }
 
 /// A random node id (48 bits, 12 hex digits): per process, so a restarted
@@ -53,7 +53,7 @@ impl WebRocket {
     }
 
     /// The broker (set right after the start, before any client connects).
-    pub fn broker(&self) -> Option<&Arc<dyn crate::broker::Broker>> {
+    pub fn broker(&self) -> Option<&Arc<dyn crate::bus::Broker>> {
         self.broker.get()
     }
 
@@ -66,7 +66,7 @@ impl WebRocket {
             return true;
         }
         let Some(broker) = self.broker() else { return false };
-        let ask = crate::broker::envelope::proto::query::Ask::ChannelExistsTopic(vhost.topic(channel));
+        let ask = crate::proto::query::Ask::ChannelExistsTopic(vhost.topic(channel));
         let found = broker.gather(ask).await.iter().any(|r| r.count > 0);
         if found {
             vhost.note_elsewhere(channel);

@@ -5,8 +5,8 @@
 
 use super::store::Write;
 use super::WebRocket;
+use crate::bus::ShardMsg;
 use crate::dialect::webrocket::Perms;
-use crate::shard::ShardMsg;
 
 /// What every shard must hear of a change.
 #[derive(Debug, Clone, PartialEq, Eq)]

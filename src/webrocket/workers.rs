@@ -15,9 +15,10 @@ use tokio_tungstenite::tungstenite::Message;
 use tracing::debug;
 
 use super::WebRocket;
+use crate::bus::{ShardMsg, ShardRouter};
 use crate::dialect::webrocket::{self as wire, ErrorId, WorkerCommand, WrError};
+use crate::handle::PushOutcome;
 use crate::publish::Delivery;
-use crate::shard::{PushOutcome, ShardMsg, ShardRouter};
 
 /// Triggers waiting for one worker, in number and in bytes; past either
 /// the next worker is tried (and with none left, ASSIGNATION_FAILED).
@@ -116,17 +117,17 @@ impl Workers {
 /// A session id as workers see it: the node's id, the connection's
 /// process-wide id and its slot — so a reply finds the node and the shard,
 /// and checks it is the same session.
-pub fn sid(node: &str, owner: crate::clients::Owner) -> String {
+pub fn sid(node: &str, owner: crate::handle::Owner) -> String {
     format!("{node}-{:x}-{:x}", owner.id, owner.key)
 }
 
 /// The node prefix and the session's handle.
-pub fn parse_sid(sid: &str) -> Option<(&str, crate::clients::Owner)> {
+pub fn parse_sid(sid: &str) -> Option<(&str, crate::handle::Owner)> {
     let mut parts = sid.splitn(3, '-');
     let (node, id, key) = (parts.next()?, parts.next()?, parts.next()?);
     let id = u64::from_str_radix(id, 16).ok()?;
     let key = usize::from_str_radix(key, 16).ok()?;
-    Some((node, crate::clients::Owner { shard: (id >> 48) as usize, key, id }))
+    Some((node, crate::handle::Owner { shard: (id >> 48) as usize, key, id }))
 }
 
 /// Whether a sid's node part names `node`.
@@ -141,7 +142,7 @@ pub struct WorkerLink {
     pub token: Arc<str>,
     pub wr: Arc<WebRocket>,
     pub router: ShardRouter,
-    pub broker: Arc<dyn crate::broker::Broker>,
+    pub broker: Arc<dyn crate::bus::Broker>,
     pub ping_interval: Duration,
     pub idle_timeout: Duration,
 }
@@ -209,7 +210,7 @@ async fn on_message(
     vhost: &super::directory::Vhost,
     wr: &WebRocket,
     router: &ShardRouter,
-    broker: &dyn crate::broker::Broker,
+    broker: &dyn crate::bus::Broker,
 ) -> Option<WrError> {
     let command = match wire::parse_worker(text) {
         Ok(c) => c,
