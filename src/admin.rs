@@ -135,9 +135,7 @@ async fn commit(ctx: &ApiContext, writes: Vec<Write>) -> Result<(), Fail> {
         .map_err(|e| fail(StatusCode::INTERNAL_SERVER_ERROR, e.0))?;
     let effects = replicate::apply(&ctx.webrocket, &writes);
     for effect in &effects {
-        for shard in 0..ctx.router.shard_count() {
-            let _ = ctx.router.send(shard, effect.message()).await;
-        }
+        let _ = ctx.router.to_every_shard(|| effect.message()).await;
     }
     ctx.broker.replicate(writes);
     Ok(())

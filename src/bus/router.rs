@@ -142,6 +142,15 @@ impl ShardRouter {
         Ok(())
     }
 
+    /// Sends `make()` to every shard in turn (tokio side), each parked
+    /// while its inbox is full.
+    pub async fn to_every_shard(&self, make: impl Fn() -> ShardMsg) -> Result<(), Closed> {
+        for shard in 0..self.inboxes.len() {
+            self.send(shard, make()).await?;
+        }
+        Ok(())
+    }
+
     /// Sends to one shard from the tokio side (the integration thread, where
     /// `relay_space` runs), parked while its inbox is full.
     pub async fn send(&self, shard: usize, mut msg: ShardMsg) -> Result<(), Closed> {
