@@ -1,7 +1,6 @@
 //! ringcast: a thread-per-core WebSocket pub/sub gateway on io_uring.
 //! See docs/architecture.md for the map of this crate.
 
-pub mod admin;
 pub mod api;
 pub mod broker;
 pub mod bus;
@@ -11,7 +10,6 @@ pub mod ctl;
 pub mod dialect;
 pub mod handle;
 pub mod hooks;
-pub mod live;
 pub mod metrics;
 pub mod monitor;
 pub mod proto;

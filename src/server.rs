@@ -102,6 +102,7 @@ pub fn run(config: Config) -> Result<(), StartError> {
         }
     };
     let cluster_metrics = Arc::new(ClusterMetrics::default());
+    let broker_slot: Arc<std::sync::OnceLock<Arc<dyn Broker>>> = Arc::default();
 
     let mut executors = Vec::with_capacity(shards);
     let (ready_tx, ready_rx) = std::sync::mpsc::channel::<usize>();
@@ -117,6 +118,7 @@ pub fn run(config: Config) -> Result<(), StartError> {
             hooks: hook_sender.clone(),
             clients: registry_handle.clone(),
             webrocket: webrocket.clone(),
+            broker: broker_slot.clone(),
             interest: interest_tx.clone(),
             stats: shard_stats[id].clone(),
         };
@@ -160,7 +162,7 @@ pub fn run(config: Config) -> Result<(), StartError> {
             webrocket.clone(),
         ))?,
     };
-    let _ = webrocket.broker.set(broker.clone());
+    let _ = broker_slot.set(broker.clone());
     let rpc_ctx = Arc::new(RpcContext {
         broker: broker.clone(),
         broker_name: config.broker.clone(),

@@ -646,7 +646,7 @@ impl Cluster {
             warn!(error = %e, "a replicated change could not be stored here");
         }
         for effect in crate::webrocket::replicate::apply(&self.wr, &writes) {
-            let _ = self.router.to_every_shard(|| effect.message()).await;
+            let _ = self.router.to_every_shard(|| ShardMsg::from(&effect)).await;
         }
     }
 

@@ -12,6 +12,7 @@ use crate::handle::PushOutcome;
 use crate::proto::query::Ask;
 use crate::proto::QueryReply;
 use crate::publish::{self, Batch, Message, PublishError};
+use crate::webrocket::Vhost;
 
 pub type BoxFuture<'a, T> = Pin<Box<dyn Future<Output = T> + Send + 'a>>;
 
@@ -70,5 +71,22 @@ pub trait Broker: Send + Sync + 'static {
     /// Asks the other nodes (presence, channel counts); their answers.
     fn gather(&self, _ask: Ask) -> BoxFuture<'_, Vec<QueryReply>> {
         Box::pin(async { Vec::new() })
+    }
+
+    /// Does another node have `channel` of `vhost` (a channel made by a
+    /// subscribe exists only where it has subscribers)? A yes is remembered
+    /// for a second, so a stream of broadcasts asks once.
+    fn channel_elsewhere<'a>(&'a self, vhost: &'a Vhost, channel: &'a str) -> BoxFuture<'a, bool> {
+        Box::pin(async move {
+            if vhost.seen_elsewhere(channel) {
+                return true;
+            }
+            let found =
+                self.gather(Ask::ChannelExistsTopic(vhost.topic(channel))).await.iter().any(|r| r.count > 0);
+            if found {
+                vhost.note_elsewhere(channel);
+            }
+            found
+        })
     }
 }

@@ -17,7 +17,7 @@ use atomic_waker::AtomicWaker;
 pub use crossbeam_channel::TrySendError;
 use crossbeam_channel::{Receiver, Sender, TryRecvError};
 
-use super::ShardMsg;
+use super::messages::ShardMsg;
 use crate::metrics::{self, GlobalMetrics};
 use crate::publish::Batch;
 

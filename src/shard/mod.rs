@@ -15,7 +15,7 @@ use std::collections::VecDeque;
 use std::future::poll_fn;
 use std::rc::{Rc, Weak};
 use std::sync::atomic::{AtomicUsize, Ordering};
-use std::sync::Arc;
+use std::sync::{Arc, OnceLock};
 use std::task::{Poll, Waker};
 use std::time::{Duration, Instant};
 
@@ -24,7 +24,7 @@ use futures_channel::oneshot;
 use slab::Slab;
 use tracing::{debug, warn};
 
-use crate::bus::{Inbox, Interest, InterestSender, ShardMsg, ShardRouter, TrySendError};
+use crate::bus::{Broker, Inbox, Interest, InterestSender, ShardMsg, ShardRouter, TrySendError};
 use crate::clients::RegistryHandle;
 use crate::config::Config;
 use crate::handle::{Owner, PushOutcome};
@@ -67,6 +67,9 @@ pub struct ShardSetup {
     pub hooks: HookSender,
     pub clients: RegistryHandle,
     pub webrocket: Arc<WebRocket>,
+    /// The broker, set once it has started (before any client connects):
+    /// other nodes' workers, presence, channels.
+    pub broker: Arc<OnceLock<Arc<dyn Broker>>>,
     /// With a network broker: where first and last subscribers are reported.
     pub interest: Option<InterestSender>,
     /// Where the shard publishes its measurements once a second.
@@ -91,6 +94,7 @@ pub struct Shard {
     pub hooks: HookSender,
     pub clients: RegistryHandle,
     pub webrocket: Arc<WebRocket>,
+    broker: Arc<OnceLock<Arc<dyn Broker>>>,
     interest: Option<InterestSender>,
     stats: Arc<ShardStats>,
     pub(crate) recorder: RefCell<Recorder>,
@@ -145,6 +149,7 @@ pub async fn run(setup: ShardSetup, ring: ring::Ring) {
         hooks: setup.hooks,
         clients: setup.clients,
         webrocket: setup.webrocket,
+        broker: setup.broker,
         interest: setup.interest,
         recorder: RefCell::new(recorder),
         stalls,
@@ -268,6 +273,11 @@ async fn inbox_loop(shard: Rc<Shard>, inbox: Inbox) -> Inbox {
 }
 
 impl Shard {
+    /// The broker, once started (`None` only before any client connects).
+    pub fn broker(&self) -> Option<&Arc<dyn Broker>> {
+        self.broker.get()
+    }
+
     /// Rate limit for warnings that a failing backend would repeat per
     /// connection: true at most once a second.
     pub(crate) fn log_allowed(&self) -> bool {

@@ -112,7 +112,7 @@ impl Env for ShardEnv<'_> {
         match wr.workers.assign(self.vhost, message) {
             Ok(()) => true,
             // No worker here: one on another node, if any has some.
-            Err(message) => wr.broker().is_some_and(|b| b.trigger_elsewhere(self.vhost, message)),
+            Err(message) => self.shard.broker().is_some_and(|b| b.trigger_elsewhere(self.vhost, message)),
         }
     }
 
@@ -244,10 +244,15 @@ pub(super) fn on_message(shard: &Rc<Shard>, conn: &ConnRef, text: Option<&[u8]>)
             let vhost = session.vhost.clone();
             let shard = shard.clone();
             rt::spawn(async move {
-                let wr = shard.webrocket.clone();
+                let broker = shard.broker().cloned();
                 let ask = {
                     let name = channel.clone();
-                    shard.webrocket.runtime.spawn(async move { wr.channel_elsewhere(&vhost, &name).await })
+                    shard.webrocket.runtime.spawn(async move {
+                        match broker {
+                            Some(b) => b.channel_elsewhere(&vhost, &name).await,
+                            None => false,
+                        }
+                    })
                 };
                 let found = ask.await.unwrap_or(false);
                 finish(&shard, owner, move |_, env| {
@@ -297,7 +302,7 @@ async fn presence(shard: &Shard, topic: String) -> (usize, Vec<Arc<str>>) {
     }
     // The other nodes' subscribers (network broker), asked on the
     // integration thread where the broker runs.
-    if let Some(broker) = shard.webrocket.broker().cloned() {
+    if let Some(broker) = shard.broker().cloned() {
         let ask = crate::proto::query::Ask::PresenceTopic(topic.clone());
         let remote = shard.webrocket.runtime.spawn(async move { broker.gather(ask).await });
         for r in remote.await.unwrap_or_default() {

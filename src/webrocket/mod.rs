@@ -26,9 +26,6 @@ pub struct WebRocket {
     pub node: String,
     /// The integration thread's runtime: shards run broker calls there.
     pub runtime: tokio::runtime::Handle,
-    /// The broker, once started (shards ask it for other nodes' workers,
-    /// presence and replies).
-    pub broker: std::sync::OnceLock<Arc<dyn crate::bus::Broker>>,
 }
 
 /// A random node id (48 bits, 12 hex digits): per process, so a restarted
@@ -48,29 +45,6 @@ impl WebRocket {
             admin_lock: tokio::sync::Mutex::new(()),
             node: node_id(),
             runtime,
-            broker: std::sync::OnceLock::new(),
         })
-    }
-
-    /// The broker (set right after the start, before any client connects).
-    pub fn broker(&self) -> Option<&Arc<dyn crate::bus::Broker>> {
-        self.broker.get()
-    }
-
-    /// Does another node have `channel` of `vhost` (a channel made by a
-    /// subscribe exists only where it has subscribers)? A yes is remembered
-    /// for a second, so a stream of broadcasts asks once. Awaits the
-    /// broker: call it on the integration runtime.
-    pub async fn channel_elsewhere(&self, vhost: &Vhost, channel: &str) -> bool {
-        if vhost.seen_elsewhere(channel) {
-            return true;
-        }
-        let Some(broker) = self.broker() else { return false };
-        let ask = crate::proto::query::Ask::ChannelExistsTopic(vhost.topic(channel));
-        let found = broker.gather(ask).await.iter().any(|r| r.count > 0);
-        if found {
-            vhost.note_elsewhere(channel);
-        }
-        found
     }
 }

@@ -5,7 +5,6 @@
 
 use super::store::Write;
 use super::WebRocket;
-use crate::bus::ShardMsg;
 use crate::dialect::webrocket::Perms;
 
 /// What every shard must hear of a change.
@@ -14,16 +13,6 @@ pub enum Effect {
     UserChanged { vhost: Box<str>, user: Box<str> },
     ChannelDeleted { topic: Box<str> },
     VhostDeleted { vhost: Box<str> },
-}
-
-impl Effect {
-    pub fn message(&self) -> ShardMsg {
-        match self.clone() {
-            Effect::UserChanged { vhost, user } => ShardMsg::UserChanged { vhost, user },
-            Effect::ChannelDeleted { topic } => ShardMsg::ChannelDeleted { topic },
-            Effect::VhostDeleted { vhost } => ShardMsg::VhostDeleted { vhost },
-        }
-    }
 }
 
 /// Whether `writes`, received from another node, are what the admin API

@@ -11,7 +11,8 @@ use hyper::{Method, StatusCode};
 use serde::Deserialize;
 use serde_json::json;
 
-use crate::api::{json as reply_json, ApiContext, Reply};
+use super::context::ApiContext;
+use super::http::{json as reply_json, Reply};
 use crate::bus::ShardMsg;
 use crate::config::vhost_path_is_valid;
 use crate::dialect::webrocket::{channel_name_is_valid, user_name_is_valid, Perms};
@@ -34,25 +35,6 @@ fn fail(status: StatusCode, message: impl AsRef<str>) -> Fail {
 
 fn ok(status: StatusCode, body: serde_json::Value) -> Reply {
     reply_json(status, body.to_string())
-}
-
-/// The bearer token of a request (empty when there is none).
-pub fn bearer(headers: &hyper::HeaderMap) -> &str {
-    headers
-        .get(hyper::header::AUTHORIZATION)
-        .and_then(|h| h.to_str().ok())
-        .and_then(|h| h.strip_prefix("Bearer "))
-        .unwrap_or("")
-}
-
-/// Compares a presented token with the expected one in constant time:
-/// their SHA-256 digests, so neither the contents nor the length of the
-/// expected token shows in the time taken.
-pub fn token_eq(presented: &str, expected: &str) -> bool {
-    use sha2::{Digest, Sha256};
-    use subtle::ConstantTimeEq;
-    let (p, e) = (Sha256::digest(presented.as_bytes()), Sha256::digest(expected.as_bytes()));
-    bool::from(p.as_slice().ct_eq(e.as_slice()))
 }
 
 pub async fn route(method: &Method, path: &str, query: Option<&str>, body: Bytes, ctx: &ApiContext) -> Reply {
@@ -135,7 +117,7 @@ async fn commit(ctx: &ApiContext, writes: Vec<Write>) -> Result<(), Fail> {
         .map_err(|e| fail(StatusCode::INTERNAL_SERVER_ERROR, e.0))?;
     let effects = replicate::apply(&ctx.webrocket, &writes);
     for effect in &effects {
-        let _ = ctx.router.to_every_shard(|| effect.message()).await;
+        let _ = ctx.router.to_every_shard(|| ShardMsg::from(effect)).await;
     }
     ctx.broker.replicate(writes);
     Ok(())
@@ -341,20 +323,9 @@ async fn add_channel(ctx: &ApiContext, body: &[u8]) -> Result<Reply, Fail> {
 }
 
 async fn delete_channel(ctx: &ApiContext, v: Arc<Vhost>, name: &str) -> Result<Reply, Fail> {
-    if !v.channel_exists(name) && !ctx.webrocket.channel_elsewhere(&v, name).await {
+    if !v.channel_exists(name) && !ctx.broker.channel_elsewhere(&v, name).await {
         return Err(fail(StatusCode::NOT_FOUND, format!("no channel {name} in {}", v.path)));
     }
     commit(ctx, vec![Write::DeleteChannel { vhost: v.path.to_string(), name: name.into() }]).await?;
     Ok(ok(StatusCode::OK, json!({ "deleted": name })))
-}
-
-#[cfg(test)]
-mod tests {
-    #[test]
-    fn tokens_compare_whole_whatever_their_length() {
-        assert!(super::token_eq("0123456789abcdef", "0123456789abcdef"));
-        assert!(!super::token_eq("0123456789abcde", "0123456789abcdef"));
-        assert!(!super::token_eq("0123456789abcdefg", "0123456789abcdef"));
-        assert!(!super::token_eq("", "0123456789abcdef"));
-    }
 }

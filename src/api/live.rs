@@ -21,7 +21,8 @@ use hyper::body::Frame;
 use hyper::header::{HeaderValue, CACHE_CONTROL, CONTENT_TYPE, WWW_AUTHENTICATE};
 use hyper::{HeaderMap, Response, StatusCode};
 
-use crate::api::{json, ApiContext, Reply};
+use super::context::ApiContext;
+use super::http::{json, token_eq, Reply};
 use crate::snapshot::Snapshot;
 
 pub type StreamReply = Response<UnsyncBoxBody<Bytes, Infallible>>;
@@ -50,7 +51,7 @@ pub fn check(headers: &HeaderMap, ctx: &ApiContext, admin_only: bool) -> Option<
     if tokens.is_empty() {
         return None;
     }
-    if presented(headers).is_some_and(|p| tokens.iter().any(|t| crate::admin::token_eq(&p, t))) {
+    if presented(headers).is_some_and(|p| tokens.iter().any(|t| token_eq(&p, t))) {
         return None;
     }
     let body = r#"{"error":"missing or wrong admin token (Authorization: Bearer …, or Basic auth with the token as password)"}"#;

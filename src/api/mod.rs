@@ -1,12 +1,18 @@
 //! The backend HTTP API (docs/protocols.md §6): `POST /publish`, `GET /metrics`,
 //! `GET /health`. hyper on the integration-side tokio thread.
 
+pub mod admin;
+pub mod context;
+pub mod http;
+pub mod live;
+pub mod workers;
+
 use std::convert::Infallible;
 use std::sync::Arc;
 
 use base64::Engine;
 use bytes::Bytes;
-use http_body_util::{BodyExt, Full, Limited};
+use http_body_util::{BodyExt, Full};
 use hyper::body::Incoming;
 use hyper::header::{HeaderValue, CONTENT_TYPE};
 use hyper::{Method, Request, Response, StatusCode};
@@ -16,32 +22,13 @@ use serde::Deserialize;
 use tokio::net::TcpListener;
 use tracing::{debug, warn};
 
-use crate::bus::Broker;
-use crate::bus::{ShardMsg, ShardRouter};
-use crate::clients::ClientRegistry;
+use crate::bus::ShardMsg;
 use crate::handle::PushOutcome;
 use crate::metrics;
 use crate::publish::{self, Message};
 use crate::rpc::proto;
-use crate::snapshot::Telemetry;
-
-pub struct ApiContext {
-    pub broker: Arc<dyn Broker>,
-    /// The counters and measurements `/metrics`, `/stats` and the live
-    /// stream read (also the global counters and the config).
-    pub telemetry: Telemetry,
-    pub max_body: usize,
-    /// Head and body of a request must arrive within this.
-    pub request_timeout: std::time::Duration,
-    pub publish_limits: publish::Limits,
-    pub router: ShardRouter,
-    pub clients: Arc<ClientRegistry>,
-    /// With a network broker: its metrics.
-    pub cluster_metrics: Option<Arc<crate::broker::cluster::ClusterMetrics>>,
-    pub webrocket: Arc<crate::webrocket::WebRocket>,
-    /// Enables `/admin/…`; requests must carry it as a bearer token.
-    pub admin_token: Option<String>,
-}
+pub use context::ApiContext;
+use http::{bearer, error, json, read_body, read_body_within, text, token_eq, Reply};
 
 pub async fn serve(listener: TcpListener, ctx: Arc<ApiContext>) {
     let slots = Arc::new(tokio::sync::Semaphore::new(ctx.telemetry.config.server.api_max_connections));
@@ -83,25 +70,12 @@ pub async fn serve(listener: TcpListener, ctx: Arc<ApiContext>) {
     }
 }
 
-pub type Reply = Response<Full<Bytes>>;
-
-pub fn json(status: StatusCode, body: String) -> Reply {
-    let mut r = Response::new(Full::new(Bytes::from(body)));
-    *r.status_mut() = status;
-    r.headers_mut().insert(CONTENT_TYPE, HeaderValue::from_static("application/json"));
-    r
-}
-
-fn error(status: StatusCode, message: &str) -> Reply {
-    json(status, serde_json::json!({ "error": message }).to_string())
-}
-
 /// The one streaming route, else `route`.
-async fn route_streaming(req: Request<Incoming>, ctx: Arc<ApiContext>) -> crate::live::StreamReply {
+async fn route_streaming(req: Request<Incoming>, ctx: Arc<ApiContext>) -> live::StreamReply {
     if req.uri().path() == "/stats/stream" && req.method() == Method::GET {
-        return match crate::live::check(req.headers(), &ctx, false) {
+        return match live::check(req.headers(), &ctx, false) {
             Some(denied) => denied.map(|b| b.boxed_unsync()),
-            None => crate::live::stream(ctx),
+            None => live::stream(ctx),
         };
     }
     route(req, &ctx).await.map(|b| b.boxed_unsync())
@@ -113,13 +87,13 @@ async fn route(req: Request<Incoming>, ctx: &Arc<ApiContext>) -> Reply {
         if req.method() != Method::GET {
             return error(StatusCode::METHOD_NOT_ALLOWED, "method not allowed");
         }
-        if let Some(denied) = crate::live::check(req.headers(), ctx, path == "/debug/pprof/profile") {
+        if let Some(denied) = live::check(req.headers(), ctx, path == "/debug/pprof/profile") {
             return denied;
         }
         return match path {
-            "/stats" => crate::live::stats(ctx),
-            "/dashboard" => crate::live::dashboard(),
-            _ => crate::live::profile(req.uri().query(), ctx).await,
+            "/stats" => live::stats(ctx),
+            "/dashboard" => live::dashboard(),
+            _ => live::profile(req.uri().query(), ctx).await,
         };
     }
     if path.starts_with("/admin/") {
@@ -127,7 +101,7 @@ async fn route(req: Request<Incoming>, ctx: &Arc<ApiContext>) -> Reply {
     }
     if let Some(vhost) = path.strip_prefix("/workers") {
         let vhost = vhost.to_string();
-        return worker_route(req, &vhost, ctx);
+        return workers::worker_route(req, &vhost, ctx);
     }
     match (req.method(), req.uri().path()) {
         (&Method::GET, "/health") => health(ctx),
@@ -174,7 +148,7 @@ async fn route(req: Request<Incoming>, ctx: &Arc<ApiContext>) -> Reply {
 fn api_authorized(headers: &hyper::HeaderMap, ctx: &ApiContext) -> bool {
     match &ctx.telemetry.config.server.api_token {
         None => true,
-        Some(token) => crate::admin::token_eq(crate::admin::bearer(headers), token),
+        Some(token) => token_eq(bearer(headers), token),
     }
 }
 
@@ -218,7 +192,7 @@ async fn admin_route(req: Request<Incoming>, ctx: &ApiContext) -> Reply {
             "the admin API is off: set server.admin_token or RINGCAST_ADMIN_TOKEN",
         );
     };
-    if !crate::admin::token_eq(crate::admin::bearer(req.headers()), token) {
+    if !token_eq(bearer(req.headers()), token) {
         let mut r = error(StatusCode::UNAUTHORIZED, "missing or wrong admin token (Authorization: Bearer …)");
         r.headers_mut().insert(hyper::header::WWW_AUTHENTICATE, HeaderValue::from_static("Bearer"));
         return r;
@@ -229,75 +203,7 @@ async fn admin_route(req: Request<Incoming>, ctx: &ApiContext) -> Reply {
         Ok(b) => b,
         Err(reply) => return reply,
     };
-    crate::admin::route(&method, &path, query.as_deref(), body, ctx).await
-}
-
-/// `GET /workers<vhost path>`: a backend worker's WebSocket upgrade, with
-/// the vhost's access token as a bearer token (401 otherwise).
-fn worker_route(mut req: Request<Incoming>, vhost: &str, ctx: &Arc<ApiContext>) -> Reply {
-    use tokio_tungstenite::tungstenite::handshake::derive_accept_key;
-    use tokio_tungstenite::tungstenite::protocol::Role;
-    let Some(v) = ctx.webrocket.directory.vhost(vhost) else {
-        return error(StatusCode::NOT_FOUND, &format!("no webrocket vhost {vhost}"));
-    };
-    let presented = crate::admin::bearer(req.headers()).to_string();
-    if !crate::admin::token_eq(&presented, &v.token()) {
-        let mut r =
-            error(StatusCode::UNAUTHORIZED, "missing or wrong vhost access token (Authorization: Bearer …)");
-        r.headers_mut().insert(hyper::header::WWW_AUTHENTICATE, HeaderValue::from_static("Bearer"));
-        return r;
-    }
-    let h = req.headers();
-    let is_upgrade = h
-        .get(hyper::header::UPGRADE)
-        .and_then(|u| u.to_str().ok())
-        .is_some_and(|u| u.eq_ignore_ascii_case("websocket"));
-    let key = h.get(hyper::header::SEC_WEBSOCKET_KEY).cloned();
-    let version_ok = h.get(hyper::header::SEC_WEBSOCKET_VERSION).is_some_and(|v| v.as_bytes() == b"13");
-    let (true, Some(key), true) = (is_upgrade && req.method() == Method::GET, key, version_ok) else {
-        return error(StatusCode::UPGRADE_REQUIRED, "a WebSocket upgrade (version 13) is expected here");
-    };
-    let accept = derive_accept_key(key.as_bytes());
-    let upgrade = hyper::upgrade::on(&mut req);
-    let ctx = ctx.clone();
-    let token: Arc<str> = presented.as_str().into();
-    tokio::spawn(async move {
-        let io = match upgrade.await {
-            Ok(io) => TokioIo::new(io),
-            Err(e) => {
-                debug!(error = %e, "worker upgrade failed");
-                return;
-            }
-        };
-        let ws = tokio_tungstenite::WebSocketStream::from_raw_socket(io, Role::Server, None).await;
-        let limits = &ctx.telemetry.config.limits;
-        let link = crate::webrocket::workers::WorkerLink {
-            vhost: v,
-            token,
-            wr: ctx.webrocket.clone(),
-            router: ctx.router.clone(),
-            broker: ctx.broker.clone(),
-            ping_interval: std::time::Duration::from_millis(limits.ping_interval_ms),
-            idle_timeout: std::time::Duration::from_millis(limits.idle_timeout_ms),
-        };
-        crate::webrocket::workers::serve(ws, link).await;
-    });
-    let mut r = Response::new(Full::new(Bytes::new()));
-    *r.status_mut() = StatusCode::SWITCHING_PROTOCOLS;
-    let h = r.headers_mut();
-    h.insert(hyper::header::UPGRADE, HeaderValue::from_static("websocket"));
-    h.insert(hyper::header::CONNECTION, HeaderValue::from_static("Upgrade"));
-    if let Ok(accept) = HeaderValue::from_str(&accept) {
-        h.insert(hyper::header::SEC_WEBSOCKET_ACCEPT, accept);
-    }
-    r
-}
-
-fn text(status: StatusCode, body: &'static str) -> Reply {
-    let mut r = Response::new(Full::new(Bytes::from_static(body.as_bytes())));
-    *r.status_mut() = status;
-    r.headers_mut().insert(CONTENT_TYPE, HeaderValue::from_static("text/plain; charset=utf-8"));
-    r
+    admin::route(&method, &path, query.as_deref(), body, ctx).await
 }
 
 /// ws2api push (docs/protocols.md §4): `POST /<ClientId>`, the body goes to that
@@ -336,32 +242,6 @@ async fn push_route(req: Request<Incoming>, client: &str, ctx: &ApiContext) -> R
         PushOutcome::SlowConsumer => {
             text(StatusCode::SERVICE_UNAVAILABLE, "client is a slow consumer; closed")
         }
-    }
-}
-
-/// The whole body, within `max_body` bytes and the request timeout (a
-/// client dribbling its body must not hold a task forever).
-async fn read_body(req: Request<Incoming>, ctx: &ApiContext) -> Result<Bytes, Reply> {
-    read_body_within(req, ctx, ctx.max_body).await
-}
-
-/// `read_body` with a lower bound than `max_body` (pushes: `limits.max_backpressure`).
-async fn read_body_within(req: Request<Incoming>, ctx: &ApiContext, limit: usize) -> Result<Bytes, Reply> {
-    let key = if limit < ctx.max_body { "limits.max_backpressure" } else { "rpc.max_frame_size" };
-    let collect = Limited::new(req.into_body(), limit).collect();
-    match tokio::time::timeout(ctx.request_timeout, collect).await {
-        Err(_) => Err(error(
-            StatusCode::REQUEST_TIMEOUT,
-            &format!(
-                "body not received within {} ms (server.api_request_timeout_ms)",
-                ctx.request_timeout.as_millis()
-            ),
-        )),
-        Ok(Ok(b)) => Ok(b.to_bytes()),
-        Ok(Err(e)) if e.is::<http_body_util::LengthLimitError>() => {
-            Err(error(StatusCode::PAYLOAD_TOO_LARGE, &format!("body exceeds {limit} bytes ({key})")))
-        }
-        Ok(Err(e)) => Err(error(StatusCode::BAD_REQUEST, &format!("cannot read body: {e}"))),
     }
 }
 
