@@ -12,8 +12,8 @@ use tracing::{error, info, warn};
 use crate::api::{self, ApiContext};
 use crate::broker::cluster::{Cluster, ClusterMetrics};
 use crate::broker::MemoryBroker;
-use crate::bus::Broker;
 use crate::bus::ShardRouter;
+use crate::bus::{Broker, Peers};
 use crate::clients::ClientRegistry;
 use crate::config::Config;
 use crate::hooks::{self, HookMetrics, HookReceiver};
@@ -102,7 +102,7 @@ pub fn run(config: Config) -> Result<(), StartError> {
         }
     };
     let cluster_metrics = Arc::new(ClusterMetrics::default());
-    let broker_slot: Arc<std::sync::OnceLock<Arc<dyn Broker>>> = Arc::default();
+    let peers_slot: Arc<std::sync::OnceLock<Arc<dyn Peers>>> = Arc::default();
 
     let mut executors = Vec::with_capacity(shards);
     let (ready_tx, ready_rx) = std::sync::mpsc::channel::<usize>();
@@ -118,7 +118,7 @@ pub fn run(config: Config) -> Result<(), StartError> {
             hooks: hook_sender.clone(),
             clients: registry_handle.clone(),
             webrocket: webrocket.clone(),
-            broker: broker_slot.clone(),
+            peers: peers_slot.clone(),
             interest: interest_tx.clone(),
             stats: shard_stats[id].clone(),
         };
@@ -151,18 +151,23 @@ pub fn run(config: Config) -> Result<(), StartError> {
     }
 
     drop(interest_tx);
-    let broker: Arc<dyn Broker> = match interest_rx {
-        None => Arc::new(MemoryBroker::new(router.clone())),
-        Some(interest) => runtime.block_on(start_cluster(
-            &config,
-            interest,
-            router.clone(),
-            clients.clone(),
-            cluster_metrics.clone(),
-            webrocket.clone(),
-        ))?,
+    let (broker, peers): (Arc<dyn Broker>, Option<Arc<dyn Peers>>) = match interest_rx {
+        None => (Arc::new(MemoryBroker::new(router.clone())), None),
+        Some(interest) => {
+            let cluster = runtime.block_on(start_cluster(
+                &config,
+                interest,
+                router.clone(),
+                clients.clone(),
+                cluster_metrics.clone(),
+                webrocket.clone(),
+            ))?;
+            (cluster.clone(), Some(cluster))
+        }
     };
-    let _ = broker_slot.set(broker.clone());
+    if let Some(peers) = &peers {
+        let _ = peers_slot.set(peers.clone());
+    }
     let rpc_ctx = Arc::new(RpcContext {
         broker: broker.clone(),
         broker_name: config.broker.clone(),
@@ -192,6 +197,7 @@ pub fn run(config: Config) -> Result<(), StartError> {
     };
     let api_ctx = Arc::new(ApiContext {
         broker,
+        peers,
         telemetry,
         max_body: config.rpc.max_frame_size,
         request_timeout: Duration::from_millis(config.server.api_request_timeout_ms),
@@ -266,9 +272,11 @@ fn integration_thread(
 ) {
     runtime.block_on(async move {
         api_ctx.router.spawn_space_relays();
-        let broker = api_ctx.broker.clone();
+        let peers = api_ctx.peers.clone();
         tokio::spawn(crate::clients::run(registry_ops, api_ctx.clients.clone(), move |client, here| {
-            broker.client_here(client, here)
+            if let Some(peers) = &peers {
+                peers.client_here(client, here)
+            }
         }));
         let to_tokio = |l: std::net::TcpListener| {
             l.set_nonblocking(true).and_then(|()| tokio::net::TcpListener::from_std(l))
@@ -297,7 +305,7 @@ async fn start_cluster(
     clients: Arc<ClientRegistry>,
     metrics: Arc<ClusterMetrics>,
     webrocket: Arc<WebRocket>,
-) -> Result<Arc<dyn Broker>, StartError> {
+) -> Result<Arc<Cluster>, StartError> {
     use crate::broker::transport::Transport;
     let (incoming_tx, incoming_rx) = tokio::sync::mpsc::channel(64 * 1024);
     let reconnects = metrics.reconnects.clone();

@@ -13,6 +13,7 @@ use serde_json::json;
 
 use super::context::ApiContext;
 use super::http::{json as reply_json, Reply};
+use crate::bus::ports::channel_elsewhere;
 use crate::bus::ShardMsg;
 use crate::config::vhost_path_is_valid;
 use crate::dialect::webrocket::{channel_name_is_valid, user_name_is_valid, Perms};
@@ -119,7 +120,9 @@ async fn commit(ctx: &ApiContext, writes: Vec<Write>) -> Result<(), Fail> {
     for effect in &effects {
         let _ = ctx.router.to_every_shard(|| ShardMsg::from(effect)).await;
     }
-    ctx.broker.replicate(writes);
+    if let Some(peers) = &ctx.peers {
+        peers.replicate(writes);
+    }
     Ok(())
 }
 
@@ -263,18 +266,14 @@ async fn delete_user(ctx: &ApiContext, v: Arc<Vhost>, name: &str) -> Result<Repl
 }
 
 async fn list_channels(ctx: &ApiContext, v: Arc<Vhost>) -> Reply {
-    let mut counts: HashMap<String, usize> = HashMap::new();
-    for shard in 0..ctx.router.shard_count() {
-        let (reply, answer) = futures_channel::oneshot::channel();
-        if ctx.router.send(shard, ShardMsg::ChannelCounts { vhost: v.path.clone(), reply }).await.is_ok() {
-            for (name, n) in answer.await.unwrap_or_default() {
-                *counts.entry(name).or_default() += n;
-            }
-        }
-    }
+    let mut counts = ctx.router.channel_counts(&v.path).await;
     // Subscribers on the other nodes (network broker).
     let ask = crate::proto::query::Ask::ChannelCountsVhost(v.path.to_string());
-    for r in ctx.broker.gather(ask).await {
+    let elsewhere = match &ctx.peers {
+        Some(peers) => peers.gather(ask).await,
+        None => Vec::new(),
+    };
+    for r in elsewhere {
         for (name, n) in r.channels.into_iter().zip(r.counts) {
             *counts.entry(name).or_default() += n as usize;
         }
@@ -323,7 +322,7 @@ async fn add_channel(ctx: &ApiContext, body: &[u8]) -> Result<Reply, Fail> {
 }
 
 async fn delete_channel(ctx: &ApiContext, v: Arc<Vhost>, name: &str) -> Result<Reply, Fail> {
-    if !v.channel_exists(name) && !ctx.broker.channel_elsewhere(&v, name).await {
+    if !v.channel_exists(name) && !channel_elsewhere(ctx.peers.as_deref(), &v, name).await {
         return Err(fail(StatusCode::NOT_FOUND, format!("no channel {name} in {}", v.path)));
     }
     commit(ctx, vec![Write::DeleteChannel { vhost: v.path.to_string(), name: name.into() }]).await?;

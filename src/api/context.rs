@@ -3,13 +3,15 @@
 
 use std::sync::Arc;
 
-use crate::bus::{Broker, ShardRouter};
+use crate::bus::{Broker, Peers, ShardRouter};
 use crate::clients::ClientRegistry;
 use crate::publish;
 use crate::snapshot::Telemetry;
 
 pub struct ApiContext {
     pub broker: Arc<dyn Broker>,
+    /// With a network broker: the other nodes.
+    pub peers: Option<Arc<dyn Peers>>,
     /// The counters and measurements `/metrics`, `/stats` and the live
     /// stream read (also the global counters and the config).
     pub telemetry: Telemetry,

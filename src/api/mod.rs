@@ -22,7 +22,6 @@ use serde::Deserialize;
 use tokio::net::TcpListener;
 use tracing::{debug, warn};
 
-use crate::bus::ShardMsg;
 use crate::handle::PushOutcome;
 use crate::metrics;
 use crate::publish::{self, Message};
@@ -223,17 +222,17 @@ async fn push_route(req: Request<Incoming>, client: &str, ctx: &ApiContext) -> R
     };
     let outcome = match ctx.clients.lookup(client) {
         // Not here: another node may hold it.
-        None => match ctx.broker.push_elsewhere(client, body).await {
-            Ok(outcome) => outcome,
-            Err(e) => return error(StatusCode::SERVICE_UNAVAILABLE, &e.to_string()),
+        None => match &ctx.peers {
+            None => PushOutcome::NotConnected,
+            Some(peers) => match peers.push_elsewhere(client, body).await {
+                Ok(outcome) => outcome,
+                Err(e) => return error(StatusCode::SERVICE_UNAVAILABLE, &e.to_string()),
+            },
         },
-        Some(owner) => {
-            let (reply, answer) = futures_channel::oneshot::channel();
-            match ctx.router.send(owner.shard, ShardMsg::Push { to: owner, body, reply }).await {
-                Ok(()) => answer.await.unwrap_or(PushOutcome::NotConnected),
-                Err(_) => return error(StatusCode::SERVICE_UNAVAILABLE, "gateway is shutting down"),
-            }
-        }
+        Some(owner) => match ctx.router.push(owner, body).await {
+            Ok(outcome) => outcome,
+            Err(_) => return error(StatusCode::SERVICE_UNAVAILABLE, "gateway is shutting down"),
+        },
     };
     ctx.telemetry.metrics.record_push(outcome);
     match outcome {

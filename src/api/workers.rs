@@ -21,7 +21,8 @@ use tracing::debug;
 
 use super::context::ApiContext;
 use super::http::{bearer, error, token_eq, Reply};
-use crate::bus::{ShardMsg, ShardRouter};
+use crate::bus::ports::channel_elsewhere;
+use crate::bus::{Broker, Peers, ShardRouter};
 use crate::dialect::webrocket::{self as wire, ErrorId, WorkerCommand, WrError};
 use crate::handle::PushOutcome;
 use crate::publish::Delivery;
@@ -73,6 +74,7 @@ pub fn worker_route(mut req: Request<Incoming>, vhost: &str, ctx: &Arc<ApiContex
             wr: ctx.webrocket.clone(),
             router: ctx.router.clone(),
             broker: ctx.broker.clone(),
+            peers: ctx.peers.clone(),
             ping_interval: std::time::Duration::from_millis(limits.ping_interval_ms),
             idle_timeout: std::time::Duration::from_millis(limits.idle_timeout_ms),
         };
@@ -96,7 +98,8 @@ pub struct WorkerLink {
     pub token: Arc<str>,
     pub wr: Arc<WebRocket>,
     pub router: ShardRouter,
-    pub broker: Arc<dyn crate::bus::Broker>,
+    pub broker: Arc<dyn Broker>,
+    pub peers: Option<Arc<dyn Peers>>,
     pub ping_interval: Duration,
     pub idle_timeout: Duration,
 }
@@ -107,7 +110,7 @@ pub async fn serve<S>(ws: tokio_tungstenite::WebSocketStream<S>, link: WorkerLin
 where
     S: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin,
 {
-    let WorkerLink { vhost, token, wr, router, broker, ping_interval, idle_timeout } = link;
+    let WorkerLink { vhost, token, wr, router, broker, peers, ping_interval, idle_timeout } = link;
     let (tx, mut triggers) = mpsc::channel::<String>(WORKER_QUEUE);
     let queued = Arc::new(AtomicUsize::new(0));
     let id = wr.workers.add(&vhost.path, tx, queued.clone(), token);
@@ -136,7 +139,7 @@ where
                 let Some(Ok(message)) = message else { break };
                 last_heard = tokio::time::Instant::now();
                 let answer = match message {
-                    Message::Text(text) => on_message(text.as_str(), &vhost, &wr, &router, &*broker).await,
+                    Message::Text(text) => on_message(text.as_str(), &vhost, &wr, &router, &*broker, peers.as_deref()).await,
                     Message::Binary(_) => Some(WrError::new(ErrorId::InvalidPayload, "binary frames are not supported")),
                     Message::Close(_) => break,
                     _ => None,
@@ -164,7 +167,8 @@ async fn on_message(
     vhost: &Vhost,
     wr: &WebRocket,
     router: &ShardRouter,
-    broker: &dyn crate::bus::Broker,
+    broker: &dyn Broker,
+    peers: Option<&dyn Peers>,
 ) -> Option<WrError> {
     let command = match wire::parse_worker(text) {
         Ok(c) => c,
@@ -179,26 +183,19 @@ async fn on_message(
             let frame = wire::reply_frame(&event, data);
             if !is_node(node, &wr.node) {
                 // A session on another node of the cluster.
-                return match broker.session_reply_elsewhere(node, &vhost.path, &sid, frame).await {
+                let Some(peers) = peers else { return not_found() };
+                return match peers.session_reply_elsewhere(node, &vhost.path, &sid, frame).await {
                     Ok(PushOutcome::Queued) => None,
                     _ => not_found(),
                 };
             }
-            if to.shard >= router.shard_count() {
-                return not_found();
-            }
-            let (reply, answer) = futures_channel::oneshot::channel();
-            let msg = ShardMsg::Send { to, frame, vhost: vhost.path.clone(), reply };
-            if router.send(to.shard, msg).await.is_err() {
-                return not_found();
-            }
-            match answer.await {
+            match router.send_to_session(to, &vhost.path, frame).await {
                 Ok(PushOutcome::Queued) => None,
                 _ => not_found(),
             }
         }
         WorkerCommand::Broadcast { channel, event, data } => {
-            if !vhost.channel_exists(&channel) && !broker.channel_elsewhere(vhost, &channel).await {
+            if !vhost.channel_exists(&channel) && !channel_elsewhere(peers, vhost, &channel).await {
                 return Some(crate::webrocket::session::not_found(&channel));
             }
             let delivery =

@@ -29,7 +29,7 @@ use super::envelope::{
 };
 use super::seal::{self, Rejected, ReplayGuard, Sealer};
 use super::transport::{Incoming, Transport, OPERATION_TIMEOUT};
-use crate::bus::{BoxFuture, Broker, Interest, InterestReceiver};
+use crate::bus::{BoxFuture, Broker, Interest, InterestReceiver, Peers};
 use crate::bus::{ShardMsg, ShardRouter};
 use crate::clients::ClientRegistry;
 use crate::handle::PushOutcome;
@@ -506,22 +506,11 @@ impl Cluster {
         let session = (!r.session_vhost.is_empty()).then(|| crate::webrocket::workers::parse_sid(&r.client));
         let outcome = match session {
             // A worker's reply to a WebRocket session here.
-            Some(Some((node, to)))
-                if to.shard < self.router.shard_count()
-                    && crate::webrocket::workers::is_node(node, &self.node) =>
-            {
-                let (tx, rx) = oneshot::channel();
-                let msg = ShardMsg::Send {
-                    to,
-                    vhost: r.session_vhost.as_str().into(),
-                    frame: r.body.clone(),
-                    reply: tx,
-                };
-                match self.router.send(to.shard, msg).await {
-                    Ok(()) => rx.await.unwrap_or(PushOutcome::NotConnected),
-                    Err(_) => PushOutcome::NotConnected,
-                }
-            }
+            Some(Some((node, to))) if crate::webrocket::workers::is_node(node, &self.node) => self
+                .router
+                .send_to_session(to, &r.session_vhost, r.body.clone())
+                .await
+                .unwrap_or(PushOutcome::NotConnected),
             Some(_) => PushOutcome::NotConnected,
             None => self.push_here(&r).await,
         };
@@ -531,14 +520,7 @@ impl Cluster {
     async fn push_here(&self, r: &PushRequest) -> PushOutcome {
         match self.clients.lookup(&r.client) {
             None => PushOutcome::NotConnected,
-            Some(owner) => {
-                let (tx, rx) = oneshot::channel();
-                let msg = ShardMsg::Push { to: owner, body: r.body.clone(), reply: tx };
-                match self.router.send(owner.shard, msg).await {
-                    Ok(()) => rx.await.unwrap_or(PushOutcome::NotConnected),
-                    Err(_) => PushOutcome::NotConnected,
-                }
-            }
+            Some(owner) => self.router.push(owner, r.body.clone()).await.unwrap_or(PushOutcome::NotConnected),
         }
     }
 
@@ -655,39 +637,14 @@ impl Cluster {
         let mut reply = QueryReply { id: q.id, ..Default::default() };
         match q.ask {
             Some(Ask::PresenceTopic(topic)) => {
-                for shard in 0..self.router.shard_count() {
-                    let (tx, rx) = oneshot::channel();
-                    if self
-                        .router
-                        .send(shard, ShardMsg::Presence { topic: topic.as_str().into(), reply: tx })
-                        .await
-                        .is_ok()
-                    {
-                        if let Ok((n, users)) = rx.await {
-                            reply.count += n as u64;
-                            reply.users.extend(users.iter().map(|u| u.to_string()));
-                        }
-                    }
-                }
+                let (count, users) = self.router.presence(&topic).await;
+                reply.count = count as u64;
+                reply.users = users.iter().map(|u| u.to_string()).collect();
             }
             Some(Ask::ChannelCountsVhost(vhost)) => {
-                let mut counts: HashMap<String, u64> = HashMap::new();
-                for shard in 0..self.router.shard_count() {
-                    let (tx, rx) = oneshot::channel();
-                    if self
-                        .router
-                        .send(shard, ShardMsg::ChannelCounts { vhost: vhost.as_str().into(), reply: tx })
-                        .await
-                        .is_ok()
-                    {
-                        for (name, n) in rx.await.unwrap_or_default() {
-                            *counts.entry(name).or_default() += n as u64;
-                        }
-                    }
-                }
-                for (name, n) in counts {
+                for (name, n) in self.router.channel_counts(&vhost).await {
                     reply.channels.push(name);
-                    reply.counts.push(n);
+                    reply.counts.push(n as u64);
                 }
             }
             Some(Ask::ChannelExistsTopic(topic)) => {
@@ -729,7 +686,9 @@ impl Broker for Cluster {
         (!self.transport.connected())
             .then(|| format!("{}: {}", self.transport.name(), self.transport.last_error()))
     }
+}
 
+impl Peers for Cluster {
     fn push_elsewhere(&self, client: &str, body: Bytes) -> BoxFuture<'_, Result<PushOutcome, PublishError>> {
         let request = PushRequest { client: client.to_string(), body, ..Default::default() };
         Box::pin(self.request_node(self.transport.client_subject(client), request))

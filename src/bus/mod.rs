@@ -5,10 +5,11 @@
 //! no shard internals and no broker: both sides import it, neither imports
 //! the other.
 
+pub mod gateway;
 mod messages;
 pub mod ports;
 pub mod router;
 
 pub use messages::{Interest, InterestReceiver, InterestSender, ShardMsg};
-pub use ports::{BoxFuture, Broker};
+pub use ports::{BoxFuture, Broker, Peers};
 pub use router::{Closed, Inbox, ShardRouter, TrySendError};

@@ -1,7 +1,9 @@
-//! The ports the data plane publishes and asks through: `Broker` carries
-//! publications (memory on one node; Redis or NATS between nodes) and the
-//! cluster's control calls. The shards and the control plane hold an
-//! `Arc<dyn Broker>` and never learn which one runs.
+//! The ports the data plane and the control plane publish and ask through:
+//! `Broker` carries publications (memory on one node; Redis or NATS between
+//! nodes); `Peers` is the other nodes of a cluster (pushes, replies,
+//! triggers and questions that must reach them). The memory broker has no
+//! peers: where there are none the callers hold `None` and answer for
+//! this node alone. Neither side learns which broker runs.
 
 use std::future::Future;
 use std::pin::Pin;
@@ -12,6 +14,7 @@ use crate::handle::PushOutcome;
 use crate::proto::query::Ask;
 use crate::proto::QueryReply;
 use crate::publish::{self, Batch, Message, PublishError};
+use crate::webrocket::store::Write;
 use crate::webrocket::Vhost;
 
 pub type BoxFuture<'a, T> = Pin<Box<dyn Future<Output = T> + Send + 'a>>;
@@ -34,44 +37,35 @@ pub trait Broker: Send + Sync + 'static {
     fn degraded(&self) -> Option<String> {
         None
     }
+}
 
-    /// A push to a ClientId no shard of this node holds: asks the other
-    /// nodes. The memory broker has no other nodes.
-    fn push_elsewhere(
-        &self,
-        _client: &str,
-        _body: Bytes,
-    ) -> BoxFuture<'_, Result<PushOutcome, PublishError>> {
-        Box::pin(async { Ok(PushOutcome::NotConnected) })
-    }
+/// The other nodes of a cluster, reached through the network broker.
+pub trait Peers: Send + Sync + 'static {
+    /// A push to a ClientId no shard of this node holds: asks the node that
+    /// holds it.
+    fn push_elsewhere(&self, client: &str, body: Bytes) -> BoxFuture<'_, Result<PushOutcome, PublishError>>;
 
     /// A proxy ClientId connected to (true) or left (false) this node.
-    fn client_here(&self, _client: &str, _here: bool) {}
+    fn client_here(&self, client: &str, here: bool);
 
     /// WebRocket state committed here, for the other nodes to apply too.
-    fn replicate(&self, _writes: Vec<crate::webrocket::store::Write>) {}
+    fn replicate(&self, writes: Vec<Write>);
 
     /// A WebRocket worker's reply to a session on another node (`node`, from the sid).
     fn session_reply_elsewhere(
         &self,
-        _node: &str,
-        _vhost: &str,
-        _sid: &str,
-        _frame: Bytes,
-    ) -> BoxFuture<'_, Result<PushOutcome, PublishError>> {
-        Box::pin(async { Ok(PushOutcome::NotConnected) })
-    }
+        node: &str,
+        vhost: &str,
+        sid: &str,
+        frame: Bytes,
+    ) -> BoxFuture<'_, Result<PushOutcome, PublishError>>;
 
     /// Hands a WebRocket trigger to a node with workers for `vhost`; false
     /// if no other node has any.
-    fn trigger_elsewhere(&self, _vhost: &str, _message: String) -> bool {
-        false
-    }
+    fn trigger_elsewhere(&self, vhost: &str, message: String) -> bool;
 
     /// Asks the other nodes (presence, channel counts); their answers.
-    fn gather(&self, _ask: Ask) -> BoxFuture<'_, Vec<QueryReply>> {
-        Box::pin(async { Vec::new() })
-    }
+    fn gather(&self, ask: Ask) -> BoxFuture<'_, Vec<QueryReply>>;
 
     /// Does another node have `channel` of `vhost` (a channel made by a
     /// subscribe exists only where it has subscribers)? A yes is remembered
@@ -88,5 +82,13 @@ pub trait Broker: Send + Sync + 'static {
             }
             found
         })
+    }
+}
+
+/// `Peers::channel_elsewhere` where there may be no peers (memory broker).
+pub async fn channel_elsewhere(peers: Option<&dyn Peers>, vhost: &Vhost, channel: &str) -> bool {
+    match peers {
+        Some(p) => p.channel_elsewhere(vhost, channel).await,
+        None => false,
     }
 }

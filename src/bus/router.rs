@@ -152,7 +152,8 @@ impl ShardRouter {
     }
 
     /// Sends to one shard from the tokio side (the integration thread, where
-    /// `relay_space` runs), parked while its inbox is full.
+    /// the space relays of `spawn_space_relays` run), parked while its
+    /// inbox is full.
     pub async fn send(&self, shard: usize, mut msg: ShardMsg) -> Result<(), Closed> {
         let space = &self.inboxes[shard].space;
         loop {

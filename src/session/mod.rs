@@ -54,7 +54,8 @@ pub enum Effect {
     /// A proxy client's message for the backend; `forward_answered` follows.
     Forward { body: Bytes, text: bool },
     /// A WebRocket client's text message (None: a binary one) for the
-    /// WebRocket session; `webrocket_done` follows. Input waits meanwhile.
+    /// WebRocket session; `answered` follows once the shard has handed it
+    /// over. Input waits meanwhile.
     WebRocket(Option<Vec<u8>>),
     /// A Close is queued: drop the connection if the peer has not closed
     /// within the linger time.

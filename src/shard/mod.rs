@@ -24,7 +24,7 @@ use futures_channel::oneshot;
 use slab::Slab;
 use tracing::{debug, warn};
 
-use crate::bus::{Broker, Inbox, Interest, InterestSender, ShardMsg, ShardRouter, TrySendError};
+use crate::bus::{Inbox, Interest, InterestSender, Peers, ShardMsg, ShardRouter, TrySendError};
 use crate::clients::RegistryHandle;
 use crate::config::Config;
 use crate::handle::{Owner, PushOutcome};
@@ -67,9 +67,9 @@ pub struct ShardSetup {
     pub hooks: HookSender,
     pub clients: RegistryHandle,
     pub webrocket: Arc<WebRocket>,
-    /// The broker, set once it has started (before any client connects):
-    /// other nodes' workers, presence, channels.
-    pub broker: Arc<OnceLock<Arc<dyn Broker>>>,
+    /// The other nodes, set once the network broker has started (before
+    /// any client connects); never set with the memory broker.
+    pub peers: Arc<OnceLock<Arc<dyn Peers>>>,
     /// With a network broker: where first and last subscribers are reported.
     pub interest: Option<InterestSender>,
     /// Where the shard publishes its measurements once a second.
@@ -94,7 +94,7 @@ pub struct Shard {
     pub hooks: HookSender,
     pub clients: RegistryHandle,
     pub webrocket: Arc<WebRocket>,
-    broker: Arc<OnceLock<Arc<dyn Broker>>>,
+    peers: Arc<OnceLock<Arc<dyn Peers>>>,
     interest: Option<InterestSender>,
     stats: Arc<ShardStats>,
     pub(crate) recorder: RefCell<Recorder>,
@@ -118,13 +118,13 @@ pub struct Shard {
     driver_stopping: Cell<bool>,
 }
 
-/// Runs a shard until it has drained after a shutdown message.
 /// The shard's own io_uring, made on the shard's thread before it reports
 /// ready, so a kernel without what it needs stops the start with the reason.
 pub fn ring() -> std::io::Result<ring::Ring> {
     ring::Ring::new(RING_ENTRIES)
 }
 
+/// Runs a shard until it has drained after a shutdown message.
 pub async fn run(setup: ShardSetup, ring: ring::Ring) {
     let listener = rt::adopt_listener(setup.listener);
     let recorder = Recorder::new(setup.config.stats.enabled, setup.config.vhosts.len());
@@ -149,7 +149,7 @@ pub async fn run(setup: ShardSetup, ring: ring::Ring) {
         hooks: setup.hooks,
         clients: setup.clients,
         webrocket: setup.webrocket,
-        broker: setup.broker,
+        peers: setup.peers,
         interest: setup.interest,
         recorder: RefCell::new(recorder),
         stalls,
@@ -273,9 +273,9 @@ async fn inbox_loop(shard: Rc<Shard>, inbox: Inbox) -> Inbox {
 }
 
 impl Shard {
-    /// The broker, once started (`None` only before any client connects).
-    pub fn broker(&self) -> Option<&Arc<dyn Broker>> {
-        self.broker.get()
+    /// The other nodes of the cluster (`None` with the memory broker).
+    pub fn peers(&self) -> Option<&Arc<dyn Peers>> {
+        self.peers.get()
     }
 
     /// Rate limit for warnings that a failing backend would repeat per

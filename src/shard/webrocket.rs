@@ -112,7 +112,7 @@ impl Env for ShardEnv<'_> {
         match wr.workers.assign(self.vhost, message) {
             Ok(()) => true,
             // No worker here: one on another node, if any has some.
-            Err(message) => self.shard.broker().is_some_and(|b| b.trigger_elsewhere(self.vhost, message)),
+            Err(message) => self.shard.peers().is_some_and(|p| p.trigger_elsewhere(self.vhost, message)),
         }
     }
 
@@ -129,8 +129,6 @@ impl Env for ShardEnv<'_> {
     }
 }
 
-/// Runs `f` with the connection's session taken out of its state (so the
-/// session and the state can both be borrowed mutably) and the shard as env.
 /// Work a session left for the driver to finish in a task.
 #[derive(Default)]
 struct Leftover {
@@ -147,6 +145,8 @@ impl Leftover {
     }
 }
 
+/// Runs `f` with the connection's session taken out of its state (so the
+/// session and the state can both be borrowed mutably) and the shard as env.
 fn with_session<R>(
     shard: &Shard,
     st: &mut ConnState,
@@ -244,14 +244,11 @@ pub(super) fn on_message(shard: &Rc<Shard>, conn: &ConnRef, text: Option<&[u8]>)
             let vhost = session.vhost.clone();
             let shard = shard.clone();
             rt::spawn(async move {
-                let broker = shard.broker().cloned();
+                let peers = shard.peers().cloned();
                 let ask = {
                     let name = channel.clone();
                     shard.webrocket.runtime.spawn(async move {
-                        match broker {
-                            Some(b) => b.channel_elsewhere(&vhost, &name).await,
-                            None => false,
-                        }
+                        crate::bus::ports::channel_elsewhere(peers.as_deref(), &vhost, &name).await
                     })
                 };
                 let found = ask.await.unwrap_or(false);
@@ -285,26 +282,12 @@ fn finish(shard: &Rc<Shard>, owner: Owner, f: impl FnOnce(&mut Session, &mut Sha
 /// Subscribers of `topic` on every shard: their count and the distinct
 /// names of the authenticated ones, sorted.
 async fn presence(shard: &Shard, topic: String) -> (usize, Vec<Arc<str>>) {
-    let mut answers = Vec::new();
-    for to in 0..shard.router.shard_count() {
-        let (reply, answer) = oneshot::channel();
-        let msg = ShardMsg::Presence { topic: topic.as_str().into(), reply };
-        if shard.router.send(to, msg).await.is_ok() {
-            answers.push(answer);
-        }
-    }
-    let (mut count, mut users) = (0, Vec::new());
-    for a in answers {
-        if let Ok((n, names)) = a.await {
-            count += n;
-            users.extend(names);
-        }
-    }
+    let (mut count, mut users) = shard.router.presence(&topic).await;
     // The other nodes' subscribers (network broker), asked on the
     // integration thread where the broker runs.
-    if let Some(broker) = shard.broker().cloned() {
+    if let Some(peers) = shard.peers().cloned() {
         let ask = crate::proto::query::Ask::PresenceTopic(topic.clone());
-        let remote = shard.webrocket.runtime.spawn(async move { broker.gather(ask).await });
+        let remote = shard.webrocket.runtime.spawn(async move { peers.gather(ask).await });
         for r in remote.await.unwrap_or_default() {
             count += r.count as usize;
             users.extend(r.users.into_iter().map(Arc::from));
