@@ -183,6 +183,14 @@ pub fn channel(capacity: usize, metrics: Arc<HookMetrics>) -> (HookSender, HookR
     (HookSender { tx, close_tx, metrics }, HookReceiver { rx, close_rx })
 }
 
+#[cfg(test)]
+impl HookReceiver {
+    /// A close notification waiting in the queue (shard unit tests).
+    pub(crate) fn try_take_close(&mut self) -> Option<HookRequest> {
+        self.close_rx.try_recv().ok().map(|job| job.request)
+    }
+}
+
 impl HookSender {
     /// Queues `request`; the receiver yields its outcome. Never blocks: a
     /// full queue answers `Busy` at once.

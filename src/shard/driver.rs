@@ -10,19 +10,20 @@
 //! their write; the others are marked again for the next pass. When there
 //! is nothing to do the driver waits for a mark or for the ring.
 
-use std::cell::RefCell;
 use std::future::{poll_fn, Future};
 use std::io::{self, IoSlice};
 use std::os::fd::{AsFd, AsRawFd, BorrowedFd};
 use std::pin::Pin;
 use std::rc::Rc;
 use std::sync::atomic::Ordering;
-use std::task::{Poll, Waker};
+use std::task::Poll;
 use std::time::Instant;
 
-use super::conn::{self, ConnRef, ConnState};
+use super::conn::{ConnRef, ConnState};
+use super::effects;
 use super::ring::{Completion, Readiness, Token};
-use super::Shard;
+use super::state::Shard;
+use super::work;
 use crate::handle::Owner;
 use crate::metrics;
 use crate::rt;
@@ -46,73 +47,6 @@ const SENDS_PER_PASS: usize = 4;
 /// (accepts, timers, hook answers; the inbox, if it is due).
 const WRITES_BETWEEN_YIELDS: usize = 64;
 
-/// What the shard's code asks of the driver. Shard-local (one shard per
-/// thread); connections reach it through `ConnState::wake`.
-#[derive(Default)]
-struct Work {
-    /// Connections to write or look at, in the order they were marked.
-    dirty: Vec<Owner>,
-    /// Someone waits for a pass (`after_pass`).
-    kicked: bool,
-    waker: Option<Waker>,
-    passes_done: u64,
-    in_pass: bool,
-    pass_waiters: Vec<(u64, Waker)>,
-    /// The stall detector reads the clock (`stats.enabled`).
-    timed: bool,
-    /// When the idle driver was first woken since its last turn.
-    woken_at: Option<Instant>,
-}
-
-impl Work {
-    /// Wakes the idle driver (noting when, for the stall detector).
-    fn wake_driver(&mut self) {
-        if let Some(waker) = self.waker.take() {
-            if self.timed && self.woken_at.is_none() {
-                self.woken_at = Some(Instant::now());
-            }
-            waker.wake();
-        }
-    }
-}
-
-thread_local! {
-    static WORK: RefCell<Work> = RefCell::new(Work::default());
-}
-
-/// Marks a connection for the next flush pass (the caller keeps a flag so a
-/// connection is listed once).
-pub(super) fn schedule(owner: Owner) {
-    WORK.with(|w| {
-        let mut w = w.borrow_mut();
-        w.dirty.push(owner);
-        w.wake_driver();
-    });
-}
-
-/// Resolves once a flush pass that started after this call has ended:
-/// everything queued before the call has been offered to its socket.
-pub(super) async fn after_pass() {
-    let target = WORK.with(|w| {
-        let mut w = w.borrow_mut();
-        w.kicked = true;
-        w.wake_driver();
-        w.passes_done + if w.in_pass { 2 } else { 1 }
-    });
-    poll_fn(|cx| {
-        WORK.with(|w| {
-            let mut w = w.borrow_mut();
-            if w.passes_done >= target {
-                Poll::Ready(())
-            } else {
-                w.pass_waiters.push((target, cx.waker().clone()));
-                Poll::Pending
-            }
-        })
-    })
-    .await
-}
-
 /// Hands an upgraded connection's socket (already in `st.fd`) to the
 /// driver: its input poll is armed and it is marked for a pass.
 pub(super) fn adopt(shard: &Shard, st: &mut ConnState) {
@@ -129,7 +63,7 @@ pub(super) async fn run(shard: Rc<Shard>) {
     let mut readers: std::collections::VecDeque<Owner> = Default::default();
     let mut batch = Vec::new();
     let mut waiting: Option<Pin<Box<dyn Future<Output = Instant>>>> = None;
-    WORK.with(|w| w.borrow_mut().timed = shard.stalls.enabled());
+    work::set_timed(shard.stalls.enabled());
     loop {
         if shard.driver_stopping.get() {
             break;
@@ -141,7 +75,7 @@ pub(super) async fn run(shard: Rc<Shard>) {
         if let Err(e) = shard.ring.borrow_mut().submit() {
             tracing::error!(shard = shard.id, error = %e, "io_uring submit failed");
         }
-        if !readers.is_empty() || WORK.with(|w| !w.borrow().dirty.is_empty()) {
+        if !readers.is_empty() || work::has_marks() {
             // More to do: let accepts, timers and hooks run first.
             let yielded = shard.stalls.now();
             rt::yield_now().await;
@@ -157,15 +91,7 @@ pub(super) async fn run(shard: Rc<Shard>) {
         // counts from the idle wait's start at the earliest).
         let idle_from = shard.stalls.now();
         let runnable = poll_fn(|cx| {
-            let marked = WORK.with(|w| {
-                let mut w = w.borrow_mut();
-                if !w.dirty.is_empty() || std::mem::take(&mut w.kicked) {
-                    Some(w.woken_at.take().map(|at| (at, "a mark")))
-                } else {
-                    w.waker = Some(cx.waker().clone());
-                    None
-                }
-            });
+            let marked = work::poll_marked(cx).map(|at| at.map(|at| (at, "a mark")));
             if let Some(since) = marked {
                 return Poll::Ready(since);
             }
@@ -173,7 +99,7 @@ pub(super) async fn run(shard: Rc<Shard>) {
             match ring.as_mut().poll(cx) {
                 Poll::Ready(at) => {
                     waiting = None;
-                    WORK.with(|w| w.borrow_mut().woken_at = None);
+                    work::woken_by_ring();
                     Poll::Ready(Some((at, "its ring's readiness")))
                 }
                 Poll::Pending => Poll::Pending,
@@ -275,11 +201,7 @@ fn guarded(shard: &Rc<Shard>, conn: &ConnRef, f: impl FnOnce(&Rc<Shard>, &ConnRe
 
 /// One flush pass over the connections marked so far.
 async fn pass(shard: &Rc<Shard>, batch: &mut Vec<Owner>, readers: &mut std::collections::VecDeque<Owner>) {
-    WORK.with(|w| {
-        let mut w = w.borrow_mut();
-        w.in_pass = true;
-        std::mem::swap(&mut w.dirty, batch);
-    });
+    work::begin_pass(batch);
     let mut out = Written::default();
     for (i, &owner) in batch.iter().enumerate() {
         if i > 0 && i % WRITES_BETWEEN_YIELDS == 0 {
@@ -298,18 +220,7 @@ async fn pass(shard: &Rc<Shard>, batch: &mut Vec<Owner>, readers: &mut std::coll
     }
     out.count(shard);
     batch.clear();
-    WORK.with(|w| {
-        let mut w = w.borrow_mut();
-        w.in_pass = false;
-        w.passes_done += 1;
-        let done = w.passes_done;
-        w.pass_waiters.retain(|(target, waker)| {
-            if *target <= done {
-                waker.wake_by_ref();
-            }
-            *target > done
-        });
-    });
+    work::end_pass();
 }
 
 /// What a stretch of a pass wrote, counted into the shared metrics once
@@ -427,7 +338,7 @@ fn read(shard: &Rc<Shard>, conn: &ConnRef, readers: &mut std::collections::VecDe
             }
             if st.session.can_resume() {
                 drop(st);
-                conn::resume(shard, conn);
+                effects::resume(shard, conn);
                 continue;
             }
             if !st.readable {
@@ -461,7 +372,7 @@ fn read(shard: &Rc<Shard>, conn: &ConnRef, readers: &mut std::collections::VecDe
                     conn.borrow_mut().session.heard(shard.now_ms());
                 }
                 if !closing {
-                    conn::on_bytes(shard, conn, &mut buf[..n]);
+                    effects::on_bytes(shard, conn, &mut buf[..n]);
                 }
             }
         }
@@ -492,5 +403,5 @@ pub(super) fn finish(shard: &Rc<Shard>, conn: &ConnRef) {
         drop(fd);
         shard.open_connections.fetch_sub(1, Ordering::Relaxed);
     }
-    conn::finish(shard, conn, peer);
+    effects::finish(shard, conn, peer);
 }

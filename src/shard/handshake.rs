@@ -13,8 +13,9 @@ use std::time::Duration;
 use futures_lite::{AsyncReadExt, AsyncWriteExt};
 use hyper::header::{HeaderName, HeaderValue};
 
-use super::conn::{self, ConnState};
-use super::Shard;
+use super::conn::ConnState;
+use super::effects;
+use super::state::Shard;
 use crate::config::{DuplicateClient, VhostConfig};
 use crate::dialect::{proxy, Dialect};
 use crate::hooks::{HookKind, HookOutcome};
@@ -121,7 +122,7 @@ async fn open(shard: Rc<Shard>, mut stream: TcpStream) -> bool {
         Ok(fd) => fd,
         Err(e) => {
             tracing::debug!(error = %e, "connection failed before the driver took it");
-            conn::finish(&shard, &state, peer);
+            effects::finish(&shard, &state, peer);
             return false;
         }
     };
@@ -142,7 +143,7 @@ async fn open(shard: Rc<Shard>, mut stream: TcpStream) -> bool {
         super::driver::adopt(&shard, &mut st);
     }
     if !leftover.is_empty() {
-        conn::on_bytes(&shard, &state, &mut leftover);
+        effects::on_bytes(&shard, &state, &mut leftover);
     }
     true
 }
@@ -304,7 +305,7 @@ async fn authorize(shard: &Shard, a: &Accepted, peer: Option<SocketAddr>) -> Res
         }
     }
     forward.push(("x-ringcast-path", a.upgrade.path.clone()));
-    let mut request = conn::hook_request(v, HookKind::Connect, hyper::Method::GET, url, 64 * 1024);
+    let mut request = effects::hook_request(v, HookKind::Connect, hyper::Method::GET, url, 64 * 1024);
     request.headers = header_pairs(&forward);
     let outcome = shard.call_hook(request).await;
     let refusal = |status: u16, message: &str| {

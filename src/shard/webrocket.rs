@@ -11,8 +11,8 @@ use bytes::Bytes;
 use futures_channel::oneshot;
 
 use super::conn::{ConnRef, ConnState};
+use super::state::{Shard, CLOSE_LINGER};
 use super::topics::ConnKey;
-use super::{Shard, CLOSE_LINGER};
 use crate::bus::{ShardMsg, TrySendError};
 use crate::dialect::webrocket as wire;
 use crate::handle::{Owner, PushOutcome};
@@ -46,8 +46,8 @@ impl Env for ShardEnv<'_> {
     }
 
     fn subscribe(&mut self, topic: &str) {
-        let (name, confirm) = self.shard.index_subscribe(topic, self.key);
-        // Exact capacity, as `Shard::join`: subscribing is rare, memory per
+        let (name, confirm) = self.shard.subscriptions.borrow_mut().subscribe(topic, self.key);
+        // Exact capacity, as `Subscriptions::join`: subscribing is rare, memory per
         // idle connection is not.
         self.st.topics.reserve_exact(1);
         self.st.topics.push(name);
@@ -57,15 +57,12 @@ impl Env for ShardEnv<'_> {
     fn unsubscribe(&mut self, topic: &str) {
         if let Some(pos) = self.st.topics.iter().position(|t| &**t == topic) {
             self.st.topics.swap_remove(pos);
-            self.shard.index_unsubscribe(&mut self.shard.topics.borrow_mut(), topic, self.key);
+            self.shard.subscriptions.borrow_mut().unsubscribe(topic, self.key);
         }
     }
 
     fn unsubscribe_all(&mut self) {
-        let mut index = self.shard.topics.borrow_mut();
-        for t in self.st.topics.drain(..) {
-            self.shard.index_unsubscribe(&mut index, &t, self.key);
-        }
+        self.shard.subscriptions.borrow_mut().leave_all(self.key, &mut self.st.topics);
     }
 
     fn send(&mut self, frame: Bytes) {
@@ -304,7 +301,7 @@ impl Shard {
         let conns = self.conns.borrow();
         let mut users = Vec::new();
         let mut count = 0;
-        for key in self.topics.borrow().subscribers(topic) {
+        for key in self.subscriptions.borrow().index().subscribers(topic) {
             count += 1;
             let Some(conn) = conns.get(key) else { continue };
             if let Some(user) = conn.borrow().wr.as_ref().and_then(|s| s.user.clone()) {
@@ -319,8 +316,9 @@ impl Shard {
         let Some(v) = self.webrocket.directory.vhost(vhost) else {
             return Vec::new();
         };
-        self.topics
+        self.subscriptions
             .borrow()
+            .index()
             .counts()
             .filter_map(|(topic, n)| Some((v.channel_of(topic)?.to_string(), n)))
             .collect()
@@ -360,11 +358,11 @@ impl Shard {
 
     /// Drops every subscription to a deleted channel here.
     pub(super) fn channel_deleted(&self, topic: &str) {
-        let keys: Vec<ConnKey> = self.topics.borrow().subscribers(topic).collect();
+        let mut subscriptions = self.subscriptions.borrow_mut();
+        let keys: Vec<ConnKey> = subscriptions.index().subscribers(topic).collect();
         let conns = self.conns.borrow();
-        let mut index = self.topics.borrow_mut();
         for key in keys {
-            self.index_unsubscribe(&mut index, topic, key);
+            subscriptions.unsubscribe(topic, key);
             if let Some(conn) = conns.get(key) {
                 conn.borrow_mut().topics.retain(|t| &**t != topic);
             }
@@ -378,11 +376,8 @@ impl Shard {
             if st.wr.as_ref().is_some_and(|s| &*s.vhost.path == vhost) {
                 // Unsubscribed now, not when the close completes: a vhost
                 // made again under the path starts with no channels of these.
-                let mut index = self.topics.borrow_mut();
-                for t in std::mem::take(&mut st.topics) {
-                    self.index_unsubscribe(&mut index, &t, st.owner.key);
-                }
-                drop(index);
+                let key = st.owner.key;
+                self.subscriptions.borrow_mut().leave_all(key, &mut st.topics);
                 self.start_close(&mut st, Some(1001), "vhost deleted", CLOSE_LINGER);
             }
         }
