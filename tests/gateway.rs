@@ -132,7 +132,7 @@ fn silent_clients_are_pinged_then_closed() {
 /// Connections that arrived together (a reconnect storm, a load test) are
 /// pinged spread over the interval, not in one keepalive pass: 10,000 pings
 /// written and their pongs read at once held a shard's publications back
-/// 100-200 ms every ping interval (docs/benchmarks.md, "Stalls"). Counts, not
+/// 100-200 ms every ping interval (docs/benchmarks-history.md, "Stalls"). Counts, not
 /// durations: a slower machine only spreads the pings further.
 #[test]
 fn a_cohort_of_connections_is_pinged_spread_over_the_interval() {

@@ -2,7 +2,7 @@
 //! connection for input (armed once, it reports every time data arrives),
 //! a one-shot poll for output space when a socket's send buffer is full.
 //! Reads and writes themselves are plain non-blocking syscalls: io_uring
-//! batched sends cost the same per send here (docs/benchmarks.md, "send
+//! batched sends cost the same per send here (docs/benchmarks-history.md, "send
 //! path"), and a readiness poll costs no user-space memory while it waits.
 
 use std::io::{self, Write};
