@@ -26,14 +26,14 @@ impl ClientRegistry {
 
     /// Registers `owner` under `client`. If the id is live: with `replace`
     /// the old owner is returned (to be closed), else `Err` with the owner.
-    pub fn claim(&self, client: &str, owner: Owner, replace: bool) -> Result<Option<Owner>, Owner> {
+    pub fn claim(&self, client: &str, owner: Owner, replace: bool) -> Claim {
         let mut map = self.map();
         match map.get_mut(client) {
-            Some(old) if !replace => Err(*old),
-            Some(old) => Ok(Some(std::mem::replace(old, owner))),
+            Some(old) if !replace => Claim::Taken(*old),
+            Some(old) => Claim::Replaced(std::mem::replace(old, owner)),
             None => {
                 map.insert(client.into(), owner);
-                Ok(None)
+                Claim::Registered
             }
         }
     }
@@ -54,22 +54,22 @@ impl ClientRegistry {
     }
 }
 
-/// What a claim got: `Ok(None)` registered; `Ok(Some(old))` registered,
-/// `old` is to be closed; `Err(owner)` refused (the id is live); `Err` with
-/// no owner: the registry is gone (shutting down).
-pub type ClaimResult = Result<Option<Owner>, Option<Owner>>;
+/// What a claim of a ClientId got.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Claim {
+    /// Registered; nobody held it.
+    Registered,
+    /// Registered; the connection that held it is to be closed.
+    Replaced(Owner),
+    /// Refused: a live connection holds it.
+    Taken(Owner),
+    /// The registry is gone (shutting down).
+    ShuttingDown,
+}
 
 enum Op {
-    Claim {
-        client: Box<str>,
-        owner: Owner,
-        replace: bool,
-        reply: oneshot::Sender<Result<Option<Owner>, Owner>>,
-    },
-    Release {
-        client: Box<str>,
-        owner: Owner,
-    },
+    Claim { client: Box<str>, owner: Owner, replace: bool, reply: oneshot::Sender<Claim> },
+    Release { client: Box<str>, owner: Owner },
 }
 
 /// A shard's way to the registry: sending never blocks.
@@ -88,16 +88,13 @@ pub fn handle() -> (RegistryHandle, RegistryOps) {
 }
 
 impl RegistryHandle {
-    pub async fn claim(&self, client: &str, owner: Owner, replace: bool) -> ClaimResult {
+    pub async fn claim(&self, client: &str, owner: Owner, replace: bool) -> Claim {
         let (reply, answer) = oneshot::channel();
         let op = Op::Claim { client: client.into(), owner, replace, reply };
         if self.tx.send(op).is_err() {
-            return Err(None);
+            return Claim::ShuttingDown;
         }
-        match answer.await {
-            Ok(r) => r.map_err(Some),
-            Err(_) => Err(None),
-        }
+        answer.await.unwrap_or(Claim::ShuttingDown)
     }
 
     pub fn release(&self, client: &str, owner: Owner) {
@@ -114,7 +111,7 @@ pub async fn run(mut ops: RegistryOps, registry: Arc<ClientRegistry>, here: impl
         match op {
             Op::Claim { client, owner, replace, reply } => {
                 let claimed = registry.claim(&client, owner, replace);
-                if claimed == Ok(None) {
+                if claimed == Claim::Registered {
                     here(&client, true);
                 }
                 let _ = reply.send(claimed);
@@ -139,9 +136,9 @@ mod tests {
     #[test]
     fn claim_replace_reject_release() {
         let r = ClientRegistry::default();
-        assert_eq!(r.claim("a", owner(1), true), Ok(None));
-        assert_eq!(r.claim("a", owner(2), false), Err(owner(1)));
-        assert_eq!(r.claim("a", owner(3), true), Ok(Some(owner(1))));
+        assert_eq!(r.claim("a", owner(1), true), Claim::Registered);
+        assert_eq!(r.claim("a", owner(2), false), Claim::Taken(owner(1)));
+        assert_eq!(r.claim("a", owner(3), true), Claim::Replaced(owner(1)));
         r.release("a", owner(1));
         assert_eq!(r.lookup("a"), Some(owner(3)), "the replaced owner's release is a no-op");
         r.release("a", owner(3));

@@ -424,11 +424,53 @@ impl Default for LogConfig {
 
 /// A configuration that cannot be used, with what to change.
 #[derive(Debug)]
-pub struct ConfigError(pub String);
+pub struct ConfigError {
+    kind: ConfigErrorKind,
+    message: String,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum ConfigErrorKind {
+    /// The file could not be read.
+    Read,
+    /// Not TOML, or a key or value of the wrong shape.
+    Syntax,
+    /// A value out of range or settings that contradict each other.
+    Invalid,
+    /// A listener that would expose the API or RPC without credentials.
+    Exposed,
+}
+
+impl ConfigError {
+    fn new(kind: ConfigErrorKind, message: String) -> ConfigError {
+        ConfigError { kind, message }
+    }
+
+    /// For errors found outside this module's checks (the command line).
+    pub fn invalid(message: impl Into<String>) -> ConfigError {
+        ConfigError::new(ConfigErrorKind::Invalid, message.into())
+    }
+
+    pub fn is_read(&self) -> bool {
+        self.kind == ConfigErrorKind::Read
+    }
+
+    pub fn is_syntax(&self) -> bool {
+        self.kind == ConfigErrorKind::Syntax
+    }
+
+    pub fn is_invalid(&self) -> bool {
+        self.kind == ConfigErrorKind::Invalid
+    }
+
+    pub fn is_exposed(&self) -> bool {
+        self.kind == ConfigErrorKind::Exposed
+    }
+}
 
 impl std::fmt::Display for ConfigError {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.write_str(&self.0)
+        f.write_str(&self.message)
     }
 }
 
@@ -447,12 +489,13 @@ impl Config {
     }
 
     pub fn from_toml(text: &str, origin: &str) -> Result<Config, ConfigError> {
-        toml::from_str(text).map_err(|e| ConfigError(format!("{origin}: {e}")))
+        toml::from_str(text).map_err(|e| ConfigError::new(ConfigErrorKind::Syntax, format!("{origin}: {e}")))
     }
 
     pub fn load(path: &Path) -> Result<Config, ConfigError> {
-        let text = std::fs::read_to_string(path)
-            .map_err(|e| ConfigError(format!("cannot read config {}: {e}", path.display())))?;
+        let text = std::fs::read_to_string(path).map_err(|e| {
+            ConfigError::new(ConfigErrorKind::Read, format!("cannot read config {}: {e}", path.display()))
+        })?;
         Self::from_toml(&text, &path.display().to_string())
     }
 
@@ -466,7 +509,7 @@ impl Config {
 
     /// Checks values serde cannot: ranges and cross-field rules.
     pub fn validate(&self) -> Result<(), ConfigError> {
-        let fail = |key: &str, why: &str| Err(ConfigError(format!("invalid `{key}`: {why}")));
+        let fail = |key: &str, why: &str| Err(ConfigError::invalid(format!("invalid `{key}`: {why}")));
         if self.server.shards > 1024 {
             return fail("server.shards", "at most 1024");
         }
@@ -534,7 +577,7 @@ impl Config {
                 return fail("cluster.insecure", "a cluster.secret is set: drop `insecure = true`");
             }
         } else if self.broker != "memory" && !c.insecure {
-            return Err(ConfigError(format!(
+            return Err(ConfigError::invalid(format!(
                 "broker = {:?} needs `cluster.secret` (or RINGCAST_CLUSTER_SECRET): at least 32 bytes shared by \
                  every node, so nodes only apply what other nodes signed; `cluster.insecure = true` runs without \
                  one (anyone who can publish to the broker can then inject messages)",
@@ -584,7 +627,7 @@ impl Config {
                 match &v.backend {
                     None => return fail(&key("backend"), "a proxy vhost needs the backend's base URL"),
                     Some(url) => check_url(url)
-                        .map_err(|e| ConfigError(format!("invalid `{}`: {e}", key("backend"))))?,
+                        .map_err(|e| ConfigError::invalid(format!("invalid `{}`: {e}", key("backend"))))?,
                 }
             } else if v.backend.is_some() {
                 return fail(&key("backend"), "only proxy vhosts have a backend; use [vhost.hooks]");
@@ -597,7 +640,7 @@ impl Config {
             {
                 if let Some(url) = url {
                     check_url(url).map_err(|e| {
-                        ConfigError(format!("invalid `{}`: {e}", key(&format!("hooks.{name}"))))
+                        ConfigError::invalid(format!("invalid `{}`: {e}", key(&format!("hooks.{name}"))))
                     })?;
                 }
             }
@@ -628,20 +671,26 @@ impl Config {
             return Ok(());
         }
         if !s.api_listen.ip().is_loopback() && s.api_token.is_none() {
-            return Err(ConfigError(format!(
-                "refusing to serve the HTTP API on {} (not loopback) without `server.api_token` (or \
+            return Err(ConfigError::new(
+                ConfigErrorKind::Exposed,
+                format!(
+                    "refusing to serve the HTTP API on {} (not loopback) without `server.api_token` (or \
                  RINGCAST_API_TOKEN): anyone reaching it could publish and push; set a token, listen on \
                  127.0.0.1, or set `server.allow_unauthenticated_remote = true`",
-                s.api_listen
-            )));
+                    s.api_listen
+                ),
+            ));
         }
         if !s.rpc_listen.ip().is_loopback() {
-            return Err(ConfigError(format!(
+            return Err(ConfigError::new(
+                ConfigErrorKind::Exposed,
+                format!(
                 "refusing to serve goridge RPC on {} (not loopback): the protocol carries no credentials, so \
                  anyone reaching it could publish; listen on 127.0.0.1 (or a private interface with \
                  `server.allow_unauthenticated_remote = true`)",
                 s.rpc_listen
-            )));
+            ),
+            ));
         }
         Ok(())
     }
@@ -654,14 +703,37 @@ pub fn vhost_path_is_valid(path: &str) -> bool {
         && path.bytes().all(|b| b.is_ascii_graphic() && b != b'?' && b != b'#')
 }
 
+/// A hook or backend URL that cannot be used.
+#[derive(Debug, PartialEq, Eq)]
+pub enum BadUrl {
+    NotAUrl { url: String, reason: String },
+    NotHttp(String),
+    HasQuery(String),
+}
+
+impl std::fmt::Display for BadUrl {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            BadUrl::NotAUrl { url, reason } => write!(f, "{url:?} is not a URL: {reason}"),
+            BadUrl::NotHttp(url) => write!(f, "{url:?}: an http:// URL with a host is needed"),
+            BadUrl::HasQuery(url) => write!(f, "{url:?}: no query string, please"),
+        }
+    }
+}
+
+impl std::error::Error for BadUrl {}
+
 /// Hook URLs are plain `http://host[:port][/path]` (TLS to backends is not built yet).
-pub fn check_url(url: &str) -> Result<(), String> {
-    let uri: hyper::Uri = url.parse().map_err(|e| format!("{url:?} is not a URL: {e}"))?;
+pub fn check_url(url: &str) -> Result<(), BadUrl> {
+    let uri: hyper::Uri = url.parse().map_err(|e: hyper::http::uri::InvalidUri| BadUrl::NotAUrl {
+        url: url.into(),
+        reason: e.to_string(),
+    })?;
     if uri.scheme_str() != Some("http") || uri.host().is_none() {
-        return Err(format!("{url:?}: an http:// URL with a host is needed"));
+        return Err(BadUrl::NotHttp(url.into()));
     }
     if uri.query().is_some() {
-        return Err(format!("{url:?}: no query string, please"));
+        return Err(BadUrl::HasQuery(url.into()));
     }
     Ok(())
 }
@@ -682,64 +754,66 @@ mod tests {
     #[test]
     fn unknown_key_is_named() {
         let e = Config::from_toml("[limits]\nmax_backpresure = 5\n", "x.toml").unwrap_err();
-        assert!(e.0.contains("max_backpresure"), "{e}");
+        assert!(e.to_string().contains("max_backpresure"), "{e}");
+        assert!(e.is_syntax() && !e.is_invalid(), "{e:?}");
         let e = Config::from_toml("colour = 1\n", "x.toml").unwrap_err();
-        assert!(e.0.contains("colour"), "{e}");
+        assert!(e.to_string().contains("colour"), "{e}");
     }
 
     #[test]
     fn bad_values_are_named() {
         let e = Config::from_toml("[[vhost]]\npath = \"/\"\ndialect = \"klingon\"\n", "x.toml").unwrap_err();
-        assert!(e.0.contains("klingon"), "{e}");
+        assert!(e.to_string().contains("klingon"), "{e}");
         let c = Config::from_toml("[limits]\nidle_timeout_ms = 10\nping_interval_ms = 20\n", "x").unwrap();
-        assert!(c.validate().unwrap_err().0.contains("limits.idle_timeout_ms"));
+        assert!(c.validate().unwrap_err().to_string().contains("limits.idle_timeout_ms"));
         let c = Config::from_toml("broker = \"kafka\"\n", "x").unwrap();
-        assert!(c.validate().unwrap_err().0.contains("kafka"));
+        let e = c.validate().unwrap_err();
+        assert!(e.to_string().contains("kafka") && e.is_invalid(), "{e:?}");
         let c = Config::from_toml(
             "[[vhost]]\npath=\"/a\"\ndialect=\"echo\"\n[[vhost]]\npath=\"/a\"\ndialect=\"echo\"\n",
             "x",
         )
         .unwrap();
-        assert!(c.validate().unwrap_err().0.contains("used twice"));
+        assert!(c.validate().unwrap_err().to_string().contains("used twice"));
     }
 
     #[test]
     fn proxy_and_hook_rules() {
         let base = "[[vhost]]\npath = \"/\"\ndialect = \"proxy\"\n";
         let c = Config::from_toml(base, "x").unwrap();
-        assert!(c.validate().unwrap_err().0.contains("vhost[0].backend"));
+        assert!(c.validate().unwrap_err().to_string().contains("vhost[0].backend"));
         let c = Config::from_toml(&format!("{base}backend = \"https://x\"\n"), "x").unwrap();
-        assert!(c.validate().unwrap_err().0.contains("http://"));
+        assert!(c.validate().unwrap_err().to_string().contains("http://"));
         let c = Config::from_toml(&format!("{base}backend = \"http://127.0.0.1:5000\"\n"), "x").unwrap();
         c.validate().unwrap();
         assert_eq!(c.vhosts[0].duplicate_client, DuplicateClient::Replace);
         let c =
             Config::from_toml("[[vhost]]\npath = \"/p\"\ndialect = \"proxy\"\nbackend = \"http://a\"\n", "x")
                 .unwrap();
-        assert!(c.validate().unwrap_err().0.contains("ending with `/`"));
+        assert!(c.validate().unwrap_err().to_string().contains("ending with `/`"));
         let c = Config::from_toml(
             "[[vhost]]\npath = \"/e\"\ndialect = \"echo\"\n[vhost.hooks]\njoin = \"http://a/j\"\n",
             "x",
         )
         .unwrap();
-        assert!(c.validate().unwrap_err().0.contains("vhost[0].hooks.join"));
+        assert!(c.validate().unwrap_err().to_string().contains("vhost[0].hooks.join"));
         let e = Config::from_toml(
             "[[vhost]]\npath = \"/e\"\ndialect = \"echo\"\n[vhost.hooks]\njion = \"x\"\n",
             "x",
         )
         .unwrap_err();
-        assert!(e.0.contains("jion"));
+        assert!(e.to_string().contains("jion"));
     }
 
     #[test]
     fn a_network_broker_needs_a_secret_or_an_explicit_insecure() {
         let c = Config::from_toml("broker = \"redis\"\n", "x").unwrap();
-        let e = c.validate().unwrap_err().0;
+        let e = c.validate().unwrap_err().to_string();
         assert!(e.contains("cluster.secret") && e.contains("RINGCAST_CLUSTER_SECRET"), "{e}");
         let c = Config::from_toml("broker = \"nats\"\n[cluster]\ninsecure = true\n", "x").unwrap();
         c.validate().unwrap();
         let c = Config::from_toml("broker = \"redis\"\n[cluster]\nsecret = \"short\"\n", "x").unwrap();
-        assert!(c.validate().unwrap_err().0.contains("32 bytes"));
+        assert!(c.validate().unwrap_err().to_string().contains("32 bytes"));
         let long = "s".repeat(32);
         let c =
             Config::from_toml(&format!("broker = \"redis\"\n[cluster]\nsecret = \"{long}\"\n"), "x").unwrap();
@@ -750,7 +824,9 @@ mod tests {
     #[test]
     fn exposed_api_and_rpc_need_a_token_or_an_explicit_opt_out() {
         let c = Config::from_toml("[server]\napi_listen = \"0.0.0.0:8081\"\n", "x").unwrap();
-        let e = c.validate().unwrap_err().0;
+        let e = c.validate().unwrap_err();
+        assert!(e.is_exposed(), "{e:?}");
+        let e = e.to_string();
         assert!(e.contains("server.api_token") && e.contains("0.0.0.0:8081"), "{e}");
         let c = Config::from_toml(
             "[server]\napi_listen = \"0.0.0.0:8081\"\napi_token = \"0123456789abcdef\"\n",
@@ -763,13 +839,19 @@ mod tests {
             "x",
         )
         .unwrap();
-        assert!(c.validate().unwrap_err().0.contains("goridge RPC"));
+        assert!(c.validate().unwrap_err().to_string().contains("goridge RPC"));
         let c = Config::from_toml(
             "[server]\nrpc_listen = \"0.0.0.0:6001\"\napi_listen = \"[::]:1\"\nallow_unauthenticated_remote = true\n",
             "x",
         )
         .unwrap();
         c.validate().unwrap();
+    }
+
+    #[test]
+    fn an_unreadable_file_is_a_read_error_naming_it() {
+        let e = Config::load(Path::new("/nonexistent/ringcast.toml")).unwrap_err();
+        assert!(e.is_read() && e.to_string().contains("/nonexistent/ringcast.toml"), "{e:?}");
     }
 
     #[test]

@@ -114,8 +114,48 @@ enum ChannelCmd {
     },
 }
 
+/// Why a `ringcast ctl` command failed.
+#[derive(Debug)]
+pub enum CtlError {
+    /// An admin route without `--token`.
+    NoToken,
+    /// The API could not be reached (`which`: "API" or "admin API").
+    Unreachable {
+        which: &'static str,
+        api: String,
+        reason: String,
+    },
+    /// The gateway answered with an error status and this text.
+    Refused {
+        status: u16,
+        why: String,
+    },
+    /// An answer that could not be read.
+    Answer {
+        url: String,
+        reason: String,
+    },
+    Stdin(std::io::Error),
+}
+
+impl std::fmt::Display for CtlError {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            CtlError::NoToken => f.write_str("no admin token: pass --token or set RINGCAST_ADMIN_TOKEN"),
+            CtlError::Unreachable { which, api, reason } => {
+                write!(f, "cannot reach the {which} at {api}: {reason}")
+            }
+            CtlError::Refused { status, why } => write!(f, "{why} (HTTP {status})"),
+            CtlError::Answer { url, reason } => write!(f, "unexpected answer from {url}: {reason}"),
+            CtlError::Stdin(e) => write!(f, "cannot read the secret from stdin: {e}"),
+        }
+    }
+}
+
+impl std::error::Error for CtlError {}
+
 /// Runs a ctl command; the error is the one line to print.
-pub fn run(args: CtlArgs) -> Result<(), String> {
+pub fn run(args: CtlArgs) -> Result<(), CtlError> {
     let client = Client { api: args.api.trim_end_matches('/').to_string(), token: args.token };
     let json_out = args.json;
     match args.command {
@@ -168,11 +208,12 @@ pub fn run(args: CtlArgs) -> Result<(), String> {
     Ok(())
 }
 
-fn monitor(client: &Client, once: bool, json_out: bool, interval_ms: u64) -> Result<(), String> {
+fn monitor(client: &Client, once: bool, json_out: bool, interval_ms: u64) -> Result<(), CtlError> {
     use crate::snapshot::Snapshot;
-    let fetch = || -> Result<Snapshot, String> {
+    let fetch = || -> Result<Snapshot, CtlError> {
         let v = client.call("GET", "/stats", &[], None)?;
-        serde_json::from_value(v).map_err(|e| format!("unexpected /stats answer (another version?): {e}"))
+        serde_json::from_value(v)
+            .map_err(|e| CtlError::Answer { url: "/stats (another version?)".into(), reason: e.to_string() })
     };
     if once {
         let s = fetch()?;
@@ -202,12 +243,10 @@ fn monitor(client: &Client, once: bool, json_out: bool, interval_ms: u64) -> Res
     }
 }
 
-fn user_body(f: UserFields) -> Result<Value, String> {
+fn user_body(f: UserFields) -> Result<Value, CtlError> {
     let secret = if f.secret_stdin {
         let mut line = String::new();
-        std::io::stdin()
-            .read_line(&mut line)
-            .map_err(|e| format!("cannot read the secret from stdin: {e}"))?;
+        std::io::stdin().read_line(&mut line).map_err(CtlError::Stdin)?;
         Some(line.trim_end_matches(['\r', '\n']).to_string())
     } else {
         f.secret
@@ -258,10 +297,10 @@ impl Client {
         path: &str,
         query: &[(&str, &str)],
         body: Option<Value>,
-    ) -> Result<Value, String> {
+    ) -> Result<Value, CtlError> {
         // The operator routes need it only when the gateway has one set.
         let token = match (self.token.as_deref(), path.starts_with("/admin/")) {
-            (None, true) => return Err("no admin token: pass --token or set RINGCAST_ADMIN_TOKEN".into()),
+            (None, true) => return Err(CtlError::NoToken),
             (token, _) => token,
         };
         let mut url = format!("{}{path}", self.api);
@@ -279,9 +318,10 @@ impl Client {
         };
         match result {
             Ok(response) => {
-                let text =
-                    response.into_string().map_err(|e| format!("cannot read the answer of {url}: {e}"))?;
-                serde_json::from_str(&text).map_err(|e| format!("unexpected answer from {url}: {e}"))
+                let answer =
+                    |e: &dyn std::fmt::Display| CtlError::Answer { url: url.clone(), reason: e.to_string() };
+                let text = response.into_string().map_err(|e| answer(&e))?;
+                serde_json::from_str(&text).map_err(|e| answer(&e))
             }
             Err(ureq::Error::Status(status, response)) => {
                 let text = response.into_string().unwrap_or_default();
@@ -289,11 +329,11 @@ impl Client {
                     .ok()
                     .and_then(|v| v["error"].as_str().map(str::to_string))
                     .unwrap_or(text);
-                Err(format!("{why} (HTTP {status})"))
+                Err(CtlError::Refused { status, why })
             }
             Err(e) => {
                 let which = if path.starts_with("/admin/") { "admin API" } else { "API" };
-                Err(format!("cannot reach the {which} at {}: {e}", self.api))
+                Err(CtlError::Unreachable { which, api: self.api.clone(), reason: e.to_string() })
             }
         }
     }

@@ -24,11 +24,8 @@ pub struct Executor(glommio::ExecutorJoinHandle<()>);
 
 impl Executor {
     /// Waits for the executor's thread; the error says why it could not run.
-    pub fn join(self) -> Result<(), String> {
-        match self.0.join() {
-            Ok(()) => Ok(()),
-            Err(e) => Err(e.to_string()),
-        }
+    pub fn join(self) -> Result<(), glommio::GlommioError<()>> {
+        self.0.join()
     }
 }
 

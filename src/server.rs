@@ -24,19 +24,46 @@ use crate::shard::{self, ShardSetup};
 use crate::webrocket::WebRocket;
 
 /// Why the server could not start or run.
+/// Why the server could not start, with what to do about it.
 #[derive(Debug)]
-pub struct StartError(pub String);
+pub enum StartError {
+    /// A listener could not be opened.
+    Listen { what: &'static str, addr: SocketAddr, source: std::io::Error },
+    /// A thread or runtime the server needs could not start.
+    Thread { what: String, source: Box<dyn std::error::Error + Send + Sync> },
+    /// A shard thread started but could not run (`why`).
+    Shard { why: String },
+    /// The network broker could not be set up.
+    Broker(crate::broker::transport::TransportError),
+    /// The WebRocket store could not be opened or written.
+    Store(crate::webrocket::store::StoreError),
+}
 
 impl std::fmt::Display for StartError {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.write_str(&self.0)
+        match self {
+            StartError::Listen { what, addr, source } => write!(f, "cannot listen for {what} on {addr}: {source}"),
+            StartError::Thread { what, source } => write!(f, "cannot start {what}: {source}"),
+            StartError::Shard { why } => write!(
+                f,
+                "a shard could not start: {why}\nringcast needs io_uring (Linux 5.13+; Docker's default seccomp profile blocks it) \
+                 and RLIMIT_MEMLOCK above server.io_memory_kib per shard (`ulimit -l`); see docs/tuning.md"
+            ),
+            StartError::Broker(e) => write!(f, "{e}"),
+            StartError::Store(e) => write!(f, "{e}"),
+        }
     }
 }
 
 impl std::error::Error for StartError {}
 
-fn bind_error(what: &str, addr: SocketAddr, e: std::io::Error) -> StartError {
-    StartError(format!("cannot listen for {what} on {addr}: {e}"))
+fn bind_error(what: &'static str, addr: SocketAddr, source: std::io::Error) -> StartError {
+    StartError::Listen { what, addr, source }
+}
+
+fn thread_error(what: impl Into<String>) -> impl FnOnce(std::io::Error) -> StartError {
+    let what = what.into();
+    move |e| StartError::Thread { what, source: Box::new(e) }
 }
 
 /// A listening socket with SO_REUSEPORT, so every shard can have its own.
@@ -90,7 +117,7 @@ pub fn run(config: Config) -> Result<(), StartError> {
     let runtime = tokio::runtime::Builder::new_current_thread()
         .enable_all()
         .build()
-        .map_err(|e| StartError(format!("cannot start the tokio runtime: {e}")))?;
+        .map_err(thread_error("the tokio runtime"))?;
     let webrocket = open_webrocket(&config, runtime.handle().clone())?;
     let webrocket_store = webrocket.directory.store.clone();
     // A network broker learns from the shards which topics they hold.
@@ -131,7 +158,7 @@ pub fn run(config: Config) -> Result<(), StartError> {
                 let _ = ready.send(id);
                 shard::run(setup, ring).await;
             })
-            .map_err(|e| StartError(format!("cannot start shard {id}: {e}")))?;
+            .map_err(|e| StartError::Thread { what: format!("shard {id}"), source: Box::new(e) })?;
         executors.push(ex);
     }
     drop(ready_tx);
@@ -141,12 +168,10 @@ pub fn run(config: Config) -> Result<(), StartError> {
             let why = executors
                 .into_iter()
                 .filter_map(|ex| ex.join().err())
+                .map(|e| e.to_string())
                 .next()
                 .unwrap_or_else(|| "timed out".into());
-            return Err(StartError(format!(
-                "a shard could not start: {why}\nringcast needs io_uring (Linux 5.13+; Docker's default seccomp profile blocks it) \
-                 and RLIMIT_MEMLOCK above server.io_memory_kib per shard (`ulimit -l`); see docs/tuning.md"
-            )));
+            return Err(StartError::Shard { why });
         }
     }
 
@@ -225,7 +250,7 @@ pub fn run(config: Config) -> Result<(), StartError> {
                 )
             }
         })
-        .map_err(|e| StartError(format!("cannot start the integration thread: {e}")))?;
+        .map_err(thread_error("the integration thread"))?;
 
     let vhosts: Vec<String> = config.vhosts.iter().map(|v| format!("{}({})", v.path, v.dialect)).collect();
     info!(
@@ -316,7 +341,7 @@ async fn start_cluster(
             incoming_tx,
             reconnects,
         )
-        .map_err(StartError)?,
+        .map_err(StartError::Broker)?,
         _ => crate::broker::nats::NatsTransport::start(
             &config.nats.url,
             &config.nats.prefix,
@@ -324,7 +349,7 @@ async fn start_cluster(
             reconnects,
         )
         .await
-        .map_err(StartError)?,
+        .map_err(StartError::Broker)?,
     };
     let trust = crate::broker::cluster::Trust {
         sealer: crate::broker::seal::Sealer::new(config.cluster.secret.as_deref().map(str::as_bytes)),
@@ -358,7 +383,7 @@ fn open_webrocket(config: &Config, runtime: tokio::runtime::Handle) -> Result<Ar
     let needed =
         !configured.is_empty() || config.server.admin_token.is_some() || dir.join(store::FILE_NAME).exists();
     let (store, loaded) = if needed {
-        Store::open(dir).map_err(|e| StartError(e.to_string()))?
+        Store::open(dir).map_err(StartError::Store)?
     } else {
         (Store::disabled(), Loaded::default())
     };
@@ -367,7 +392,7 @@ fn open_webrocket(config: &Config, runtime: tokio::runtime::Handle) -> Result<Ar
         .max_channels
         .store(config.webrocket.max_channels_per_vhost, std::sync::atomic::Ordering::Relaxed);
     if !initial.is_empty() {
-        futures_lite::future::block_on(store.apply(initial)).map_err(|e| StartError(e.to_string()))?;
+        futures_lite::future::block_on(store.apply(initial)).map_err(StartError::Store)?;
     }
     if needed {
         info!(file = %store.file().display(), vhosts = directory.vhosts().len(), "state store open");
@@ -379,7 +404,7 @@ fn open_webrocket(config: &Config, runtime: tokio::runtime::Handle) -> Result<Ar
 fn wait_for_signal() -> Result<(), StartError> {
     use signal_hook::consts::{SIGINT, SIGTERM};
     let mut signals = signal_hook::iterator::Signals::new([SIGINT, SIGTERM])
-        .map_err(|e| StartError(format!("cannot install signal handlers: {e}")))?;
+        .map_err(|e| StartError::Thread { what: "signal handlers".into(), source: Box::new(e) })?;
     signals.forever().next();
     std::thread::spawn(move || {
         if signals.forever().next().is_some() {

@@ -61,7 +61,8 @@ pub fn run(args: Args) -> Result<(), String> {
     for (name, cmd) in commands() {
         let mut scratch = cmd.as_bytes().to_vec();
         // Both must accept the command.
-        ringcast::dialect::roadrunner::parse_command(&mut scratch.clone(), &mut buffers).map_err(|e| e.0)?;
+        ringcast::dialect::roadrunner::parse_command(&mut scratch.clone(), &mut buffers)
+            .map_err(|e| e.to_string())?;
         serde_json::from_slice::<SerdeCommand>(cmd.as_bytes()).map_err(|e| e.to_string())?;
         let simd = best_ns(args.rounds, args.iterations, || {
             scratch.copy_from_slice(cmd.as_bytes());

@@ -104,7 +104,7 @@ fn parse_body<'a, T: Deserialize<'a>>(body: &'a [u8]) -> Result<T, Fail> {
 }
 
 fn perms(names: &[String]) -> Result<Perms, Fail> {
-    Perms::parse(names.iter().map(String::as_str)).map_err(|e| fail(StatusCode::BAD_REQUEST, e))
+    Perms::parse(names.iter().map(String::as_str)).map_err(|e| fail(StatusCode::BAD_REQUEST, e.to_string()))
 }
 
 /// Commits `writes` (durable before anything else), applies them to the
@@ -115,7 +115,7 @@ async fn commit(ctx: &ApiContext, writes: Vec<Write>) -> Result<(), Fail> {
         .store
         .apply(writes.clone())
         .await
-        .map_err(|e| fail(StatusCode::INTERNAL_SERVER_ERROR, e.0))?;
+        .map_err(|e| fail(StatusCode::INTERNAL_SERVER_ERROR, e.to_string()))?;
     let effects = replicate::apply(&ctx.webrocket, &writes);
     for effect in &effects {
         let _ = ctx.router.to_every_shard(|| ShardMsg::from(effect)).await;
@@ -242,7 +242,7 @@ async fn put_user(ctx: &ApiContext, body: &[u8], create: bool) -> Result<Reply, 
         } else {
             // On the same fixed pool as logins: no thread (and malloc arena) per call.
             let hashed = ctx.webrocket.secrets.hash(secret).await;
-            Some(hashed.map_err(|e| fail(StatusCode::SERVICE_UNAVAILABLE, e))?)
+            Some(hashed.map_err(|e| fail(StatusCode::SERVICE_UNAVAILABLE, e.to_string()))?)
         };
     }
     commit(

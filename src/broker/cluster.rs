@@ -308,7 +308,7 @@ impl Cluster {
             Ok(r) => r,
             Err(e) => {
                 metrics::inc(&self.metrics.bad_envelopes);
-                self.reject(Rejected::Malformed, &e.0);
+                self.reject(Rejected::Malformed, &e.to_string());
                 return None;
             }
         };
@@ -554,7 +554,7 @@ impl Cluster {
                         _ => Err(PublishError::Broker("an unreadable or unsigned push reply".into())),
                     }
                 }
-                Err(e) => Err(PublishError::Broker(e)),
+                Err(e) => Err(PublishError::Broker(e.to_string())),
             };
         }
         let id = self.next_request.fetch_add(1, Ordering::Relaxed);
@@ -567,7 +567,7 @@ impl Cluster {
         match self.transport.publish(vec![(subject, body)]).await {
             Err(e) => {
                 forget();
-                Err(PublishError::Broker(e))
+                Err(PublishError::Broker(e.to_string()))
             }
             // Nobody subscribes: no node has it.
             Ok(counts) if counts.first() == Some(&Some(0)) => {
@@ -844,7 +844,7 @@ impl Cluster {
         self.metrics.round_trip.record(started.elapsed());
         result.map(|_| ()).map_err(|e| {
             if self.transport.connected() {
-                PublishError::Broker(e)
+                PublishError::Broker(e.to_string())
             } else {
                 self.unreachable()
             }

@@ -17,7 +17,25 @@ pub const VERSION: u32 = 2;
 
 /// An envelope that cannot be used, with why.
 #[derive(Debug, PartialEq, Eq)]
-pub struct BadEnvelope(pub String);
+pub enum BadEnvelope {
+    /// Not protobuf of an envelope (the decoder's reason).
+    Undecodable(String),
+    /// Another envelope version (an incompatible node).
+    Version(u32),
+    NoBody,
+}
+
+impl std::fmt::Display for BadEnvelope {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            BadEnvelope::Undecodable(e) => write!(f, "not a cluster envelope: {e}"),
+            BadEnvelope::Version(v) => write!(f, "envelope version {v} (this node speaks {VERSION})"),
+            BadEnvelope::NoBody => f.write_str("an envelope without a body"),
+        }
+    }
+}
+
+impl std::error::Error for BadEnvelope {}
 
 /// The envelope of `body` from `origin`, sent at `sent_at_ms` (Unix ms);
 /// sealed (`seal::Sealer::seal_message`) before it goes to the broker.
@@ -35,11 +53,11 @@ pub struct Received {
 
 /// Decodes a received envelope (`Bytes` fields stay slices of `bytes`).
 pub fn decode(bytes: Bytes) -> Result<Received, BadEnvelope> {
-    let e = Envelope::decode(bytes).map_err(|e| BadEnvelope(format!("not a cluster envelope: {e}")))?;
+    let e = Envelope::decode(bytes).map_err(|e| BadEnvelope::Undecodable(e.to_string()))?;
     if e.version != VERSION {
-        return Err(BadEnvelope(format!("envelope version {} (this node speaks {VERSION})", e.version)));
+        return Err(BadEnvelope::Version(e.version));
     }
-    let body = e.body.ok_or_else(|| BadEnvelope("an envelope without a body".into()))?;
+    let body = e.body.ok_or(BadEnvelope::NoBody)?;
     Ok(Received { origin: e.origin, sent_at_ms: e.sent_at_ms, body })
 }
 
@@ -155,7 +173,7 @@ mod tests {
     fn foreign_bytes_and_other_versions_are_refused() {
         assert!(decode(Bytes::from_static(b"\xff\xff\xff")).is_err());
         let v1 = Envelope { version: 1, origin: "x".into(), body: None, sent_at_ms: 0 }.encode_to_vec();
-        assert!(decode(v1.into()).unwrap_err().0.contains("version 1"));
+        assert!(decode(v1.into()).unwrap_err().to_string().contains("version 1"));
         let empty = Envelope { version: 2, origin: "x".into(), body: None, sent_at_ms: 0 }.encode_to_vec();
         assert!(decode(empty.into()).is_err());
     }

@@ -12,7 +12,7 @@ use bytes::Bytes;
 use futures_util::StreamExt;
 use tracing::warn;
 
-use super::transport::{backoff, Incoming, IncomingSender, Transport, OPERATION_TIMEOUT};
+use super::transport::{backoff, Incoming, IncomingSender, Transport, TransportError, OPERATION_TIMEOUT};
 use crate::bus::BoxFuture;
 
 pub struct NatsTransport {
@@ -29,8 +29,8 @@ fn encode(name: &str) -> String {
     base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(name)
 }
 
-fn timeout_error<T>(r: Result<T, tokio::time::error::Elapsed>) -> Result<T, String> {
-    r.map_err(|_| format!("no answer within {} s", OPERATION_TIMEOUT.as_secs()))
+fn timeout_error<T>(r: Result<T, tokio::time::error::Elapsed>) -> Result<T, TransportError> {
+    r.map_err(|_| TransportError::timeout(OPERATION_TIMEOUT))
 }
 
 impl NatsTransport {
@@ -41,10 +41,12 @@ impl NatsTransport {
         prefix: &str,
         incoming: IncomingSender,
         reconnects: Arc<AtomicU64>,
-    ) -> Result<Arc<NatsTransport>, String> {
+    ) -> Result<Arc<NatsTransport>, TransportError> {
         let servers: Vec<async_nats::ServerAddr> = urls
             .split(',')
-            .map(|u| u.trim().parse().map_err(|e| format!("invalid nats.url {u:?}: {e}")))
+            .map(|u| {
+                u.trim().parse().map_err(|e| TransportError::config(format!("invalid nats.url {u:?}: {e}")))
+            })
             .collect::<Result<_, _>>()?;
         let last_error = Arc::new(Mutex::new("connecting".to_string()));
         let events = last_error.clone();
@@ -77,7 +79,7 @@ impl NatsTransport {
             });
         let client = async_nats::connect_with_options(servers, options)
             .await
-            .map_err(|e| format!("cannot start the NATS client: {e}"))?;
+            .map_err(|e| TransportError::config(format!("cannot start the NATS client: {e}")))?;
         Ok(Arc::new(NatsTransport {
             client,
             prefix: prefix.to_string(),
@@ -91,9 +93,9 @@ impl NatsTransport {
         self.subscriptions.lock().unwrap_or_else(|e| e.into_inner())
     }
 
-    async fn flush(&self) -> Result<(), String> {
+    async fn flush(&self) -> Result<(), TransportError> {
         timeout_error(tokio::time::timeout(OPERATION_TIMEOUT, self.client.flush()).await)?
-            .map_err(|e| e.to_string())
+            .map_err(TransportError::broker)
     }
 }
 
@@ -126,14 +128,19 @@ impl Transport for NatsTransport {
         format!("{}control", self.prefix)
     }
 
-    fn subscribe(&self, subject: String) -> BoxFuture<'_, Result<(), String>> {
+    fn subscribe(&self, subject: String) -> BoxFuture<'_, Result<(), TransportError>> {
         Box::pin(async move {
             if self.subscriptions().contains_key(&subject) {
-                return if self.connected() { self.flush().await } else { Err("not connected".into()) };
+                return if self.connected() {
+                    self.flush().await
+                } else {
+                    Err(TransportError::disconnected())
+                };
             }
             // The client queues the SUB while disconnected and sends it (and
             // every other) on reconnect.
-            let mut subscriber = self.client.subscribe(subject.clone()).await.map_err(|e| e.to_string())?;
+            let mut subscriber =
+                self.client.subscribe(subject.clone()).await.map_err(TransportError::broker)?;
             let incoming = self.incoming.clone();
             let name = subject.clone();
             let task = tokio::spawn(async move {
@@ -149,14 +156,14 @@ impl Transport for NatsTransport {
                 old.abort();
             }
             if !self.connected() {
-                return Err("not connected".into());
+                return Err(TransportError::disconnected());
             }
             // PING/PONG after the SUB: the server has it.
             self.flush().await
         })
     }
 
-    fn unsubscribe(&self, subject: String) -> BoxFuture<'_, Result<(), String>> {
+    fn unsubscribe(&self, subject: String) -> BoxFuture<'_, Result<(), TransportError>> {
         Box::pin(async move {
             if let Some(task) = self.subscriptions().remove(&subject) {
                 task.abort();
@@ -165,16 +172,19 @@ impl Transport for NatsTransport {
         })
     }
 
-    fn publish(&self, items: Vec<(String, Bytes)>) -> BoxFuture<'_, Result<Vec<Option<usize>>, String>> {
+    fn publish(
+        &self,
+        items: Vec<(String, Bytes)>,
+    ) -> BoxFuture<'_, Result<Vec<Option<usize>>, TransportError>> {
         Box::pin(async move {
             // The client would queue publications while disconnected and
             // send them later: refuse instead, the publisher hears of it.
             if !self.connected() {
-                return Err("not connected".into());
+                return Err(TransportError::disconnected());
             }
             let n = items.len();
             for (subject, payload) in items {
-                self.client.publish(subject, payload).await.map_err(|e| e.to_string())?;
+                self.client.publish(subject, payload).await.map_err(TransportError::broker)?;
             }
             self.flush().await?;
             Ok(vec![None; n])
@@ -185,16 +195,20 @@ impl Transport for NatsTransport {
         true
     }
 
-    fn request(&self, subject: String, body: Bytes) -> Option<BoxFuture<'_, Result<Option<Bytes>, String>>> {
+    fn request(
+        &self,
+        subject: String,
+        body: Bytes,
+    ) -> Option<BoxFuture<'_, Result<Option<Bytes>, TransportError>>> {
         Some(Box::pin(async move {
             if !self.connected() {
-                return Err("not connected".into());
+                return Err(TransportError::disconnected());
             }
             let asked = tokio::time::timeout(OPERATION_TIMEOUT, self.client.request(subject, body)).await;
             match timeout_error(asked)? {
                 Ok(m) => Ok(Some(m.payload)),
                 Err(e) if e.kind() == async_nats::RequestErrorKind::NoResponders => Ok(None),
-                Err(e) => Err(e.to_string()),
+                Err(e) => Err(TransportError::broker(e)),
             }
         }))
     }

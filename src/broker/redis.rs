@@ -12,7 +12,7 @@ use futures_util::StreamExt;
 use redis::aio::{MultiplexedConnection, PubSubSink};
 use tracing::{info, warn};
 
-use super::transport::{backoff, Incoming, IncomingSender, Transport, OPERATION_TIMEOUT};
+use super::transport::{backoff, Incoming, IncomingSender, Transport, TransportError, OPERATION_TIMEOUT};
 use crate::bus::BoxFuture;
 
 #[derive(Default)]
@@ -32,8 +32,8 @@ pub struct RedisTransport {
     reconnects: Arc<AtomicU64>,
 }
 
-fn timeout_error<T>(r: Result<T, tokio::time::error::Elapsed>) -> Result<T, String> {
-    r.map_err(|_| format!("no answer within {} s", OPERATION_TIMEOUT.as_secs()))
+fn timeout_error<T>(r: Result<T, tokio::time::error::Elapsed>) -> Result<T, TransportError> {
+    r.map_err(|_| TransportError::timeout(OPERATION_TIMEOUT))
 }
 
 impl RedisTransport {
@@ -43,8 +43,9 @@ impl RedisTransport {
         prefix: &str,
         incoming: IncomingSender,
         reconnects: Arc<AtomicU64>,
-    ) -> Result<Arc<RedisTransport>, String> {
-        let client = redis::Client::open(url).map_err(|e| format!("invalid redis.url {url:?}: {e}"))?;
+    ) -> Result<Arc<RedisTransport>, TransportError> {
+        let client = redis::Client::open(url)
+            .map_err(|e| TransportError::config(format!("invalid redis.url {url:?}: {e}")))?;
         let t = Arc::new(RedisTransport {
             client,
             prefix: prefix.to_string(),
@@ -95,7 +96,7 @@ impl RedisTransport {
                     if attempt == 0 {
                         warn!(error = %e, "redis broker unreachable; retrying");
                     }
-                    self.links().last_error = e;
+                    self.links().last_error = e.to_string();
                 }
             }
             tokio::time::sleep(backoff(attempt)).await;
@@ -104,21 +105,21 @@ impl RedisTransport {
     }
 
     /// Both connections, every wanted channel subscribed; then connected.
-    async fn connect(&self) -> Result<redis::aio::PubSubStream, String> {
+    async fn connect(&self) -> Result<redis::aio::PubSubStream, TransportError> {
         let pubsub =
             timeout_error(tokio::time::timeout(OPERATION_TIMEOUT, self.client.get_async_pubsub()).await)?
-                .map_err(|e| e.to_string())?;
+                .map_err(TransportError::broker)?;
         let publisher = timeout_error(
             tokio::time::timeout(OPERATION_TIMEOUT, self.client.get_multiplexed_async_connection()).await,
         )?
-        .map_err(|e| e.to_string())?;
+        .map_err(TransportError::broker)?;
         let (mut sink, stream) = pubsub.split();
         // Subscriptions wanted meanwhile are in `wanted` too: subscribing
         // twice is harmless in Redis.
         let wanted: Vec<String> = self.wanted().iter().cloned().collect();
         for channel in wanted {
             timeout_error(tokio::time::timeout(OPERATION_TIMEOUT, sink.subscribe(&channel)).await)?
-                .map_err(|e| e.to_string())?;
+                .map_err(TransportError::broker)?;
         }
         let mut l = self.links();
         l.sink = Some(sink);
@@ -158,37 +159,40 @@ impl Transport for RedisTransport {
         format!("{}control", self.prefix)
     }
 
-    fn subscribe(&self, subject: String) -> BoxFuture<'_, Result<(), String>> {
+    fn subscribe(&self, subject: String) -> BoxFuture<'_, Result<(), TransportError>> {
         Box::pin(async move {
             self.wanted().insert(subject.clone());
-            let sink = self.links().sink.clone().ok_or_else(|| "not connected".to_string())?;
+            let sink = self.links().sink.clone().ok_or_else(TransportError::disconnected)?;
             let mut sink = sink;
             timeout_error(tokio::time::timeout(OPERATION_TIMEOUT, sink.subscribe(&subject)).await)?
-                .map_err(|e| e.to_string())
+                .map_err(TransportError::broker)
         })
     }
 
-    fn unsubscribe(&self, subject: String) -> BoxFuture<'_, Result<(), String>> {
+    fn unsubscribe(&self, subject: String) -> BoxFuture<'_, Result<(), TransportError>> {
         Box::pin(async move {
             self.wanted().remove(&subject);
             let Some(mut sink) = self.links().sink.clone() else {
                 return Ok(());
             };
             timeout_error(tokio::time::timeout(OPERATION_TIMEOUT, sink.unsubscribe(&subject)).await)?
-                .map_err(|e| e.to_string())
+                .map_err(TransportError::broker)
         })
     }
 
-    fn publish(&self, items: Vec<(String, Bytes)>) -> BoxFuture<'_, Result<Vec<Option<usize>>, String>> {
+    fn publish(
+        &self,
+        items: Vec<(String, Bytes)>,
+    ) -> BoxFuture<'_, Result<Vec<Option<usize>>, TransportError>> {
         Box::pin(async move {
-            let mut conn = self.links().publisher.clone().ok_or_else(|| "not connected".to_string())?;
+            let mut conn = self.links().publisher.clone().ok_or_else(TransportError::disconnected)?;
             let mut pipe = redis::pipe();
             for (subject, payload) in &items {
                 pipe.cmd("PUBLISH").arg(subject).arg(&payload[..]);
             }
             let counts: Vec<usize> =
                 timeout_error(tokio::time::timeout(OPERATION_TIMEOUT, pipe.query_async(&mut conn)).await)?
-                    .map_err(|e| e.to_string())?;
+                    .map_err(TransportError::broker)?;
             Ok(counts.into_iter().map(Some).collect())
         })
     }

@@ -8,6 +8,64 @@ use bytes::Bytes;
 
 use crate::bus::BoxFuture;
 
+/// Why a broker operation failed; what the cluster logs and counts.
+#[derive(Debug, Clone)]
+pub struct TransportError {
+    kind: TransportErrorKind,
+    message: String,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum TransportErrorKind {
+    /// The broker's URL or client settings cannot be used.
+    Config,
+    /// Not connected now (the transport reconnects by itself).
+    Disconnected,
+    /// No answer within the operation timeout.
+    Timeout,
+    /// The broker or its client refused or failed the operation.
+    Broker,
+}
+
+impl TransportError {
+    pub fn config(message: impl Into<String>) -> TransportError {
+        TransportError { kind: TransportErrorKind::Config, message: message.into() }
+    }
+
+    pub fn disconnected() -> TransportError {
+        TransportError { kind: TransportErrorKind::Disconnected, message: "not connected".into() }
+    }
+
+    pub fn timeout(after: std::time::Duration) -> TransportError {
+        let message = format!("no answer within {} s", after.as_secs());
+        TransportError { kind: TransportErrorKind::Timeout, message }
+    }
+
+    pub fn broker(e: impl std::fmt::Display) -> TransportError {
+        TransportError { kind: TransportErrorKind::Broker, message: e.to_string() }
+    }
+
+    pub fn is_config(&self) -> bool {
+        self.kind == TransportErrorKind::Config
+    }
+
+    pub fn is_disconnected(&self) -> bool {
+        self.kind == TransportErrorKind::Disconnected
+    }
+
+    pub fn is_timeout(&self) -> bool {
+        self.kind == TransportErrorKind::Timeout
+    }
+}
+
+impl std::fmt::Display for TransportError {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(&self.message)
+    }
+}
+
+impl std::error::Error for TransportError {}
+
 /// A message from the broker.
 #[derive(Debug)]
 pub struct Incoming {
@@ -48,14 +106,17 @@ pub trait Transport: Send + Sync + 'static {
 
     /// Subscribes; Ok once the broker confirmed. While disconnected it
     /// fails at once, and the subscription is made on reconnect.
-    fn subscribe(&self, subject: String) -> BoxFuture<'_, Result<(), String>>;
+    fn subscribe(&self, subject: String) -> BoxFuture<'_, Result<(), TransportError>>;
 
-    fn unsubscribe(&self, subject: String) -> BoxFuture<'_, Result<(), String>>;
+    fn unsubscribe(&self, subject: String) -> BoxFuture<'_, Result<(), TransportError>>;
 
     /// Publishes each (subject, payload) in order; Ok once the broker took
     /// them all. `Some(n)` per item where the broker says how many
     /// subscribers got it (Redis), `None` where it cannot (NATS).
-    fn publish(&self, items: Vec<(String, Bytes)>) -> BoxFuture<'_, Result<Vec<Option<usize>>, String>>;
+    fn publish(
+        &self,
+        items: Vec<(String, Bytes)>,
+    ) -> BoxFuture<'_, Result<Vec<Option<usize>>, TransportError>>;
 
     /// A request answered by one subscriber of `subject` (NATS request
     /// reply); `Ok(None)` when nobody subscribes. `None` (outer) when the
@@ -69,7 +130,7 @@ pub trait Transport: Send + Sync + 'static {
         &self,
         _subject: String,
         _body: Bytes,
-    ) -> Option<BoxFuture<'_, Result<Option<Bytes>, String>>> {
+    ) -> Option<BoxFuture<'_, Result<Option<Bytes>, TransportError>>> {
         None
     }
 }

@@ -39,7 +39,24 @@ struct RawCommand<'a> {
 
 /// Why a client message was not a command; sent back in `#error`.
 #[derive(Debug, PartialEq, Eq)]
-pub struct BadCommand(pub String);
+pub enum BadCommand {
+    /// Not JSON of a command's shape (the parser's reason).
+    Json(String),
+    Unknown(String),
+    Missing,
+}
+
+impl std::fmt::Display for BadCommand {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            BadCommand::Json(e) => write!(f, "invalid command JSON: {e}"),
+            BadCommand::Unknown(c) => write!(f, "unknown command: {c:?}"),
+            BadCommand::Missing => f.write_str("missing \"command\""),
+        }
+    }
+}
+
+impl std::error::Error for BadCommand {}
 
 /// Parses a text message in place with simd-json (the message buffer is
 /// scratch space: simd-json unescapes strings into it).
@@ -48,14 +65,14 @@ pub fn parse_command<'a>(
     buffers: &mut simd_json::Buffers,
 ) -> Result<Command<'a>, BadCommand> {
     let raw: RawCommand<'a> = simd_json::serde::from_slice_with_buffers(message, buffers)
-        .map_err(|e| BadCommand(format!("invalid command JSON: {e}")))?;
+        .map_err(|e| BadCommand::Json(e.to_string()))?;
     let broker = raw.broker.filter(|b| !b.is_empty());
     match raw.command {
         Some("join") => Ok(Command::Join { broker, topics: raw.topics.unwrap_or_default() }),
         Some("leave") => Ok(Command::Leave { broker, topics: raw.topics.unwrap_or_default() }),
         Some("headers") => Ok(Command::Headers),
-        Some(other) => Err(BadCommand(format!("unknown command: {other:?}"))),
-        None => Err(BadCommand("missing \"command\"".into())),
+        Some(other) => Err(BadCommand::Unknown(other.to_string())),
+        None => Err(BadCommand::Missing),
     }
 }
 
@@ -146,10 +163,10 @@ mod tests {
 
     #[test]
     fn bad_commands_say_why() {
-        assert!(parse("{").unwrap_err().0.starts_with("invalid command JSON"));
-        assert!(parse("[1]").unwrap_err().0.starts_with("invalid command JSON"));
-        assert_eq!(parse(r#"{"command":"dance"}"#).unwrap_err().0, r#"unknown command: "dance""#);
-        assert_eq!(parse(r#"{"topics":[]}"#).unwrap_err().0, r#"missing "command""#);
+        assert!(parse("{").unwrap_err().to_string().starts_with("invalid command JSON"));
+        assert!(parse("[1]").unwrap_err().to_string().starts_with("invalid command JSON"));
+        assert_eq!(parse(r#"{"command":"dance"}"#).unwrap_err().to_string(), r#"unknown command: "dance""#);
+        assert_eq!(parse(r#"{"topics":[]}"#).unwrap_err().to_string(), r#"missing "command""#);
         assert!(parse(r#"{"command":"join","topics":[1]}"#).is_err());
     }
 

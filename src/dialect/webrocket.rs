@@ -21,6 +21,18 @@ use crate::ws::FrameBuilder;
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Hash)]
 pub struct Perms(u8);
 
+/// A permission name that is not READ, WRITE or MANAGE.
+#[derive(Debug, PartialEq, Eq)]
+pub struct UnknownPermission(pub String);
+
+impl std::fmt::Display for UnknownPermission {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "unknown permission {:?}: use READ, WRITE and MANAGE", self.0)
+    }
+}
+
+impl std::error::Error for UnknownPermission {}
+
 impl Perms {
     pub const NONE: Perms = Perms(0);
     pub const READ: Perms = Perms(1);
@@ -41,7 +53,7 @@ impl Perms {
     }
 
     /// Parses `READ,WRITE` (any case, commas or a list); an empty text is none.
-    pub fn parse<'a>(names: impl IntoIterator<Item = &'a str>) -> Result<Perms, String> {
+    pub fn parse<'a>(names: impl IntoIterator<Item = &'a str>) -> Result<Perms, UnknownPermission> {
         let mut p = Perms::NONE;
         for name in names {
             let name = name.trim();
@@ -50,7 +62,7 @@ impl Perms {
                 "READ" => 1,
                 "WRITE" => 2,
                 "MANAGE" => 4,
-                _ => return Err(format!("unknown permission {name:?}: use READ, WRITE and MANAGE")),
+                _ => return Err(UnknownPermission(name.to_string())),
             };
         }
         Ok(p)

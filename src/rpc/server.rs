@@ -10,7 +10,7 @@ use tokio::net::{TcpListener, TcpStream};
 use tracing::{debug, warn};
 
 use super::frame;
-use super::service::{self, Action};
+use super::service::{self, Action, CallError};
 use crate::bus::Broker;
 use crate::metrics::{self, Denied, GlobalMetrics};
 
@@ -96,10 +96,10 @@ async fn connection(mut stream: TcpStream, ctx: &RpcContext) -> std::io::Result<
                 ctx.metrics.deny(Denied::RpcMethodName);
             }
             out.clear();
-            match std::mem::replace(&mut call.action, Action::Fail(String::new())) {
+            match std::mem::replace(&mut call.action, Action::Fail(CallError::Options(0))) {
                 Action::Fail(e) => {
                     metrics::inc(&ctx.metrics.rpc_errors);
-                    call.error_reply(&mut out, &e);
+                    call.error_reply(&mut out, &e.to_string());
                     reply(&mut stream, &out, ctx).await?;
                 }
                 Action::Publish { messages, wait: true } => {

@@ -31,10 +31,63 @@ pub struct Call {
 #[derive(Debug, PartialEq)]
 pub enum Action {
     /// Answer with this error; nothing else to do.
-    Fail(String),
+    Fail(CallError),
     /// Publish, replying when done (`wait`) or at once (`PublishAsync`).
     Publish { messages: Vec<Message>, wait: bool },
 }
+
+/// Why a call is answered with an error (the reply's text names it).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum CallError {
+    /// Not the two options (SEQ_ID, METHOD_LEN) goridge sends.
+    Options(usize),
+    MethodLen {
+        method_len: usize,
+        payload: usize,
+    },
+    /// A method name over `MAX_METHOD_LEN` (not echoed back).
+    MethodTooLong(usize),
+    MethodNotUtf8,
+    UnknownMethod(String),
+    Codec(u8),
+    Proto(String),
+    Json(String),
+    Base64 {
+        message: usize,
+        reason: String,
+    },
+    Publish(PublishError),
+}
+
+const KNOWN_METHODS: &str =
+    "websockets.Publish, websockets.PublishAsync, broadcast.Publish, broadcast.PublishAsync";
+
+impl std::fmt::Display for CallError {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            CallError::Options(n) => write!(f, "expected 2 options (SEQ_ID, METHOD_LEN), got {n}"),
+            CallError::MethodLen { method_len, payload } => {
+                write!(f, "METHOD_LEN {method_len} exceeds the payload of {payload} bytes")
+            }
+            CallError::MethodTooLong(n) => {
+                write!(f, "method name of {n} bytes; at most {MAX_METHOD_LEN} (known: {KNOWN_METHODS})")
+            }
+            CallError::MethodNotUtf8 => f.write_str("method name is not UTF-8"),
+            CallError::UnknownMethod(m) => write!(f, "unknown method {m:?}; known: {KNOWN_METHODS}"),
+            CallError::Codec(flags) => {
+                write!(f, "unsupported codec flags {flags:#04x}; use proto (0x80) or JSON (0x08)")
+            }
+            CallError::Proto(e) => write!(f, "cannot decode protobuf request: {e}"),
+            CallError::Json(e) => write!(f, "cannot decode JSON request: {e}"),
+            CallError::Base64 { message, reason } => {
+                write!(f, "message {message}: payload is not base64: {reason}")
+            }
+            CallError::Publish(e) => write!(f, "{e}"),
+        }
+    }
+}
+
+impl std::error::Error for CallError {}
 
 enum Api {
     Websockets,
@@ -53,33 +106,28 @@ pub fn interpret(f: &Frame<'_>, broker: &str, limits: &publish::Limits) -> Call 
         seq,
         method: String::new(),
         codec_flag,
-        action: Action::Fail(String::new()),
+        action: Action::Fail(CallError::Options(0)),
         method_too_long: false,
     };
     if f.options.len() != 2 {
-        call.action =
-            Action::Fail(format!("expected 2 options (SEQ_ID, METHOD_LEN), got {}", f.options.len()));
+        call.action = Action::Fail(CallError::Options(f.options.len()));
         return call;
     }
     let method_len = f.options[1] as usize;
     if method_len > f.payload.len() {
-        call.action =
-            Action::Fail(format!("METHOD_LEN {method_len} exceeds the payload of {} bytes", f.payload.len()));
+        call.action = Action::Fail(CallError::MethodLen { method_len, payload: f.payload.len() });
         return call;
     }
     if method_len > MAX_METHOD_LEN {
         // Neither echoed in the text nor in the reply's method field: a
         // 16 MiB name must not come back (or be held) as a 16 MiB reply.
         call.method_too_long = true;
-        call.action = Action::Fail(format!(
-            "method name of {method_len} bytes; at most {MAX_METHOD_LEN} (known: websockets.Publish, \
-             websockets.PublishAsync, broadcast.Publish, broadcast.PublishAsync)"
-        ));
+        call.action = Action::Fail(CallError::MethodTooLong(method_len));
         return call;
     }
     let (method, body) = f.payload.split_at(method_len);
     let Ok(method) = std::str::from_utf8(method) else {
-        call.action = Action::Fail("method name is not UTF-8".into());
+        call.action = Action::Fail(CallError::MethodNotUtf8);
         return call;
     };
     call.method = method.to_string();
@@ -96,43 +144,37 @@ fn action(
     body: &[u8],
     broker: &str,
     limits: &publish::Limits,
-) -> Result<Action, String> {
+) -> Result<Action, CallError> {
     let (api, wait) = match method {
         "websockets.Publish" => (Api::Websockets, true),
         "websockets.PublishAsync" => (Api::Websockets, false),
         "broadcast.Publish" => (Api::Broadcast, true),
         "broadcast.PublishAsync" => (Api::Broadcast, false),
-        other => {
-            return Err(format!(
-                "unknown method {other:?}; known: websockets.Publish, websockets.PublishAsync, broadcast.Publish, broadcast.PublishAsync"
-            ))
-        }
+        other => return Err(CallError::UnknownMethod(other.to_string())),
     };
     let codec = match codec_flag {
         frame::CODEC_PROTO => Codec::Proto,
         frame::CODEC_JSON => Codec::Json,
-        other => {
-            return Err(format!("unsupported codec flags {other:#04x}; use proto (0x80) or JSON (0x08)"))
-        }
+        other => return Err(CallError::Codec(other)),
     };
     let messages = match codec {
         Codec::Proto => decode_proto(&api, body, broker)?,
         Codec::Json => decode_json(body, broker)?,
     };
-    publish::validate(&messages, limits).map_err(|e| e.to_string())?;
+    publish::validate(&messages, limits).map_err(CallError::Publish)?;
     Ok(Action::Publish { messages, wait })
 }
 
-fn check_broker(requested: &str, configured: &str) -> Result<(), String> {
+fn check_broker(requested: &str, configured: &str) -> Result<(), CallError> {
     if requested.is_empty() || requested == configured {
         Ok(())
     } else {
-        Err(PublishError::UnknownBroker(requested.to_string()).to_string())
+        Err(CallError::Publish(PublishError::UnknownBroker(requested.to_string())))
     }
 }
 
-fn decode_proto(api: &Api, body: &[u8], broker: &str) -> Result<Vec<Message>, String> {
-    let bad = |e: prost::DecodeError| format!("cannot decode protobuf request: {e}");
+fn decode_proto(api: &Api, body: &[u8], broker: &str) -> Result<Vec<Message>, CallError> {
+    let bad = |e: prost::DecodeError| CallError::Proto(e.to_string());
     match api {
         Api::Websockets => proto::websockets::Request::decode(body)
             .map_err(bad)?
@@ -169,9 +211,8 @@ struct JsonMessage {
     payload: Option<String>,
 }
 
-fn decode_json(body: &[u8], broker: &str) -> Result<Vec<Message>, String> {
-    let req: JsonRequest =
-        serde_json::from_slice(body).map_err(|e| format!("cannot decode JSON request: {e}"))?;
+fn decode_json(body: &[u8], broker: &str) -> Result<Vec<Message>, CallError> {
+    let req: JsonRequest = serde_json::from_slice(body).map_err(|e| CallError::Json(e.to_string()))?;
     req.messages
         .unwrap_or_default()
         .into_iter()
@@ -180,7 +221,7 @@ fn decode_json(body: &[u8], broker: &str) -> Result<Vec<Message>, String> {
             check_broker(m.broker.as_deref().unwrap_or(""), broker)?;
             let payload = base64::engine::general_purpose::STANDARD
                 .decode(m.payload.unwrap_or_default())
-                .map_err(|e| format!("message {i}: payload is not base64: {e}"))?;
+                .map_err(|e| CallError::Base64 { message: i, reason: e.to_string() })?;
             Ok(Message { topics: m.topics.unwrap_or_default(), payload: Bytes::from(payload) })
         })
         .collect()
@@ -276,7 +317,7 @@ mod tests {
     #[test]
     fn errors_are_replies_naming_the_problem() {
         let fail = |c: Call| match c.action {
-            Action::Fail(e) => e,
+            Action::Fail(e) => e.to_string(),
             other => panic!("expected failure, got {other:?}"),
         };
         assert!(fail(call(frame::CODEC_PROTO, &[1], b"x")).contains("expected 2 options"));
@@ -310,9 +351,10 @@ mod tests {
         let c = call(frame::CODEC_PROTO, &[3, name.len() as u32], &name);
         assert!(c.method_too_long);
         let Action::Fail(e) = &c.action else { panic!() };
+        let e = e.to_string();
         assert!(e.contains("at most 256") && e.len() < 300, "{e}");
         let mut out = Vec::new();
-        c.error_reply(&mut out, e);
+        c.error_reply(&mut out, &e);
         assert!(out.len() < 400, "reply of {} bytes", out.len());
         let ok = vec![b'y'; MAX_METHOD_LEN];
         assert!(!call(frame::CODEC_PROTO, &[3, ok.len() as u32], &ok).method_too_long);

@@ -371,7 +371,7 @@ impl Session {
                     self.in_flight += 1;
                     out.push(Effect::Leave { broker: broker.map(str::to_string), topics: owned(&topics) });
                 }
-                Err(bad) => self.reply(roadrunner::error_frame(&bad.0), cx.budget, out),
+                Err(bad) => self.reply(roadrunner::error_frame(&bad.to_string()), cx.budget, out),
             },
             (Kind::Proxy(_), _) => {
                 self.in_flight += 1;

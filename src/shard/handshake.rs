@@ -16,6 +16,7 @@ use hyper::header::{HeaderName, HeaderValue};
 use super::conn::ConnState;
 use super::effects;
 use super::state::Shard;
+use crate::clients::Claim;
 use crate::config::{DuplicateClient, VhostConfig};
 use crate::dialect::{proxy, Dialect};
 use crate::hooks::{HookKind, HookOutcome};
@@ -95,20 +96,19 @@ async fn open(shard: Rc<Shard>, mut stream: TcpStream) -> bool {
     let owner = shard.register(&state, vhost);
     if let Some(id) = &client {
         match shard.clients.claim(id, owner, v.duplicate_client == DuplicateClient::Replace).await {
-            Ok(None) => {}
-            Ok(Some(old)) => shard.replace(old).await,
-            Err(live) => {
+            Claim::Registered => {}
+            Claim::Replaced(old) => shard.replace(old).await,
+            refused @ (Claim::Taken(_) | Claim::ShuttingDown) => {
                 shard.unregister(owner.key, vhost);
                 metrics::inc(&shard.metrics.handshake_failures);
-                shard.metrics.refuse(if live.is_some() {
-                    Refusal::DuplicateClient
-                } else {
-                    Refusal::ShuttingDown
-                });
-                let e = match live {
-                    Some(_) => HttpError::new(409, format!("client {id} is already connected")),
-                    None => HttpError::new(503, "gateway shutting down"),
+                let (refusal, e) = match refused {
+                    Claim::Taken(_) => (
+                        Refusal::DuplicateClient,
+                        HttpError::new(409, format!("client {id} is already connected")),
+                    ),
+                    _ => (Refusal::ShuttingDown, HttpError::new(503, "gateway shutting down")),
                 };
+                shard.metrics.refuse(refusal);
                 write_with_timeout(&mut stream, &e.response()).await;
                 return false;
             }

@@ -109,7 +109,9 @@ impl Env for ShardEnv<'_> {
         match wr.workers.assign(self.vhost, message) {
             Ok(()) => true,
             // No worker here: one on another node, if any has some.
-            Err(message) => self.shard.peers().is_some_and(|p| p.trigger_elsewhere(self.vhost, message)),
+            Err(workers::NoWorker(message)) => {
+                self.shard.peers().is_some_and(|p| p.trigger_elsewhere(self.vhost, message))
+            }
         }
     }
 

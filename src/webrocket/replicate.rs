@@ -21,28 +21,16 @@ pub enum Effect {
 /// created or deleted. Users, channels and tokens of a configured WebRocket
 /// vhost may change, as through the admin API. Checked before anything is
 /// stored: a refused batch leaves no trace.
-pub fn check(writes: &[Write], configured: &[String]) -> Result<(), String> {
+pub fn check(writes: &[Write], configured: &[String]) -> Result<(), Refused> {
     use crate::config::vhost_path_is_valid;
     use crate::dialect::webrocket::{channel_name_is_valid, user_name_is_valid};
-    let path = |p: &str| {
-        if vhost_path_is_valid(p) {
-            Ok(())
-        } else {
-            Err(format!("invalid vhost path {p:?}"))
-        }
-    };
-    let not_configured = |p: &str| {
-        if configured.iter().any(|c| c == p) {
-            Err(format!("vhost {p} is declared in this node's config file"))
-        } else {
-            Ok(())
-        }
-    };
-    let rights =
-        |bits: u8| if bits <= Perms::ALL.bits() { Ok(()) } else { Err(format!("unknown rights {bits}")) };
-    let user = |n: &str| if user_name_is_valid(n) { Ok(()) } else { Err(format!("invalid user name {n:?}")) };
+    let path = |p: &str| if vhost_path_is_valid(p) { Ok(()) } else { Err(Refused::VhostPath(p.into())) };
+    let not_configured =
+        |p: &str| if configured.iter().any(|c| c == p) { Err(Refused::Configured(p.into())) } else { Ok(()) };
+    let rights = |bits: u8| if bits <= Perms::ALL.bits() { Ok(()) } else { Err(Refused::Rights(bits)) };
+    let user = |n: &str| if user_name_is_valid(n) { Ok(()) } else { Err(Refused::UserName(n.into())) };
     let channel =
-        |n: &str| if channel_name_is_valid(n) { Ok(()) } else { Err(format!("invalid channel name {n:?}")) };
+        |n: &str| if channel_name_is_valid(n) { Ok(()) } else { Err(Refused::ChannelName(n.into())) };
     for w in writes {
         match w {
             Write::PutVhost { path: p, anonymous } => {
@@ -57,7 +45,7 @@ pub fn check(writes: &[Write], configured: &[String]) -> Result<(), String> {
             Write::PutToken { vhost, token } => {
                 path(vhost)?;
                 if !super::directory::token_is_valid(token) {
-                    return Err(format!("a token for {vhost} that this gateway does not make"));
+                    return Err(Refused::Token(vhost.clone()));
                 }
             }
             Write::PutUser { vhost, name, record } => {
@@ -65,7 +53,7 @@ pub fn check(writes: &[Write], configured: &[String]) -> Result<(), String> {
                 user(name)?;
                 rights(record.perms)?;
                 if record.hash.as_deref().is_some_and(|h| !super::secrets::is_hash(h)) {
-                    return Err(format!("user {name}: a secret that is not an argon2 hash"));
+                    return Err(Refused::Secret(name.clone()));
                 }
             }
             Write::DeleteUser { vhost, name } => {
@@ -80,6 +68,37 @@ pub fn check(writes: &[Write], configured: &[String]) -> Result<(), String> {
     }
     Ok(())
 }
+
+/// Why a replicated batch of changes was refused.
+#[derive(Debug, PartialEq, Eq)]
+pub enum Refused {
+    VhostPath(String),
+    /// A vhost this node's config file declares (only the file changes it).
+    Configured(String),
+    Rights(u8),
+    UserName(String),
+    ChannelName(String),
+    /// A worker token of a shape this gateway never makes.
+    Token(String),
+    /// A user's secret that is not an argon2 hash.
+    Secret(String),
+}
+
+impl std::fmt::Display for Refused {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Refused::VhostPath(p) => write!(f, "invalid vhost path {p:?}"),
+            Refused::Configured(p) => write!(f, "vhost {p} is declared in this node's config file"),
+            Refused::Rights(bits) => write!(f, "unknown rights {bits}"),
+            Refused::UserName(n) => write!(f, "invalid user name {n:?}"),
+            Refused::ChannelName(n) => write!(f, "invalid channel name {n:?}"),
+            Refused::Token(vhost) => write!(f, "a token for {vhost} that this gateway does not make"),
+            Refused::Secret(name) => write!(f, "user {name}: a secret that is not an argon2 hash"),
+        }
+    }
+}
+
+impl std::error::Error for Refused {}
 
 /// Applies `writes` (already committed to this node's store).
 pub fn apply(wr: &WebRocket, writes: &[Write]) -> Vec<Effect> {
@@ -154,7 +173,7 @@ mod tests {
     use crate::webrocket::store::UserRecord;
 
     fn refused(w: Write) -> String {
-        check(&[w], &["/ws".to_string(), "/world".to_string()]).unwrap_err()
+        check(&[w], &["/ws".to_string(), "/world".to_string()]).unwrap_err().to_string()
     }
 
     #[test]

@@ -20,11 +20,34 @@ const QUEUE: usize = 64;
 /// Hashing threads at most (fewer on fewer cores).
 const MAX_THREADS: usize = 4;
 
-pub fn hash(secret: &str) -> Result<String, String> {
+/// Why a secret could not be hashed.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum HashError {
+    /// The hashing queue is full.
+    Busy,
+    /// The hashing pool has stopped (shutdown).
+    Stopped,
+    /// Argon2 refused the input.
+    Failed(String),
+}
+
+impl std::fmt::Display for HashError {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            HashError::Busy => f.write_str("the secret hashing queue is full; retry in a moment"),
+            HashError::Stopped => f.write_str("the secret hashing pool stopped"),
+            HashError::Failed(why) => write!(f, "cannot hash the secret: {why}"),
+        }
+    }
+}
+
+impl std::error::Error for HashError {}
+
+pub fn hash(secret: &str) -> Result<String, HashError> {
     Argon2::default()
         .hash_password(secret.as_bytes())
         .map(|h| h.to_string())
-        .map_err(|e| format!("cannot hash the secret: {e}"))
+        .map_err(|e| HashError::Failed(e.to_string()))
 }
 
 /// Whether `phc` reads as an argon2 PHC string (as `hash` makes).
@@ -42,7 +65,7 @@ pub fn verify(phc: &str, secret: &str) -> bool {
 /// A job for the pool: hash or check, answered through a oneshot.
 enum Job {
     Check { phc: String, secret: String, answer: futures_channel::oneshot::Sender<bool> },
-    Hash { secret: String, answer: futures_channel::oneshot::Sender<Result<String, String>> },
+    Hash { secret: String, answer: futures_channel::oneshot::Sender<Result<String, HashError>> },
 }
 
 /// The hashing pool's front: cheap to clone, usable from any executor.
@@ -99,13 +122,13 @@ impl Checker {
     }
 
     /// Hashes a new secret (the admin API) on the same pool.
-    pub async fn hash(&self, secret: String) -> Result<String, String> {
+    pub async fn hash(&self, secret: String) -> Result<String, HashError> {
         let (answer, result) = futures_channel::oneshot::channel();
         if self.jobs.try_send(Job::Hash { secret, answer }).is_err() {
             crate::metrics::inc(&self.busy);
-            return Err("the secret hashing queue is full; retry in a moment".into());
+            return Err(HashError::Busy);
         }
-        result.await.map_err(|_| "the secret hashing pool stopped".to_string())?
+        result.await.map_err(|_| HashError::Stopped)?
     }
 }
 

@@ -76,12 +76,52 @@ pub enum Write {
     },
 }
 
+/// Why the state store could not do what was asked; cloned to every write
+/// of a failed batch.
 #[derive(Debug, Clone)]
-pub struct StoreError(pub String);
+pub enum StoreError {
+    CreateDir {
+        dir: PathBuf,
+        reason: String,
+    },
+    /// The file could not be opened or read (`what`).
+    Open {
+        file: PathBuf,
+        what: &'static str,
+        reason: String,
+    },
+    Write {
+        file: PathBuf,
+        reason: String,
+    },
+    Thread {
+        reason: String,
+    },
+    /// This gateway keeps no state.
+    Disabled,
+    /// The writer thread ended.
+    Gone,
+}
 
 impl std::fmt::Display for StoreError {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.write_str(&self.0)
+        match self {
+            StoreError::CreateDir { dir, reason } => {
+                write!(f, "cannot create data directory {}: {reason}", dir.display())
+            }
+            StoreError::Open { file, what, reason } => write!(
+                f,
+                "state store {}: {what}: {reason} (another ringcast using the same server.data_dir, or a damaged \
+                 file: move it away to start empty)",
+                file.display()
+            ),
+            StoreError::Write { file, reason } => write!(f, "state store {}: write failed: {reason}", file.display()),
+            StoreError::Thread { reason } => write!(f, "cannot start the store thread: {reason}"),
+            StoreError::Disabled => {
+                f.write_str("no state store: set server.admin_token or declare a webrocket vhost to keep state")
+            }
+            StoreError::Gone => f.write_str("state store thread is gone"),
+        }
     }
 }
 
@@ -119,14 +159,12 @@ impl Store {
     /// names the file and what to do.
     pub fn open(dir: &Path) -> Result<(Store, Loaded), StoreError> {
         std::fs::create_dir_all(dir)
-            .map_err(|e| StoreError(format!("cannot create data directory {}: {e}", dir.display())))?;
+            .map_err(|e| StoreError::CreateDir { dir: dir.to_path_buf(), reason: e.to_string() })?;
         let file = dir.join(FILE_NAME);
-        let fail = |what: &str, e: &dyn std::fmt::Display| {
-            StoreError(format!(
-                "state store {}: {what}: {e} (another ringcast using the same server.data_dir, or a damaged file: \
-                 move it away to start empty)",
-                file.display()
-            ))
+        let fail = |what: &'static str, e: &dyn std::fmt::Display| StoreError::Open {
+            file: file.clone(),
+            what,
+            reason: e.to_string(),
         };
         let db = Database::create(&file).map_err(|e| fail("cannot open", &e))?;
         let loaded = read_all(&db).map_err(|e| fail("cannot read", &e))?;
@@ -148,8 +186,9 @@ impl Store {
                         }
                     }
                     let writes: Vec<&Write> = batch.iter().flat_map(|(w, _)| w.iter()).collect();
-                    let result = commit(&db, writes).map_err(|e| {
-                        StoreError(format!("state store {}: write failed: {e}", file_for_thread.display()))
+                    let result = commit(&db, writes).map_err(|e| StoreError::Write {
+                        file: file_for_thread.clone(),
+                        reason: e.to_string(),
                     });
                     if let Err(e) = &result {
                         tracing::error!(error = %e, "state store write failed");
@@ -159,7 +198,7 @@ impl Store {
                     }
                 }
             })
-            .map_err(|e| StoreError(format!("cannot start the store thread: {e}")))?;
+            .map_err(|e| StoreError::Thread { reason: e.to_string() })?;
         Ok((Store { jobs, file }, loaded))
     }
 
@@ -177,12 +216,8 @@ impl Store {
     /// Commits `writes` as one durable transaction; resolves once on disk.
     pub async fn apply(&self, writes: Vec<Write>) -> Result<(), StoreError> {
         let (tx, rx) = oneshot::channel();
-        self.jobs.send((writes, tx)).map_err(|_| {
-            StoreError(
-                "no state store: set server.admin_token or declare a webrocket vhost to keep state".into(),
-            )
-        })?;
-        rx.await.map_err(|_| StoreError("state store thread is gone".into()))?
+        self.jobs.send((writes, tx)).map_err(|_| StoreError::Disabled)?;
+        rx.await.map_err(|_| StoreError::Gone)?
     }
 }
 
@@ -306,6 +341,6 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         std::fs::write(dir.path().join(FILE_NAME), b"this is not a redb file, not at all").unwrap();
         let err = Store::open(dir.path()).expect_err("refuses a damaged file");
-        assert!(err.0.contains(FILE_NAME), "{err}");
+        assert!(err.to_string().contains(FILE_NAME), "{err}");
     }
 }

@@ -36,6 +36,11 @@ pub struct Workers {
     ids: AtomicU64,
 }
 
+/// No worker here took a trigger: the message, handed back (to try
+/// another node).
+#[derive(Debug)]
+pub struct NoWorker(pub String);
+
 impl Workers {
     fn pools(&self) -> std::sync::MutexGuard<'_, HashMap<Box<str>, Pool>> {
         self.pools.lock().unwrap_or_else(|e| e.into_inner())
@@ -43,10 +48,10 @@ impl Workers {
 
     /// Gives `message` to the next worker of `vhost` that has room; gives
     /// it back when none is connected or all are full.
-    pub fn assign(&self, vhost: &str, message: String) -> Result<(), String> {
+    pub fn assign(&self, vhost: &str, message: String) -> Result<(), NoWorker> {
         let mut pools = self.pools();
         let Some(pool) = pools.get_mut(vhost) else {
-            return Err(message);
+            return Err(NoWorker(message));
         };
         let mut message = message;
         for _ in 0..pool.workers.len() {
@@ -65,7 +70,7 @@ impl Workers {
                 Err(mpsc::error::TrySendError::Full(m) | mpsc::error::TrySendError::Closed(m)) => message = m,
             }
         }
-        Err(message)
+        Err(NoWorker(message))
     }
 
     /// The vhosts with at least one worker here.

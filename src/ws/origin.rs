@@ -44,20 +44,32 @@ fn split(origin: &str) -> Option<(String, String, Option<u16>)> {
     (!host.is_empty()).then(|| (scheme, host.to_ascii_lowercase(), port))
 }
 
+/// A `server.allowed_origins` entry that is not an origin pattern.
+#[derive(Debug, PartialEq, Eq)]
+pub struct BadOriginPattern(pub String);
+
+impl std::fmt::Display for BadOriginPattern {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(
+            f,
+            "{:?} is not an origin pattern: use `*`, an origin such as `https://app.example.com` (port optional) \
+             or `https://*.example.com` for its subdomains, several separated by commas",
+            self.0
+        )
+    }
+}
+
+impl std::error::Error for BadOriginPattern {}
+
 impl OriginPolicy {
     /// Parses a config value; the error says what a pattern may look like.
-    pub fn parse(value: &str) -> Result<OriginPolicy, String> {
+    pub fn parse(value: &str) -> Result<OriginPolicy, BadOriginPattern> {
         if value.trim() == "*" {
             return Ok(OriginPolicy::Any);
         }
         let mut patterns = Vec::new();
         for raw in value.split(',').map(str::trim) {
-            let bad = || {
-                format!(
-                    "{raw:?} is not an origin pattern: use `*`, an origin such as `https://app.example.com` \
-                     (port optional) or `https://*.example.com` for its subdomains, several separated by commas"
-                )
-            };
+            let bad = || BadOriginPattern(raw.to_string());
             let (scheme, host, port) = split(raw).ok_or_else(bad)?;
             let (host, subdomains) = match host.strip_prefix("*.") {
                 Some(parent) => (parent.to_string(), true),
@@ -143,7 +155,7 @@ mod tests {
             ["https://app.example.com*", "*.example.com", "*example.com", "https://a*.io", "app.io", ""]
         {
             let e = OriginPolicy::parse(bad).unwrap_err();
-            assert!(e.contains("https://*.example.com"), "{bad}: {e}");
+            assert!(e.to_string().contains("https://*.example.com"), "{bad}: {e}");
         }
     }
 }
