@@ -21,5 +21,6 @@ pub mod session;
 pub mod shard;
 pub mod snapshot;
 pub mod stats;
+pub mod tls;
 pub mod webrocket;
 pub mod ws;

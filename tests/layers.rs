@@ -32,7 +32,7 @@ const LAYERS: &[(&str, &[&str])] = &[
             "stats",
         ],
     ),
-    ("ground", &["ws", "rt", "handle", "proto"]),
+    ("ground", &["ws", "rt", "handle", "proto", "tls"]),
 ];
 
 /// Imports that still run upward (file, imported file).
