@@ -120,7 +120,11 @@ impl TlsSession {
         let mut f = Some(f);
         for _ in 0..MAX_STEPS {
             let UnbufferedStatus { discard, state } = self.conn.process_tls_records(&mut self.incoming);
-            debug_assert_eq!(discard, 0, "read leaves no complete record behind");
+            if discard > 0 {
+                // Records `read` did not take (it stopped at the peer's
+                // close): the peer is done, so is writing to it.
+                return Err(TlsError::NotReady);
+            }
             match state.map_err(TlsError::Protocol)? {
                 ConnectionState::WriteTraffic(mut traffic) => {
                     let f = f.take().expect("called once: the loop returns right after");
