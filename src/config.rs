@@ -70,6 +70,19 @@ pub struct ServerConfig {
     pub allow_unauthenticated_remote: bool,
     /// HTTP API connections open at once; more are closed on accept.
     pub api_max_connections: usize,
+    /// TLS on the public listener: every vhost is served as `wss://`.
+    pub tls: Option<TlsFiles>,
+    /// TLS on the HTTP API listener (`https://`).
+    pub api_tls: Option<TlsFiles>,
+}
+
+/// A PEM certificate chain (leaf first) and its private key; read at
+/// start and again on SIGHUP. Relative paths start at the working directory.
+#[derive(Debug, Clone, Deserialize, PartialEq, Eq)]
+#[serde(deny_unknown_fields)]
+pub struct TlsFiles {
+    pub cert: std::path::PathBuf,
+    pub key: std::path::PathBuf,
 }
 
 #[derive(Debug, Clone, Deserialize)]
@@ -385,6 +398,8 @@ impl Default for ServerConfig {
             api_token: None,
             allow_unauthenticated_remote: false,
             api_max_connections: 1024,
+            tls: None,
+            api_tls: None,
         }
     }
 }

@@ -64,10 +64,12 @@ pub enum Refusal {
     ShuttingDown,
     /// The peer left or the socket failed before the upgrade completed.
     PeerGone,
+    /// The TLS handshake failed (no ClientHello, no common protocol, a bad record).
+    Tls,
 }
 
 impl Refusal {
-    pub const ALL: [Refusal; 10] = [
+    pub const ALL: [Refusal; 11] = [
         Refusal::MaxConnections,
         Refusal::BadRequest,
         Refusal::NotFound,
@@ -78,6 +80,7 @@ impl Refusal {
         Refusal::BackendError,
         Refusal::ShuttingDown,
         Refusal::PeerGone,
+        Refusal::Tls,
     ];
 
     pub fn name(self) -> &'static str {
@@ -92,6 +95,7 @@ impl Refusal {
             Refusal::BackendError => "backend_error",
             Refusal::ShuttingDown => "shutting_down",
             Refusal::PeerGone => "peer_gone",
+            Refusal::Tls => "tls",
         }
     }
 }

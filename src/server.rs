@@ -37,6 +37,8 @@ pub enum StartError {
     Broker(crate::broker::transport::TransportError),
     /// The WebRocket store could not be opened or written.
     Store(crate::webrocket::store::StoreError),
+    /// A TLS certificate or key (`[server.tls]`, `[server.api_tls]`) is unusable.
+    Tls { what: &'static str, source: crate::tls::TlsError },
 }
 
 impl std::fmt::Display for StartError {
@@ -51,6 +53,7 @@ impl std::fmt::Display for StartError {
             ),
             StartError::Broker(e) => write!(f, "{e}"),
             StartError::Store(e) => write!(f, "{e}"),
+            StartError::Tls { what, source } => write!(f, "{what}: {source}"),
         }
     }
 }
@@ -81,6 +84,15 @@ pub fn run(config: Config) -> Result<(), StartError> {
     let config = Arc::new(config);
     let shards = config.shard_count();
     let server = &config.server;
+    let load_certs = |what: &'static str, files: &Option<crate::config::TlsFiles>| {
+        files
+            .as_ref()
+            .map(|f| crate::tls::CertStore::load(f.cert.clone(), f.key.clone()))
+            .transpose()
+            .map_err(|source| StartError::Tls { what, source })
+    };
+    let ws_tls = load_certs("server.tls", &server.tls)?;
+    let api_tls = load_certs("server.api_tls", &server.api_tls)?;
 
     // Shard 0's socket picks the port (it may be 0); the others join it.
     let first = reuseport_listener(server.listen, server.backlog)
@@ -148,6 +160,7 @@ pub fn run(config: Config) -> Result<(), StartError> {
             peers: peers_slot.clone(),
             interest: interest_tx.clone(),
             stats: shard_stats[id].clone(),
+            tls: ws_tls.clone(),
         };
         let cpu = (!cores.is_empty()).then(|| cores[id % cores.len()].id);
         let ready = ready_tx.clone();
@@ -238,10 +251,11 @@ pub fn run(config: Config) -> Result<(), StartError> {
         .name("integration".into())
         .spawn({
             let hook_metrics = hook_metrics.clone();
+            let api_tls = api_tls.clone();
             move || {
                 integration_thread(
                     runtime,
-                    api_listener,
+                    (api_listener, api_tls),
                     rpc_listener,
                     api_ctx,
                     rpc_ctx,
@@ -254,12 +268,19 @@ pub fn run(config: Config) -> Result<(), StartError> {
 
     let vhosts: Vec<String> = config.vhosts.iter().map(|v| format!("{}({})", v.path, v.dialect)).collect();
     info!(
-        "ringcast listening: websocket={ws_addr} api={api_addr} rpc={rpc_addr} shards={shards} broker={} vhosts={}",
+        "ringcast listening: websocket={ws_addr} api={api_addr} rpc={rpc_addr} shards={shards} broker={} vhosts={} tls={}",
         config.broker,
-        vhosts.join(",")
+        vhosts.join(","),
+        match (&ws_tls, &api_tls) {
+            (None, None) => "off",
+            (Some(_), None) => "websocket",
+            (None, Some(_)) => "api",
+            (Some(_), Some(_)) => "websocket,api",
+        }
     );
 
-    wait_for_signal()?;
+    let certs: Vec<_> = [&ws_tls, &api_tls].into_iter().flatten().cloned().collect();
+    wait_for_signal(&certs)?;
     info!(timeout_ms = config.server.shutdown_timeout_ms, "shutting down: closing connections with 1001");
     // One deadline for the whole shutdown: shards drain within it, and the
     // close notifications they queued go out within what is left of it.
@@ -288,7 +309,7 @@ pub fn run(config: Config) -> Result<(), StartError> {
 
 fn integration_thread(
     runtime: tokio::runtime::Runtime,
-    api_listener: std::net::TcpListener,
+    (api_listener, api_tls): (std::net::TcpListener, Option<Arc<crate::tls::CertStore>>),
     rpc_listener: std::net::TcpListener,
     api_ctx: Arc<ApiContext>,
     rpc_ctx: Arc<RpcContext>,
@@ -314,7 +335,7 @@ fn integration_thread(
             }
         };
         tokio::join!(
-            api::serve(api, api_ctx),
+            api::serve(api, api_ctx, api_tls),
             rpc_server::serve(rpc, rpc_ctx),
             hooks::run(hook_receiver, hook_metrics)
         );
@@ -400,14 +421,32 @@ fn open_webrocket(config: &Config, runtime: tokio::runtime::Handle) -> Result<Ar
     Ok(WebRocket::new(directory, runtime))
 }
 
-/// Blocks until SIGINT or SIGTERM. A second signal exits at once.
-fn wait_for_signal() -> Result<(), StartError> {
-    use signal_hook::consts::{SIGINT, SIGTERM};
-    let mut signals = signal_hook::iterator::Signals::new([SIGINT, SIGTERM])
+/// Blocks until SIGINT or SIGTERM; SIGHUP meanwhile reloads the TLS
+/// certificates for new handshakes. A second SIGINT/SIGTERM exits at once.
+fn wait_for_signal(certs: &[Arc<crate::tls::CertStore>]) -> Result<(), StartError> {
+    use signal_hook::consts::{SIGHUP, SIGINT, SIGTERM};
+    let mut signals = signal_hook::iterator::Signals::new([SIGINT, SIGTERM, SIGHUP])
         .map_err(|e| StartError::Thread { what: "signal handlers".into(), source: Box::new(e) })?;
-    signals.forever().next();
+    for signal in signals.forever() {
+        if signal != SIGHUP {
+            break;
+        }
+        if certs.is_empty() {
+            info!("SIGHUP: no TLS certificate to reload");
+        }
+        for store in certs {
+            match store.reload() {
+                Ok(()) => {
+                    info!(cert = %store.cert_file().display(), "SIGHUP: TLS certificate reloaded for new connections")
+                }
+                Err(e) => {
+                    error!(cert = %store.cert_file().display(), error = %e, "SIGHUP: TLS reload failed; still serving the previous certificate")
+                }
+            }
+        }
+    }
     std::thread::spawn(move || {
-        if signals.forever().next().is_some() {
+        if signals.forever().any(|signal| signal != SIGHUP) {
             eprintln!("second signal: exiting without waiting for connections to close");
             std::process::exit(130);
         }

@@ -29,7 +29,9 @@ use crate::rpc::proto;
 pub use context::ApiContext;
 use http::{bearer, error, json, read_body, read_body_within, text, token_eq, Reply};
 
-pub async fn serve(listener: TcpListener, ctx: Arc<ApiContext>) {
+/// Serves the API on `listener`; with `tls`, as https (each connection's
+/// TLS handshake must end within `server.api_request_timeout_ms`).
+pub async fn serve(listener: TcpListener, ctx: Arc<ApiContext>, tls: Option<Arc<crate::tls::CertStore>>) {
     let slots = Arc::new(tokio::sync::Semaphore::new(ctx.telemetry.config.server.api_max_connections));
     loop {
         let (stream, peer) = match listener.accept().await {
@@ -48,24 +50,42 @@ pub async fn serve(listener: TcpListener, ctx: Arc<ApiContext>) {
             continue;
         };
         let ctx = ctx.clone();
-        let ctx_timeout = ctx.request_timeout;
+        let tls = tls.as_ref().map(|certs| tokio_rustls::TlsAcceptor::from(certs.current()));
         tokio::spawn(async move {
-            let service = hyper::service::service_fn(move |req| {
-                let ctx = ctx.clone();
-                async move { Ok::<_, Infallible>(route_streaming(req, ctx).await) }
-            });
-            // Without a timer hyper silently skips its header-read timeout.
-            if let Err(e) = hyper::server::conn::http1::Builder::new()
-                .timer(TokioTimer::new())
-                .header_read_timeout(ctx_timeout)
-                .serve_connection(TokioIo::new(stream), service)
-                .with_upgrades()
-                .await
-            {
-                debug!(%peer, error = %e, "api connection ended");
+            match tls {
+                None => serve_connection(stream, ctx, peer).await,
+                Some(acceptor) => {
+                    match tokio::time::timeout(ctx.request_timeout, acceptor.accept(stream)).await {
+                        Ok(Ok(stream)) => serve_connection(stream, ctx, peer).await,
+                        Ok(Err(e)) => debug!(%peer, error = %e, "api TLS handshake failed"),
+                        Err(_) => debug!(%peer, "api TLS handshake timed out"),
+                    }
+                }
             }
             drop(slot);
         });
+    }
+}
+
+/// One API connection over `io` (a socket, or TLS over it).
+async fn serve_connection<IO>(io: IO, ctx: Arc<ApiContext>, peer: std::net::SocketAddr)
+where
+    IO: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send + 'static,
+{
+    let timeout = ctx.request_timeout;
+    let service = hyper::service::service_fn(move |req| {
+        let ctx = ctx.clone();
+        async move { Ok::<_, Infallible>(route_streaming(req, ctx).await) }
+    });
+    // Without a timer hyper silently skips its header-read timeout.
+    if let Err(e) = hyper::server::conn::http1::Builder::new()
+        .timer(TokioTimer::new())
+        .header_read_timeout(timeout)
+        .serve_connection(TokioIo::new(io), service)
+        .with_upgrades()
+        .await
+    {
+        debug!(%peer, error = %e, "api connection ended");
     }
 }
 

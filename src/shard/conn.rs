@@ -43,6 +43,18 @@ pub struct ConnState {
     /// The publication followed for latency this connection carries
     /// (`stats::ProbeMark`; 0: none).
     pub(crate) probe: crate::stats::ProbeMark,
+    /// `[server.tls]`: the connection's record layer (`tls_io.rs` drives it).
+    pub(super) tls: Option<Box<TlsLink>>,
+}
+
+/// A TLS connection's record state and the ciphertext its socket did not
+/// take yet (empty and unallocated while the socket keeps up).
+#[derive(Debug)]
+pub(super) struct TlsLink {
+    pub session: Box<crate::tls::TlsSession>,
+    pub unsent: Vec<u8>,
+    /// Our close_notify is queued.
+    pub closed: bool,
 }
 
 impl ConnState {

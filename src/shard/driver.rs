@@ -23,6 +23,7 @@ use super::conn::{ConnRef, ConnState};
 use super::effects;
 use super::ring::{Completion, Readiness, Token};
 use super::state::Shard;
+use super::tls_io;
 use super::work;
 use crate::handle::Owner;
 use crate::metrics;
@@ -264,9 +265,19 @@ fn write(
         return finish(shard, conn);
     }
     if st.session.is_closing() && st.session.queue.is_empty() && !st.write_shut {
-        // Our Close is out: FIN, then wait for the peer's end.
-        rt::shutdown_write(fd);
-        st.write_shut = true;
+        // Our Close is out: with TLS close_notify follows it.
+        if tls_io::close_notify(&mut st) {
+            if let Err(e) = flush(shard, &mut st, fd, out) {
+                tracing::debug!(error = %e, "connection write failed");
+                drop(st);
+                return finish(shard, conn);
+            }
+        }
+        if tls_io::unsent(&st) == 0 {
+            // FIN, then wait for the peer's end.
+            rt::shutdown_write(fd);
+            st.write_shut = true;
+        }
     }
     if (st.readable || st.session.can_resume()) && !st.read_listed {
         st.read_listed = true;
@@ -277,6 +288,9 @@ fn write(
 /// Writes as much of the queue as the socket takes (a few `sendmsg`s at
 /// most); arms an output poll when the socket is full. Err: it failed.
 fn flush(shard: &Shard, st: &mut ConnState, fd: BorrowedFd<'_>, out: &mut Written) -> io::Result<()> {
+    if st.tls.is_some() {
+        return flush_tls(shard, st, fd, out);
+    }
     if st.session.queue.is_empty() {
         return Ok(());
     }
@@ -294,13 +308,7 @@ fn flush(shard: &Shard, st: &mut ConnState, fd: BorrowedFd<'_>, out: &mut Writte
         };
         let written = match result {
             Err(e) if e.kind() == io::ErrorKind::WouldBlock => {
-                if !st.output_armed {
-                    st.output_armed = true;
-                    shard
-                        .ring
-                        .borrow_mut()
-                        .watch_output(fd.as_raw_fd(), Token::new(st.owner.key, st.owner.id));
-                }
+                arm_output(shard, st, fd);
                 return Ok(());
             }
             Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
@@ -318,6 +326,75 @@ fn flush(shard: &Shard, st: &mut ConnState, fd: BorrowedFd<'_>, out: &mut Writte
         st.wake();
     }
     Ok(())
+}
+
+/// The socket is full: its output poll marks the connection again.
+fn arm_output(shard: &Shard, st: &mut ConnState, fd: BorrowedFd<'_>) {
+    if !st.output_armed {
+        st.output_armed = true;
+        shard.ring.borrow_mut().watch_output(fd.as_raw_fd(), Token::new(st.owner.key, st.owner.id));
+    }
+}
+
+/// `flush` for a TLS connection: first the ciphertext the socket did not
+/// take last time, then the queue's front encrypted into the shard's
+/// scratch and sent from there; what the socket leaves is kept.
+fn flush_tls(shard: &Shard, st: &mut ConnState, fd: BorrowedFd<'_>, out: &mut Written) -> io::Result<()> {
+    if st.session.queue.is_empty() && tls_io::unsent(st) == 0 {
+        return Ok(());
+    }
+    shard.recorder.borrow_mut().queue_depth(st.session.queue.queued_bytes());
+    let mut scratch = shard.tls_scratch.borrow_mut();
+    for _ in 0..SENDS_PER_PASS {
+        let link = st.tls.as_mut().expect("a TLS connection");
+        if !link.unsent.is_empty() {
+            match send_all_or_would_block(fd, &link.unsent)? {
+                Some(n) if n == link.unsent.len() => link.unsent = Vec::new(),
+                Some(n) => {
+                    link.unsent.drain(..n);
+                    arm_output(shard, st, fd);
+                    return Ok(());
+                }
+                None => {
+                    arm_output(shard, st, fd);
+                    return Ok(());
+                }
+            }
+            continue;
+        }
+        if st.session.queue.is_empty() {
+            return Ok(());
+        }
+        let sealed = tls_io::seal(st, &mut scratch).map_err(io::Error::other)?;
+        let frames = st.session.queue.advance(sealed);
+        shard.frames_gone(st, frames);
+        out.bytes += scratch.ciphertext.len() as u64;
+        out.frames += frames as u64;
+        let sent = send_all_or_would_block(fd, &scratch.ciphertext)?.unwrap_or(0);
+        if sent < scratch.ciphertext.len() {
+            let link = st.tls.as_mut().expect("a TLS connection");
+            link.unsent = scratch.ciphertext[sent..].to_vec();
+            arm_output(shard, st, fd);
+            return Ok(());
+        }
+    }
+    if !st.session.queue.is_empty() {
+        st.wake();
+    }
+    Ok(())
+}
+
+/// One `send`: Some(bytes taken), None if the socket is full.
+fn send_all_or_would_block(fd: BorrowedFd<'_>, bytes: &[u8]) -> io::Result<Option<usize>> {
+    loop {
+        return match rt::send(fd, bytes) {
+            Err(e) if e.kind() == io::ErrorKind::WouldBlock => Ok(None),
+            Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
+            Err(e) => Err(e),
+            Ok(0) => Err(io::ErrorKind::WriteZero.into()),
+            Ok(n) => Ok(Some(n)),
+        };
+    }
 }
 
 /// A readable connection's turn: reads until the socket is empty, input is
@@ -368,10 +445,18 @@ fn read(shard: &Rc<Shard>, conn: &ConnRef, readers: &mut std::collections::VecDe
             }
             Ok(n) => {
                 metrics::add(&shard.metrics.bytes_in, n as u64);
-                {
-                    conn.borrow_mut().session.heard(shard.now_ms());
-                }
-                if !closing {
+                let tls = {
+                    let mut st = conn.borrow_mut();
+                    st.session.heard(shard.now_ms());
+                    st.tls.is_some()
+                };
+                if tls {
+                    let peer_closed = read_tls(shard, conn, &mut buf[..n], closing);
+                    if peer_closed {
+                        drop(buf);
+                        return finish(shard, conn);
+                    }
+                } else if !closing {
                     effects::on_bytes(shard, conn, &mut buf[..n]);
                 }
             }
@@ -383,6 +468,34 @@ fn read(shard: &Rc<Shard>, conn: &ConnRef, readers: &mut std::collections::VecDe
         st.read_listed = true;
         readers.push_back(st.owner);
     }
+}
+
+/// Decrypts what a TLS connection sent and feeds it to the session (unless
+/// it is closing); true if the connection is over: the peer sent
+/// close_notify, or broke TLS (its alert is sent first, once).
+fn read_tls(shard: &Rc<Shard>, conn: &ConnRef, ciphertext: &mut [u8], closing: bool) -> bool {
+    // Out of its cell while the session runs: nothing the session does can
+    // reach the scratch then.
+    let mut scratch = std::mem::take(&mut *shard.tls_scratch.borrow_mut());
+    let opened = tls_io::open(&mut conn.borrow_mut(), ciphertext, &mut scratch);
+    let over = match opened {
+        Ok(progress) => {
+            if !closing && !scratch.plaintext.is_empty() {
+                effects::on_bytes(shard, conn, &mut scratch.plaintext);
+            }
+            progress.peer_closed
+        }
+        Err(e) => {
+            tracing::debug!(error = %e, "TLS connection failed");
+            let st = conn.borrow();
+            if let (Some(fd), Some(link)) = (&st.fd, &st.tls) {
+                let _ = rt::send(fd.as_fd(), &link.unsent);
+            }
+            true
+        }
+    };
+    *shard.tls_scratch.borrow_mut() = scratch;
+    over
 }
 
 /// Closes the socket (its polls removed first), unregisters the connection

@@ -1,5 +1,6 @@
 //! The upgrade handshake of an accepted connection, as a short-lived task:
-//! the request read within the handshake timeout, routing to a vhost, the
+//! with TLS the TLS handshake first (`wire.rs`), the request read within
+//! the handshake timeout, routing to a vhost, the
 //! origin check, the backend's connect hook, then registration, the 101
 //! and the hand-over of the socket to the shard's driver.
 
@@ -10,12 +11,13 @@ use std::sync::atomic::Ordering;
 use std::sync::Arc;
 use std::time::Duration;
 
-use futures_lite::{AsyncReadExt, AsyncWriteExt};
+use futures_lite::AsyncWriteExt;
 use hyper::header::{HeaderName, HeaderValue};
 
 use super::conn::ConnState;
 use super::effects;
 use super::state::Shard;
+use super::wire::{Wire, WireError};
 use crate::clients::Claim;
 use crate::config::{DuplicateClient, VhostConfig};
 use crate::dialect::{proxy, Dialect};
@@ -25,14 +27,24 @@ use crate::rt::{self, TcpStream};
 use crate::session::{Kind, Session};
 use crate::ws::handshake::{self, http_response, HttpError, MAX_REQUEST_HEAD};
 
-/// Answers a connection over `max_connections` with 503 and closes it.
-pub async fn refuse(mut stream: TcpStream) {
+/// Answers a connection over `max_connections` with 503 and closes it
+/// (with TLS it is closed without an answer: a handshake would cost what
+/// the limit is there to save).
+pub async fn refuse(shard: Rc<Shard>, mut stream: TcpStream) {
+    if shard.tls.is_some() {
+        return;
+    }
     let resp = HttpError::new(503, "server at max_connections").response();
-    write_with_timeout(&mut stream, &resp).await;
+    let _ = futures_lite::future::or(async { stream.write_all(&resp).await }, async {
+        rt::sleep(Duration::from_secs(1)).await;
+        Ok(())
+    })
+    .await;
 }
 
-async fn write_with_timeout(stream: &mut TcpStream, bytes: &[u8]) {
-    let _ = futures_lite::future::or(async { stream.write_all(bytes).await }, async {
+/// Writes a refusal, giving up after a second.
+async fn refuse_with_timeout(wire: &mut Wire, response: &[u8]) {
+    let _ = futures_lite::future::or(wire.write_refusal(response), async {
         rt::sleep(Duration::from_secs(1)).await;
         Ok(())
     })
@@ -61,14 +73,24 @@ pub async fn serve(shard: Rc<Shard>, stream: TcpStream) {
 
 /// Handshake, connect hook, registration, the 101, the hand-over; true if
 /// the driver has the connection now.
-async fn open(shard: Rc<Shard>, mut stream: TcpStream) -> bool {
+async fn open(shard: Rc<Shard>, stream: TcpStream) -> bool {
     rt::set_nodelay(&stream);
     if shard.config.server.send_buffer > 0 {
         rt::set_send_buffer(&stream, shard.config.server.send_buffer);
     }
     let peer = stream.peer_addr().ok();
+    let mut wire = match &shard.tls {
+        None => Wire::plain(stream),
+        Some(certs) => match crate::tls::TlsSession::new(certs.current()) {
+            Ok(session) => Wire::tls(stream, session),
+            Err(e) => {
+                tracing::error!(error = %e, "cannot start a TLS session; connection dropped");
+                return false;
+            }
+        },
+    };
     let Some(Accepted { vhost, wr, upgrade, client, rest: mut leftover }) =
-        upgrade(&shard, &mut stream, peer).await
+        upgrade(&shard, &mut wire, peer).await
     else {
         return false;
     };
@@ -109,15 +131,14 @@ async fn open(shard: Rc<Shard>, mut stream: TcpStream) -> bool {
                     _ => (Refusal::ShuttingDown, HttpError::new(503, "gateway shutting down")),
                 };
                 shard.metrics.refuse(refusal);
-                write_with_timeout(&mut stream, &e.response()).await;
+                refuse_with_timeout(&mut wire, &e.response()).await;
                 return false;
             }
         }
     }
-    let taken = match stream.write_all(&upgrade.response()).await {
-        Ok(()) => rt::take_socket(&stream),
-        Err(e) => Err(e),
-    };
+    let written = wire.write_all(&upgrade.response()).await;
+    let (stream, tls, plaintext) = wire.into_parts();
+    let taken = written.and_then(|()| rt::take_socket(&stream));
     let fd = match taken {
         Ok(fd) => fd,
         Err(e) => {
@@ -140,8 +161,11 @@ async fn open(shard: Rc<Shard>, mut stream: TcpStream) -> bool {
     {
         let mut st = state.borrow_mut();
         st.fd = Some(fd);
+        st.tls =
+            tls.map(|session| Box::new(super::conn::TlsLink { session, unsent: Vec::new(), closed: false }));
         super::driver::adopt(&shard, &mut st);
     }
+    leftover.extend_from_slice(&plaintext);
     if !leftover.is_empty() {
         effects::on_bytes(&shard, &state, &mut leftover);
     }
@@ -164,6 +188,21 @@ enum HandshakeEnd {
     Refused(Vec<u8>, Refusal),
     /// The peer went away or the socket failed: nobody to answer.
     Gone,
+    /// The TLS handshake failed (the alert went out).
+    Tls(crate::tls::TlsError),
+}
+
+impl From<WireError> for HandshakeEnd {
+    fn from(e: WireError) -> Self {
+        match e {
+            WireError::Gone => HandshakeEnd::Gone,
+            WireError::Tls(e) => HandshakeEnd::Tls(e),
+            WireError::PlainHttp => {
+                HttpError::new(400, "this port speaks TLS: connect with wss:// (or https://), not ws://")
+                    .into()
+            }
+        }
+    }
 }
 
 impl From<HttpError> for HandshakeEnd {
@@ -180,10 +219,10 @@ impl From<HttpError> for HandshakeEnd {
 
 /// Reads the upgrade request within the handshake timeout and asks the
 /// backend's connect hook; answers refusals itself.
-async fn upgrade(shard: &Shard, stream: &mut TcpStream, peer: Option<SocketAddr>) -> Option<Accepted> {
+async fn upgrade(shard: &Shard, wire: &mut Wire, peer: Option<SocketAddr>) -> Option<Accepted> {
     let timeout = Duration::from_millis(shard.config.limits.handshake_timeout_ms);
     let deadline = std::time::Instant::now() + timeout;
-    let read = futures_lite::future::or(read_upgrade(shard, stream), async {
+    let read = futures_lite::future::or(read_upgrade(shard, wire), async {
         rt::sleep(timeout).await;
         Err(HttpError::new(408, "handshake timeout").into())
     })
@@ -212,26 +251,32 @@ async fn upgrade(shard: &Shard, stream: &mut TcpStream, peer: Option<SocketAddr>
                     let status =
                         String::from_utf8_lossy(resp.split(|&b| b == b'\r').next().unwrap_or_default());
                     tracing::debug!(shard = shard.id, ?peer, %status, reason = why.name(), "upgrade refused");
-                    write_with_timeout(stream, &resp).await;
+                    refuse_with_timeout(wire, &resp).await;
                 }
                 HandshakeEnd::Gone => shard.metrics.refuse(Refusal::PeerGone),
+                HandshakeEnd::Tls(e) => {
+                    shard.metrics.refuse(Refusal::Tls);
+                    tracing::debug!(shard = shard.id, ?peer, error = %e, "TLS handshake failed");
+                }
             }
             None
         }
     }
 }
 
-async fn read_upgrade(shard: &Shard, stream: &mut TcpStream) -> Result<Accepted, HandshakeEnd> {
+async fn read_upgrade(shard: &Shard, wire: &mut Wire) -> Result<Accepted, HandshakeEnd> {
     let mut buf = Vec::with_capacity(1024);
     loop {
         let filled = buf.len();
         buf.resize((filled + 1024).min(MAX_REQUEST_HEAD + 1), 0);
-        let n = stream.read(&mut buf[filled..]).await.map_err(|_| HandshakeEnd::Gone)?;
+        let mut raw = 0;
+        let read = wire.read(&mut buf[filled..], &mut raw).await;
+        metrics::add(&shard.metrics.bytes_in, raw);
+        let n = read?;
         buf.truncate(filled + n);
         if n == 0 {
             return Err(HandshakeEnd::Gone);
         }
-        metrics::add(&shard.metrics.bytes_in, n as u64);
         let Some((upgrade, used)) = handshake::parse(&buf)? else {
             continue;
         };

@@ -4,7 +4,7 @@
 //!
 //! This file starts a shard and runs its inbox and accept loops; the
 //! files below it, each with one job, import only files further down:
-//! handshake → driver → effects → webrocket, delivery, timers → state →
+//! handshake → wire, driver → effects → webrocket, delivery, timers → state →
 //! conn, subscriptions, hook_calls, work, topics, ring, stall.
 
 pub mod conn;
@@ -18,8 +18,10 @@ mod stall;
 mod state;
 mod subscriptions;
 mod timers;
+mod tls_io;
 pub mod topics;
 mod webrocket;
+mod wire;
 mod work;
 
 use std::future::poll_fn;
@@ -156,7 +158,7 @@ async fn accept_loop(shard: Rc<Shard>, listener: rt::TcpListener) {
                     shard.open_connections.fetch_sub(1, Ordering::Relaxed);
                     metrics::inc(&shard.metrics.connections_refused);
                     shard.metrics.refuse(metrics::Refusal::MaxConnections);
-                    rt::spawn(handshake::refuse(stream));
+                    rt::spawn(handshake::refuse(shard.clone(), stream));
                 } else {
                     rt::spawn(handshake::serve(shard.clone(), stream));
                 }

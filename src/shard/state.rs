@@ -58,6 +58,8 @@ pub struct ShardSetup {
     pub interest: Option<InterestSender>,
     /// Where the shard publishes its measurements once a second.
     pub stats: Arc<ShardStats>,
+    /// `[server.tls]`: the certificate new handshakes get.
+    pub tls: Option<Arc<crate::tls::CertStore>>,
 }
 
 pub struct Shard {
@@ -98,6 +100,18 @@ pub struct Shard {
     pub(super) ring: RefCell<ring::Ring>,
     /// Set once the shard drained: the driver ends.
     pub(super) driver_stopping: Cell<bool>,
+    /// `[server.tls]`: the certificate new handshakes get.
+    pub(super) tls: Option<Arc<crate::tls::CertStore>>,
+    /// Scratch for TLS: what a read decrypted, what a flush encrypts.
+    pub(super) tls_scratch: RefCell<TlsScratch>,
+}
+
+/// The shard's TLS buffers, shared by its connections: between records a
+/// connection holds none of its own.
+#[derive(Default)]
+pub(super) struct TlsScratch {
+    pub plaintext: Vec<u8>,
+    pub ciphertext: Vec<u8>,
 }
 
 impl Shard {
@@ -147,6 +161,8 @@ impl Shard {
             last_warning_ms: Cell::new(None),
             ring: RefCell::new(ring),
             driver_stopping: Cell::new(false),
+            tls: setup.tls,
+            tls_scratch: RefCell::default(),
         });
         (shard, setup.inbox, setup.listener)
     }

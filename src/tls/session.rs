@@ -21,6 +21,8 @@ use super::error::TlsError;
 const MAX_STEPS: usize = 10_000;
 /// First guess at the room one encoded record needs beyond its payload.
 const RECORD_OVERHEAD: usize = 64;
+/// Plaintext per record (TLS's maximum): a write of more makes several.
+const MAX_FRAGMENT: usize = 16 * 1024;
 
 pub struct TlsSession {
     conn: UnbufferedServerConnection,
@@ -28,6 +30,16 @@ pub struct TlsSession {
     incoming: Vec<u8>,
     established: bool,
     peer_closed: bool,
+}
+
+impl std::fmt::Debug for TlsSession {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("TlsSession")
+            .field("established", &self.established)
+            .field("peer_closed", &self.peer_closed)
+            .field("held", &self.incoming.len())
+            .finish()
+    }
 }
 
 /// What a `read` changed.
@@ -89,7 +101,8 @@ impl TlsSession {
     /// Encrypts `data` into application records appended to `outgoing`.
     pub fn write(&mut self, data: &[u8], outgoing: &mut Vec<u8>) -> Result<(), TlsError> {
         self.with_write_traffic(outgoing, |traffic, outgoing| {
-            append(outgoing, data.len() + RECORD_OVERHEAD, |out| {
+            let records = data.len() / MAX_FRAGMENT + 1;
+            append(outgoing, data.len() + records * RECORD_OVERHEAD, |out| {
                 traffic.encrypt(data, out).map_err(encrypt_error)
             })
         })

@@ -14,6 +14,7 @@ use tungstenite::{Message, WebSocket};
 
 pub mod backend;
 pub mod browser;
+pub mod tls;
 
 pub type Ws = WebSocket<MaybeTlsStream<TcpStream>>;
 
@@ -221,7 +222,7 @@ pub fn try_connect(
 }
 
 /// The next text message (answering pings on the way); panics on timeout.
-pub fn recv_text(ws: &mut Ws) -> String {
+pub fn recv_text<S: Read + Write>(ws: &mut WebSocket<S>) -> String {
     loop {
         match ws.read().expect("read a message") {
             Message::Text(t) => return t.to_string(),
@@ -248,12 +249,12 @@ pub fn set_timeout(ws: &mut Ws, t: Duration) {
     }
 }
 
-pub fn send_text(ws: &mut Ws, text: &str) {
+pub fn send_text<S: Read + Write>(ws: &mut WebSocket<S>, text: &str) {
     ws.send(Message::text(text)).unwrap();
 }
 
 /// Joins `topics` and asserts the `@join` reply.
-pub fn join(ws: &mut Ws, topics: &[&str]) {
+pub fn join<S: Read + Write>(ws: &mut WebSocket<S>, topics: &[&str]) {
     let cmd = serde_json::json!({"command": "join", "topics": topics}).to_string();
     send_text(ws, &cmd);
     let reply = recv_text(ws);

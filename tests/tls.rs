@@ -1,0 +1,194 @@
+//! wss:// and https:// through the real binary: a test CA made at test
+//! time, real rustls clients, the attacks a TLS port meets.
+
+mod common;
+
+use std::io::{Read, Write};
+use std::net::TcpStream;
+use std::time::{Duration, Instant};
+
+use common::tls::{https_request, presented, tls_connect, wss_connect, TestCa};
+use common::*;
+
+/// A roadrunner vhost at /ws served over TLS with a leaf of `ca`.
+fn tls_server(ca: &TestCa, dir: &std::path::Path, extra: &str) -> Server {
+    let files = ca.leaf().write(dir);
+    Server::start(&roadrunner_config(&format!("{extra}\n[server.tls]\n{files}")), 1)
+}
+
+#[test]
+fn wss_join_and_delivery_small_and_large() {
+    let ca = TestCa::new();
+    let dir = tempfile::tempdir().unwrap();
+    let leaf = ca.leaf();
+    let files = leaf.write(dir.path());
+    let s = Server::start(&roadrunner_config(&format!("[server.tls]\n{files}")), 1);
+    let config = ca.client_config();
+    assert_eq!(presented(&tls_connect(s.ws, &config).unwrap()), leaf.der, "the configured certificate");
+
+    let mut ws = wss_connect(s.ws, "/ws", &config).expect("wss handshake");
+    join(&mut ws, &["t"]);
+    assert_eq!(s.publish_json(r#"{"topics":["t"],"payload":"hello"}"#).0, 200);
+    assert_eq!(recv_text(&mut ws), r#"{"topic":"t","payload":"hello"}"#);
+    // Frames over one TLS record (16 KiB), several queued at once: the
+    // socket takes them in pieces, nothing is lost or reordered.
+    for i in 0..4 {
+        let payload = format!("{i}{}", "x".repeat(200_000));
+        let body = serde_json::json!({"topics": ["t"], "payload": payload}).to_string();
+        assert_eq!(s.publish_json(&body).0, 200);
+    }
+    for i in 0..4 {
+        let m: serde_json::Value = serde_json::from_str(&recv_text(&mut ws)).unwrap();
+        let payload = m["payload"].as_str().unwrap();
+        assert_eq!((payload.len(), &payload[..1]), (200_001, i.to_string().as_str()));
+    }
+    // Commands round-trip over TLS too (leave is answered).
+    send_text(&mut ws, r#"{"command":"leave","topics":["t"]}"#);
+    assert_eq!(recv_text(&mut ws), r#"{"topic":"@leave","payload":["t"]}"#);
+    ws.close(None).unwrap();
+    loop {
+        match ws.read() {
+            Ok(_) => continue,
+            Err(tungstenite::Error::ConnectionClosed) => break,
+            Err(e) => panic!("a clean close expected: {e}"),
+        }
+    }
+}
+
+#[test]
+fn plain_http_on_the_tls_port_is_told_to_use_tls() {
+    let ca = TestCa::new();
+    let dir = tempfile::tempdir().unwrap();
+    let s = tls_server(&ca, dir.path(), "");
+    let out = raw_exchange(s.ws, upgrade_request("/ws").as_bytes(), Duration::from_secs(5));
+    let text = String::from_utf8_lossy(&out);
+    assert!(text.starts_with("HTTP/1.1 400 "), "{text}");
+    assert!(text.contains("wss://"), "{text}");
+    assert!(matches!(try_connect(s.ws, "/ws", &[]), Err(tungstenite::Error::Http(_))));
+}
+
+/// A real ClientHello, cut short.
+fn half_a_client_hello(ca: &TestCa) -> Vec<u8> {
+    let mut conn =
+        rustls::ClientConnection::new(ca.client_config(), "localhost".try_into().unwrap()).unwrap();
+    let mut hello = Vec::new();
+    conn.write_tls(&mut hello).unwrap();
+    hello.truncate(hello.len() / 2);
+    hello
+}
+
+/// Sends `bytes` and waits for the server to close; how long it took.
+fn closed_after(addr: std::net::SocketAddr, bytes: &[u8]) -> Duration {
+    let started = Instant::now();
+    let mut c = TcpStream::connect(addr).unwrap();
+    c.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
+    c.write_all(bytes).unwrap();
+    let mut sink = Vec::new();
+    // The end: EOF after an alert, or a reset.
+    let _ = c.read_to_end(&mut sink);
+    started.elapsed()
+}
+
+#[test]
+fn garbage_or_a_stalled_handshake_is_closed_within_the_handshake_timeout() {
+    let ca = TestCa::new();
+    let dir = tempfile::tempdir().unwrap();
+    let s = tls_server(&ca, dir.path(), "[limits]\nhandshake_timeout_ms = 500");
+    let refused = |reason: &str| {
+        let text = http_get(&s.url("/metrics")).1;
+        let series = format!("ringcast_handshakes_refused_total{{shard=\"0\",reason=\"{reason}\"}} ");
+        text.lines().find_map(|l| l.strip_prefix(&series)).unwrap().parse::<u64>().unwrap()
+    };
+    // A record header of a handshake record, then junk: an alert and the end, at once.
+    let mut garbage = vec![22, 3, 1, 0, 200];
+    garbage.extend((0..200).map(|i| (i * 7) as u8));
+    assert!(closed_after(s.ws, &garbage) < Duration::from_millis(450), "garbage is refused at once");
+    assert!(eventually(Duration::from_secs(5), || refused("tls") == 1));
+
+    // Half a ClientHello and silence: closed at the handshake timeout.
+    let took = closed_after(s.ws, &half_a_client_hello(&ca));
+    assert!(took >= Duration::from_millis(450) && took < Duration::from_secs(3), "{took:?}");
+    // A handshake done and no upgrade request: the same deadline.
+    let started = Instant::now();
+    let mut idle = tls_connect(s.ws, &ca.client_config()).unwrap();
+    let mut b = [0u8; 16];
+    let _ = idle.read(&mut b);
+    let took = started.elapsed();
+    assert!(took >= Duration::from_millis(450) && took < Duration::from_secs(3), "{took:?}");
+    assert!(eventually(Duration::from_secs(5), || refused("timeout") == 2));
+
+    // They cost nothing after: no connection counted, and a good client is served.
+    assert!(eventually(Duration::from_secs(5), || s.metric("ringcast_connections") == 0));
+    let mut ws = wss_connect(s.ws, "/ws", &ca.client_config()).unwrap();
+    join(&mut ws, &["after"]);
+}
+
+#[test]
+fn sighup_reloads_the_certificate_for_new_handshakes_and_open_connections_keep_receiving() {
+    let ca = TestCa::new();
+    let dir = tempfile::tempdir().unwrap();
+    let first = ca.leaf();
+    let files = first.write(dir.path());
+    let mut s = Server::start(&roadrunner_config(&format!("[server.tls]\n{files}")), 2);
+    let config = ca.client_config();
+    let mut old = wss_connect(s.ws, "/ws", &config).unwrap();
+    assert_eq!(presented(old.get_ref()), first.der);
+    join(&mut old, &["t"]);
+
+    // A broken file and SIGHUP: logged, the certificate in use stays.
+    std::fs::write(dir.path().join("key.pem"), "not a key").unwrap();
+    s.signal("HUP");
+    assert!(eventually(Duration::from_secs(5), || s.log().contains("TLS reload failed")), "{}", s.log());
+    assert_eq!(presented(&tls_connect(s.ws, &config).unwrap()), first.der);
+
+    let second = ca.leaf();
+    second.write(dir.path());
+    s.signal("HUP");
+    assert!(
+        eventually(Duration::from_secs(5), || presented(&tls_connect(s.ws, &config).unwrap()) == second.der),
+        "new handshakes get the new certificate"
+    );
+    assert_eq!(s.publish_json(r#"{"topics":["t"],"payload":"still here"}"#).0, 200);
+    assert_eq!(recv_text(&mut old), r#"{"topic":"t","payload":"still here"}"#);
+    let mut new = wss_connect(s.ws, "/ws", &config).unwrap();
+    join(&mut new, &["t"]);
+    assert!(s.wait_exit(Duration::from_millis(100)).is_none(), "SIGHUP does not stop the server");
+}
+
+#[test]
+fn the_api_over_https() {
+    let ca = TestCa::new();
+    let dir = tempfile::tempdir().unwrap();
+    let files = ca.leaf().write(dir.path());
+    let s = Server::start(&roadrunner_config(&format!("[server.api_tls]\n{files}")), 1);
+    let config = ca.client_config();
+    assert_eq!(https_request(s.api, &config, "GET", "/health", ""), (200, r#"{"status":"ok"}"#.into()));
+    let mut ws = s.connect("/ws");
+    join(&mut ws, &["t"]);
+    let (status, _) = https_request(s.api, &config, "POST", "/publish", r#"{"topics":["t"],"payload":"x"}"#);
+    assert_eq!(status, 200);
+    assert_eq!(recv_text(&mut ws), r#"{"topic":"t","payload":"x"}"#);
+    // Plain HTTP to the https port gets no API.
+    let out = raw_exchange(s.api, b"GET /health HTTP/1.1\r\nHost: x\r\n\r\n", Duration::from_secs(3));
+    assert!(!String::from_utf8_lossy(&out).contains("status"), "{out:?}");
+}
+
+#[test]
+fn an_unusable_certificate_stops_the_start_with_the_file_named() {
+    let dir = tempfile::tempdir().unwrap();
+    let config = dir.path().join("ringcast.toml");
+    std::fs::write(
+        &config,
+        "[server.tls]\ncert = \"/nonexistent/cert.pem\"\nkey = \"/nonexistent/key.pem\"\n",
+    )
+    .unwrap();
+    let out = std::process::Command::new(env!("CARGO_BIN_EXE_ringcast"))
+        .arg("--config")
+        .arg(&config)
+        .args(["--listen", "127.0.0.1:0", "--api-listen", "127.0.0.1:0", "--rpc-listen", "127.0.0.1:0"])
+        .output()
+        .unwrap();
+    assert!(!out.status.success());
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(err.contains("server.tls") && err.contains("/nonexistent/cert.pem"), "{err}");
+}
