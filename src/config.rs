@@ -265,6 +265,13 @@ pub struct VhostConfig {
 }
 
 impl VhostConfig {
+    /// The backend URLs the vhost calls: its proxy backend and its hooks.
+    pub fn urls(&self) -> impl Iterator<Item = &str> {
+        [&self.backend, &self.hooks.connect, &self.hooks.join, &self.hooks.close]
+            .into_iter()
+            .filter_map(|u| u.as_deref())
+    }
+
     /// What a WebRocket vhost added at run time uses (it has no config
     /// entry): any origin, no hooks, defaults.
     pub fn runtime_webrocket() -> VhostConfig {
@@ -326,6 +333,9 @@ pub struct HooksConfig {
     /// Also retry requests that may have reached the backend (it may then
     /// see a message twice).
     pub retry_sent: bool,
+    /// https hooks (and a proxy vhost's https `backend`) must present a
+    /// certificate chaining to this CA (PEM); without it, to the system's roots.
+    pub ca_file: Option<std::path::PathBuf>,
 }
 
 impl Default for HooksConfig {
@@ -337,6 +347,7 @@ impl Default for HooksConfig {
             timeout_ms: 5_000,
             retries: 2,
             retry_sent: false,
+            ca_file: None,
         }
     }
 }
@@ -730,7 +741,7 @@ impl std::fmt::Display for BadUrl {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         match self {
             BadUrl::NotAUrl { url, reason } => write!(f, "{url:?} is not a URL: {reason}"),
-            BadUrl::NotHttp(url) => write!(f, "{url:?}: an http:// URL with a host is needed"),
+            BadUrl::NotHttp(url) => write!(f, "{url:?}: an http:// or https:// URL with a host is needed"),
             BadUrl::HasQuery(url) => write!(f, "{url:?}: no query string, please"),
         }
     }
@@ -738,13 +749,13 @@ impl std::fmt::Display for BadUrl {
 
 impl std::error::Error for BadUrl {}
 
-/// Hook URLs are plain `http://host[:port][/path]` (TLS to backends is not built yet).
+/// Hook and backend URLs are `http://` or `https://host[:port][/path]`.
 pub fn check_url(url: &str) -> Result<(), BadUrl> {
     let uri: hyper::Uri = url.parse().map_err(|e: hyper::http::uri::InvalidUri| BadUrl::NotAUrl {
         url: url.into(),
         reason: e.to_string(),
     })?;
-    if uri.scheme_str() != Some("http") || uri.host().is_none() {
+    if !matches!(uri.scheme_str(), Some("http" | "https")) || uri.host().is_none() {
         return Err(BadUrl::NotHttp(url.into()));
     }
     if uri.query().is_some() {
@@ -797,8 +808,9 @@ mod tests {
         let base = "[[vhost]]\npath = \"/\"\ndialect = \"proxy\"\n";
         let c = Config::from_toml(base, "x").unwrap();
         assert!(c.validate().unwrap_err().to_string().contains("vhost[0].backend"));
-        let c = Config::from_toml(&format!("{base}backend = \"https://x\"\n"), "x").unwrap();
-        assert!(c.validate().unwrap_err().to_string().contains("http://"));
+        let c = Config::from_toml(&format!("{base}backend = \"ftp://x\"\n"), "x").unwrap();
+        assert!(c.validate().unwrap_err().to_string().contains("http:// or https://"));
+        Config::from_toml(&format!("{base}backend = \"https://x\"\n"), "x").unwrap().validate().unwrap();
         let c = Config::from_toml(&format!("{base}backend = \"http://127.0.0.1:5000\"\n"), "x").unwrap();
         c.validate().unwrap();
         assert_eq!(c.vhosts[0].duplicate_client, DuplicateClient::Replace);

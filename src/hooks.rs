@@ -57,6 +57,9 @@ pub struct HookRequest {
     /// When it was made: its first attempt's deadline runs from here, so
     /// time spent queued counts.
     pub queued_at: Instant,
+    /// https: the private CA the backend's certificate must chain to
+    /// (`hooks.ca_file`); None: the system's roots.
+    pub ca_file: Option<Arc<std::path::Path>>,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -232,23 +235,82 @@ impl HookSender {
     }
 }
 
-type HttpClient = Client<HttpConnector, Full<Bytes>>;
+type HttpClient = Client<hyper_rustls::HttpsConnector<HttpConnector>, Full<Bytes>>;
+
+/// One pooled client per trust: the system's roots (or none, if no https
+/// URL needs them), and one for each `ca_file` configured. Built at start,
+/// so an unreadable CA file stops the start.
+#[derive(Clone)]
+pub struct Backends {
+    default: HttpClient,
+    private: std::collections::HashMap<Arc<std::path::Path>, HttpClient>,
+}
+
+impl Backends {
+    pub fn new(config: &crate::config::Config) -> Result<Backends, crate::tls::TlsError> {
+        let mut private = std::collections::HashMap::new();
+        let mut system_needed = false;
+        for v in &config.vhosts {
+            match &v.hooks.ca_file {
+                Some(path) if !private.contains_key(path.as_path()) => {
+                    let tls = crate::tls::client_config(Some(path))?;
+                    private.insert(Arc::from(path.as_path()), client(tls));
+                }
+                Some(_) => {}
+                None => system_needed |= v.urls().any(|u| u.starts_with("https:")),
+            }
+        }
+        let default = match system_needed {
+            true => crate::tls::client_config(None)?,
+            false => Arc::new(trusting_nothing()),
+        };
+        Ok(Backends { default: client(default), private })
+    }
+
+    /// The client whose trust the request asks for; one with a `ca_file`
+    /// not loaded at start (none: vhosts come from the start's config)
+    /// would get the default, which fails closed.
+    fn for_request(&self, r: &HookRequest) -> &HttpClient {
+        r.ca_file.as_ref().and_then(|path| self.private.get(path)).unwrap_or(&self.default)
+    }
+}
+
+/// TLS settings that verify no server: for a client used with http only.
+fn trusting_nothing() -> rustls::ClientConfig {
+    let provider = Arc::new(rustls::crypto::ring::default_provider());
+    rustls::ClientConfig::builder_with_provider(provider)
+        .with_safe_default_protocol_versions()
+        .expect("ring supports the default versions")
+        .with_root_certificates(rustls::RootCertStore::empty())
+        .with_no_client_auth()
+}
+
+/// A pooled keep-alive client over http and https with `tls`'s trust.
+fn client(tls: Arc<rustls::ClientConfig>) -> HttpClient {
+    let mut connector = HttpConnector::new();
+    connector.set_nodelay(true);
+    // hyper-rustls hands plain http through and wraps https in TLS.
+    connector.enforce_http(false);
+    let https = hyper_rustls::HttpsConnectorBuilder::new()
+        .with_tls_config((*tls).clone())
+        .https_or_http()
+        .enable_http1()
+        .wrap_connector(connector);
+    // The idle timeout needs the pool timer; without it idle connections
+    // to the backend were never closed.
+    Client::builder(TokioExecutor::new())
+        .pool_timer(TokioTimer::new())
+        .pool_idle_timeout(Duration::from_secs(60))
+        .pool_max_idle_per_host(1024)
+        .build(https)
+}
 
 /// Hook requests executing at once per vhost, and for close notifications
 /// (each holds one backend connection).
 const MAX_CONCURRENT_REQUESTS: usize = 256;
 
 /// Runs hook requests until every sender is gone (integration thread).
-pub async fn run(mut receiver: HookReceiver, metrics: Arc<HookMetrics>) {
-    let mut connector = HttpConnector::new();
-    connector.set_nodelay(true);
-    // The idle timeout needs the pool timer; without it idle connections
-    // to the backend were never closed.
-    let client: HttpClient = Client::builder(TokioExecutor::new())
-        .pool_timer(TokioTimer::new())
-        .pool_idle_timeout(Duration::from_secs(60))
-        .pool_max_idle_per_host(1024)
-        .build(connector);
+pub async fn run(mut receiver: HookReceiver, metrics: Arc<HookMetrics>, backends: Backends) {
     // Bounded concurrency keeps the backend's keep-alive connections busy
     // instead of opening a new connection for every request of a burst
     // (measured: 15,000 closes at once took seconds each without it).
@@ -279,7 +341,7 @@ pub async fn run(mut receiver: HookReceiver, metrics: Arc<HookMetrics>) {
                 .or_insert_with(|| Arc::new(tokio::sync::Semaphore::new(MAX_CONCURRENT_REQUESTS)))
                 .clone()
         };
-        let client = client.clone();
+        let client = backends.for_request(&job.request).clone();
         let metrics = metrics.clone();
         calls += 1;
         let request_id = format!("{prefix:08x}-{calls}");

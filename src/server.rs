@@ -93,6 +93,8 @@ pub fn run(config: Config) -> Result<(), StartError> {
     };
     let ws_tls = load_certs("server.tls", &server.tls)?;
     let api_tls = load_certs("server.api_tls", &server.api_tls)?;
+    let backends = hooks::Backends::new(&config)
+        .map_err(|source| StartError::Tls { what: "[vhost.hooks] ca_file", source })?;
 
     // Shard 0's socket picks the port (it may be 0); the others join it.
     let first = reuseport_listener(server.listen, server.backlog)
@@ -259,7 +261,7 @@ pub fn run(config: Config) -> Result<(), StartError> {
                     rpc_listener,
                     api_ctx,
                     rpc_ctx,
-                    (hook_receiver, hook_metrics),
+                    (hook_receiver, hook_metrics, backends),
                     registry_ops,
                 )
             }
@@ -313,7 +315,7 @@ fn integration_thread(
     rpc_listener: std::net::TcpListener,
     api_ctx: Arc<ApiContext>,
     rpc_ctx: Arc<RpcContext>,
-    (hook_receiver, hook_metrics): (HookReceiver, Arc<HookMetrics>),
+    (hook_receiver, hook_metrics, backends): (HookReceiver, Arc<HookMetrics>, hooks::Backends),
     registry_ops: crate::clients::RegistryOps,
 ) {
     runtime.block_on(async move {
@@ -337,7 +339,7 @@ fn integration_thread(
         tokio::join!(
             api::serve(api, api_ctx, api_tls),
             rpc_server::serve(rpc, rpc_ctx),
-            hooks::run(hook_receiver, hook_metrics)
+            hooks::run(hook_receiver, hook_metrics, backends)
         );
     });
 }

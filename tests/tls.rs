@@ -192,3 +192,83 @@ fn an_unusable_certificate_stops_the_start_with_the_file_named() {
     let err = String::from_utf8_lossy(&out.stderr);
     assert!(err.contains("server.tls") && err.contains("/nonexistent/cert.pem"), "{err}");
 }
+
+/// The status of a refused upgrade.
+fn refused_status(result: Result<Ws, tungstenite::Error>) -> u16 {
+    match result {
+        Err(tungstenite::Error::Http(r)) => r.status().as_u16(),
+        Err(e) => panic!("expected an HTTP refusal, got {e}"),
+        Ok(_) => panic!("expected an HTTP refusal, got an upgrade"),
+    }
+}
+
+#[test]
+fn https_hooks_and_proxy_backends_are_verified_against_the_ca_file() {
+    use common::backend::{Answer, Backend};
+    let ca = TestCa::new();
+    let stranger = TestCa::new();
+    let dir = tempfile::tempdir().unwrap();
+    let ca_file = ca.write(dir.path());
+    let stranger_dir = tempfile::tempdir().unwrap();
+    let stranger_file = stranger.write(stranger_dir.path());
+    let leaf = ca.leaf();
+    let tls = ringcast::tls::server_config(leaf.cert_pem.as_bytes(), leaf.key_pem.as_bytes()).unwrap();
+    let backend = Backend::start_tls(tls, |s| match (s.method.as_str(), s.body.as_str()) {
+        ("GET", _) => Answer::new(200, "ok"),
+        ("POST", body) => Answer::new(200, &format!("echo: {body}")),
+        _ => Answer::new(200, ""),
+    });
+    let url = backend.url();
+    assert!(url.starts_with("https://localhost:"), "{url}");
+    let config = format!(
+        "[[vhost]]\npath = \"/ws\"\ndialect = \"roadrunner\"\n\
+         [vhost.hooks]\nconnect = \"{url}/connect\"\nca_file = {ca:?}\n\
+         [[vhost]]\npath = \"/p/\"\ndialect = \"proxy\"\nbackend = \"{url}\"\n\
+         [vhost.hooks]\nca_file = {ca:?}\n\
+         [[vhost]]\npath = \"/wrong-ca\"\ndialect = \"roadrunner\"\n\
+         [vhost.hooks]\nconnect = \"{url}/wrong\"\nca_file = {stranger:?}\nretries = 0\n\
+         [[vhost]]\npath = \"/system-roots\"\ndialect = \"roadrunner\"\n\
+         [vhost.hooks]\nconnect = \"{url}/system\"\nretries = 0\n",
+        ca = ca_file.display().to_string(),
+        stranger = stranger_file.display().to_string(),
+    );
+    let s = Server::start(&config, 1);
+
+    // The hook over https, verified against the private CA.
+    let _rr = s.connect("/ws");
+    assert_eq!(backend.requests("GET", "/connect").len(), 1);
+    // The proxy backend: connect and a message round trip over https.
+    let mut joe = s.connect("/p/joe");
+    assert_eq!(backend.requests("GET", "/joe").len(), 1);
+    send_text(&mut joe, "hi");
+    assert_eq!(recv_text(&mut joe), "echo: hi");
+
+    // A certificate from another CA, or none the system trusts: no request
+    // reaches the backend, the client sees 502.
+    assert_eq!(refused_status(try_connect(s.ws, "/wrong-ca", &[])), 502);
+    assert_eq!(refused_status(try_connect(s.ws, "/system-roots", &[])), 502);
+    let paths: Vec<String> = backend.seen().into_iter().map(|r| r.path).collect();
+    assert!(!paths.iter().any(|p| p == "/wrong" || p == "/system"), "{paths:?}");
+    assert!(s.log().contains("certificate") || s.log().contains("Unknown"), "{}", s.log());
+}
+
+#[test]
+fn an_unreadable_ca_file_stops_the_start() {
+    let dir = tempfile::tempdir().unwrap();
+    let config = dir.path().join("ringcast.toml");
+    std::fs::write(
+        &config,
+        "[[vhost]]\npath = \"/ws\"\ndialect = \"roadrunner\"\n[vhost.hooks]\nconnect = \"https://localhost:1/c\"\n\
+         ca_file = \"/nonexistent/ca.pem\"\n",
+    )
+    .unwrap();
+    let out = std::process::Command::new(env!("CARGO_BIN_EXE_ringcast"))
+        .arg("--config")
+        .arg(&config)
+        .args(["--listen", "127.0.0.1:0", "--api-listen", "127.0.0.1:0", "--rpc-listen", "127.0.0.1:0"])
+        .output()
+        .unwrap();
+    assert!(!out.status.success());
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(err.contains("ca_file") && err.contains("/nonexistent/ca.pem"), "{err}");
+}

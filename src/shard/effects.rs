@@ -5,6 +5,7 @@
 
 use std::net::SocketAddr;
 use std::rc::Rc;
+use std::sync::Arc;
 use std::time::Duration;
 
 use bytes::Bytes;
@@ -44,6 +45,7 @@ pub(super) fn hook_request(
         max_response,
         vhost: v.path.as_str().into(),
         queued_at: std::time::Instant::now(),
+        ca_file: v.hooks.ca_file.as_deref().map(Arc::from),
     }
 }
 

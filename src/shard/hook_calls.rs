@@ -198,6 +198,7 @@ mod tests {
             max_response: 4096,
             vhost: "/".into(),
             queued_at: std::time::Instant::now(),
+            ca_file: None,
         }
     }
 
