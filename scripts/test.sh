@@ -32,3 +32,4 @@ cargo test --workspace
 cargo build --quiet --manifest-path fuzz/Cargo.toml --bins
 cargo build --quiet --release --bin ringcast
 RINGCAST_BIN=target/release/ringcast bash scripts/autobahn.sh
+RINGCAST_BIN=target/release/ringcast AUTOBAHN_TLS=1 bash scripts/autobahn.sh
