@@ -883,7 +883,13 @@ mod tests {
 
     #[test]
     fn shipped_configs_load() {
-        for f in ["config/roadrunner.toml", "config/echo.toml", "config/proxy.toml"] {
+        for f in [
+            "config/roadrunner.toml",
+            "config/echo.toml",
+            "config/proxy.toml",
+            "config/wss.toml",
+            "config/webrocket.toml",
+        ] {
             let path = Path::new(env!("CARGO_MANIFEST_DIR")).join(f);
             Config::load(&path).unwrap().validate().unwrap();
         }
