@@ -115,6 +115,11 @@ impl Page {
 }
 
 pub fn open_page(dir: &Path, url: &str) -> (Killed, Page) {
+    open_page_with(dir, url, &[])
+}
+
+/// `open_page` with more command-line switches for Chromium.
+pub fn open_page_with(dir: &Path, url: &str, switches: &[String]) -> (Killed, Page) {
     let mut child = Command::new(chromium())
         .args(["--headless", "--no-sandbox", "--disable-gpu", "--no-first-run", "--remote-debugging-port=0"])
         // Nothing to reach outside: no background connections to refuse.
@@ -125,6 +130,7 @@ pub fn open_page(dir: &Path, url: &str) -> (Killed, Page) {
             "--disable-sync",
         ])
         .arg(format!("--user-data-dir={}", dir.display()))
+        .args(switches)
         .arg("about:blank")
         .stdout(Stdio::null())
         .stderr(Stdio::piped())

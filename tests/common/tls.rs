@@ -27,6 +27,9 @@ pub struct Leaf {
     pub cert_pem: String,
     pub key_pem: String,
     pub der: Vec<u8>,
+    /// base64(SHA-256(SubjectPublicKeyInfo)): what Chromium's
+    /// `--ignore-certificate-errors-spki-list` takes.
+    pub spki_sha256: String,
 }
 
 impl TestCa {
@@ -48,7 +51,13 @@ impl TestCa {
         params.extended_key_usages = vec![rcgen::ExtendedKeyUsagePurpose::ServerAuth];
         let key = KeyPair::generate().unwrap();
         let cert = params.signed_by(&key, &self.issuer).unwrap();
-        Leaf { cert_pem: cert.pem(), key_pem: key.serialize_pem(), der: cert.der().to_vec() }
+        let spki_sha256 = {
+            use base64::Engine;
+            use sha2::Digest;
+            base64::engine::general_purpose::STANDARD
+                .encode(sha2::Sha256::digest(rcgen::PublicKeyData::subject_public_key_info(&key)))
+        };
+        Leaf { cert_pem: cert.pem(), key_pem: key.serialize_pem(), der: cert.der().to_vec(), spki_sha256 }
     }
 
     /// Writes the CA certificate to `dir/ca.pem`.
