@@ -1,13 +1,15 @@
 #!/usr/bin/env python3
 """Side-by-side: each scenario against ringcast and every peer, each server
 pinned to core 0 with one worker, the load generator pinned to core 1.
-Prints one comparison table with ratios against ringcast and writes it
+Prints one comparison table with ratios against ringcast (or --base) and writes it
 (Markdown + JSON) to --out. A peer that cannot run is listed with the reason.
 
     python3 bench/peers/compare.py                 # everything (~25 min)
     python3 bench/peers/compare.py --servers ringcast,uws --scenarios hold
     python3 bench/peers/compare.py --servers ringcast,uws --scenarios fixed,cpu --rounds 5
                                                    # medians of 5 interleaved rounds (use an odd count)
+    python3 bench/peers/compare.py --servers ringcast-tls,uws-tls,ringcast --base ringcast-tls \
+        --p99-bound-ms 500                         # TLS: ringcast [server.tls] against uWS.js SSLApp
 
 Installs what it needs: npm packages in bench/peers (uwebsockets 3.0.6, ws),
 Debian nginx-light + libnginx-mod-nchan and nats-server.
@@ -112,6 +114,38 @@ class Ringcast(Server):
         return ["--target", f"127.0.0.1:{ws}", "--publish-via", "rpc", "--publish-addr", f"127.0.0.1:{rpc}"]
 
 
+def make_cert(workdir):
+    """A self-signed certificate for localhost (and 127.0.0.1) in workdir;
+    the load generator trusts exactly it (--tls-ca)."""
+    cert, key = Path(workdir) / "cert.pem", Path(workdir) / "key.pem"
+    subprocess.run(["openssl", "req", "-x509", "-newkey", "ec", "-pkeyopt", "ec_paramgen_curve:prime256v1",
+                    "-nodes", "-days", "2", "-subj", "/CN=localhost",
+                    "-addext", "subjectAltName=DNS:localhost,IP:127.0.0.1",
+                    "-keyout", str(key), "-out", str(cert)], check=True, capture_output=True)
+    return cert, key
+
+
+class RingcastTls(Ringcast):
+    """ringcast with [server.tls]: the same certificate kind as uws-tls."""
+
+    name, label = "ringcast-tls", "ringcast, wss (TLS)"
+
+    def start(self, workdir):
+        cert, key = make_cert(workdir)
+        config = Path(workdir) / "tls.toml"
+        config.write_text(f'[server.tls]\ncert = "{cert}"\nkey = "{key}"\n')
+        ws, api, rpc = free_port(), free_port(), free_port()
+        self.spawn([str(self.binary), "--config", str(config), "--shards", "1", "--listen", f"127.0.0.1:{ws}",
+                    "--api-listen", f"127.0.0.1:{api}", "--rpc-listen", f"127.0.0.1:{rpc}"],
+                   workdir, {"RUST_LOG": "warn"})
+        wait_port(ws, self.proc)
+        wait_port(api, self.proc)
+        # Subscribers over TLS; the backend publishes over goridge RPC as in
+        # the plain run (a backend's port is not the public one).
+        return ["--tls-ca", str(cert), "--target", f"127.0.0.1:{ws}", "--publish-via", "rpc",
+                "--publish-addr", f"127.0.0.1:{rpc}"]
+
+
 class RingcastBefore(Ringcast):
     """Another ringcast build (RINGCAST_BEFORE=/path/to/ringcast), driven the
     same way: a change's before and after against the same peers, one run."""
@@ -177,6 +211,21 @@ class NodePeer(Server):
         return ["--target", f"127.0.0.1:{port}", "--publish-via", "ws"]
 
 
+class UwsTls(NodePeer):
+    """uWebSockets.js SSLApp: subscribers and the publisher over TLS (it has
+    no other port), with a certificate made like ringcast-tls's."""
+
+    def __init__(self):
+        super().__init__("uws-tls", "uWebSockets.js 3.0.6 SSLApp (TLS)", "uws.js", "uwebsockets")
+
+    def start(self, workdir):
+        cert, key = make_cert(workdir)
+        port = free_port()
+        self.spawn(["node", str(PEERS / self.script), str(port), str(cert), str(key)], workdir)
+        wait_port(port, self.proc)
+        return ["--tls-ca", str(cert), "--target", f"127.0.0.1:{port}", "--publish-via", "ws"]
+
+
 def apt_install(*packages):
     r = subprocess.run("apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq "
                        + " ".join(packages), shell=True, capture_output=True, text=True)
@@ -238,7 +287,9 @@ SERVERS = [
     Ringcast(),
     RingcastBefore(),
     RingcastWebRocket(),
+    RingcastTls(),
     NodePeer("uws", "uWebSockets.js 3.0.6", "uws.js", "uwebsockets"),
+    UwsTls(),
     NodePeer("ws", "Node ws", "ws.js", "ws"),
     Nchan(),
     Nats(),
@@ -260,7 +311,8 @@ def run_hold(server, flags, out, log, opts):
     path = out / f"{server.name}-hold.json"
     target = flags[flags.index("--target") + 1]
     proto = ["--protocol", server.protocol]
-    bench(["hold", "--target", target, *proto, "--connections", str(opts.connections),
+    tls = flags[flags.index("--tls-ca"):flags.index("--tls-ca") + 2] if "--tls-ca" in flags else []
+    bench([*tls, "hold", "--target", target, *proto, "--connections", str(opts.connections),
            "--server-pid", str(server.server_pid()), "--json", str(path)], log)
     h = json.loads(path.read_text())
     return {"bytes_per_connection": h["rss_anon_bytes_per_connection"],
@@ -269,7 +321,9 @@ def run_hold(server, flags, out, log, opts):
 
 def run_fanout(server, flags, out, log, extra):
     d = out / f"{server.name}-{extra[0]}"
-    stdout = bench(["fanout", *flags, "--size", "128", "--topics", "1", "--server-pid", str(server.server_pid()),
+    tls = flags[flags.index("--tls-ca"):flags.index("--tls-ca") + 2] if "--tls-ca" in flags else []
+    rest = [f for i, f in enumerate(flags) if f != "--tls-ca" and (i == 0 or flags[i - 1] != "--tls-ca")]
+    stdout = bench([*tls, "fanout", *rest, "--size", "128", "--topics", "1", "--server-pid", str(server.server_pid()),
                     "--out", str(d), *extra[1:]], log)
     summary = json.loads((d / "fanout.json").read_text())
     cpu = [l for l in stdout.splitlines() if l.startswith("load generator CPU")]
@@ -373,7 +427,7 @@ def table(results, opts):
             f"memory per idle subscribed connection ({opts.connections:,}, RssAnon)",
             "CPU at the saturation step, cores: server / generator (of which publisher)",
             f"server CPU µs per delivery at {opts.cpu_deliveries:,} deliveries/s ({opts.subscribers:,} subs)"]
-    base = results.get("ringcast", {})
+    base = results.get(opts.base, {})
     for s in SERVERS:
         r = results.get(s.name)
         if r is None:
@@ -446,6 +500,7 @@ def main():
     ap.add_argument("--fixed-subscribers", type=int, default=1000)
     ap.add_argument("--fixed-secs", type=int, default=10)
     ap.add_argument("--cpu-deliveries", type=int, default=100000, help="cpu: deliveries/s (--subscribers subs)")
+    ap.add_argument("--base", default="ringcast", help="the server the ratios are against (e.g. ringcast-tls)")
     ap.add_argument("--rounds", type=int, default=1,
                     help="run every server and scenario this many times, interleaved; the table shows the median "
                          "round and the spread")

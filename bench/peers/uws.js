@@ -3,11 +3,13 @@
 // (its fastest idiomatic path: many publishes per event-loop turn, which
 // uWS's topic tree drains per subscriber in one write) or as POST /publish,
 // both into uWS's own topic pub/sub. One thread.
-// Usage: node bench/peers/uws.js PORT
+// Usage: node bench/peers/uws.js PORT [CERT.pem KEY.pem]
+// With a certificate and key it serves TLS (uWS.SSLApp: wss:// and https://).
 const uWS = require('uwebsockets');
 const port = Number(process.argv[2] || 9101);
+const [cert, key] = process.argv.slice(3);
 
-const app = uWS.App();
+const app = cert ? uWS.SSLApp({ cert_file_name: cert, key_file_name: key }) : uWS.App();
 const publish = (body) => {
   for (const t of body.topics) app.publish(t, JSON.stringify({ topic: t, payload: body.payload }));
 };
@@ -43,5 +45,5 @@ app
   })
   .listen('127.0.0.1', port, (token) => {
     if (!token) { console.error(`uws: cannot listen on ${port}`); process.exit(1); }
-    console.error(`uws listening on 127.0.0.1:${port}`);
+    console.error(`uws listening on 127.0.0.1:${port}${cert ? ' (TLS)' : ''}`);
   });

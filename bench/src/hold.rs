@@ -52,15 +52,27 @@ fn memory_kib(pid: u32) -> Result<(u64, u64), String> {
     Ok((field("VmRSS:"), field("RssAnon:")))
 }
 
-fn open(args: &Args, i: usize) -> Result<TcpStream, String> {
+/// A held connection: plain TCP, or TLS with `--tls-ca`.
+trait Conn: Read + Write {}
+impl<T: Read + Write> Conn for T {}
+
+fn open(args: &Args, i: usize) -> Result<Box<dyn Conn>, String> {
     let source = crate::wire::source_addr(i, args.sources);
     let sock = socket2::Socket::new(socket2::Domain::IPV4, socket2::Type::STREAM, None)
         .map_err(|e| e.to_string())?;
     sock.bind(&SocketAddr::V4(SocketAddrV4::new(source, 0)).into())
         .map_err(|e| format!("bind {source}: {e}"))?;
     sock.connect(&args.target.into()).map_err(|e| format!("connection {i}: {e}"))?;
-    let mut s: TcpStream = sock.into();
-    s.set_read_timeout(Some(Duration::from_secs(10))).map_err(|e| e.to_string())?;
+    let tcp: TcpStream = sock.into();
+    tcp.set_read_timeout(Some(Duration::from_secs(10))).map_err(|e| e.to_string())?;
+    let mut s: Box<dyn Conn> = match crate::tls::client() {
+        None => Box::new(tcp),
+        Some(config) => {
+            let conn = rustls::ClientConnection::new(config, crate::tls::server_name())
+                .map_err(|e| format!("connection {i}: TLS: {e}"))?;
+            Box::new(rustls::StreamOwned::new(conn, tcp))
+        }
+    };
     let topic = format!("hold-{}", i % args.topics.max(1));
     let p = args.protocol;
     let req = crate::wire::upgrade_request(
@@ -107,7 +119,7 @@ fn open(args: &Args, i: usize) -> Result<TcpStream, String> {
 
 pub fn run(args: Args) -> Result<(), String> {
     // Warm up: shard buffers and allocator arenas exist before the baseline.
-    let warm: Vec<TcpStream> = (0..64).map(|i| open(&args, i)).collect::<Result<_, _>>()?;
+    let warm: Vec<Box<dyn Conn>> = (0..64).map(|i| open(&args, i)).collect::<Result<_, _>>()?;
     std::thread::sleep(Duration::from_millis(300));
     let before = args.server_pid.map(memory_kib).transpose()?;
     let started = Instant::now();

@@ -13,6 +13,7 @@ mod roundtrip;
 mod sendpath;
 mod server_stats;
 mod stub_backend;
+mod tls;
 mod wire;
 
 use clap::{Parser, Subcommand};
@@ -20,6 +21,10 @@ use clap::{Parser, Subcommand};
 #[derive(Parser)]
 #[command(name = "ringcast-bench", version, about)]
 struct Cli {
+    /// Connect every WebSocket client over TLS (wss://), trusting this CA
+    /// or self-signed certificate (PEM); the server name is `localhost`.
+    #[arg(long, global = true)]
+    tls_ca: Option<std::path::PathBuf>,
     #[command(subcommand)]
     scenario: Scenario,
 }
@@ -44,6 +49,12 @@ enum Scenario {
 
 fn main() {
     let cli = Cli::parse();
+    if let Some(ca) = &cli.tls_ca {
+        if let Err(e) = tls::init(ca) {
+            eprintln!("ringcast-bench: {e}");
+            std::process::exit(2);
+        }
+    }
     let result = match cli.scenario {
         Scenario::Json(a) => json::run(a),
         Scenario::Connect(a) => connect::run(a),

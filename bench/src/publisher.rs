@@ -138,7 +138,7 @@ type Replies = tokio::task::JoinHandle<Result<(), String>>;
 /// A WebSocket publisher connection. The server acknowledges: nchan answers
 /// each message with a status frame; NATS answers PING with PONG.
 struct WsConn {
-    wr: OwnedWriteHalf,
+    wr: crate::wire::WriteHalf,
     replies: Replies,
     acks: std::sync::Arc<std::sync::atomic::AtomicU64>,
     sent: u64,
@@ -172,7 +172,7 @@ impl Sink {
                     let up = crate::wire::ws_connect(0, addr, &path, 1)
                         .await
                         .map_err(|e| format!("publish ws {addr}{path}: {e}"))?;
-                    let (rd, mut wr) = up.stream.into_split();
+                    let (rd, mut wr) = up.stream.split();
                     if plan.protocol == Protocol::Nats {
                         let mut hello = Vec::new();
                         masked_frame(0x2, NATS_CONNECT.as_bytes(), &mut hello);
@@ -423,7 +423,7 @@ async fn nats_replies(mut rd: tokio::net::tcp::OwnedReadHalf) -> Result<(), Stri
 /// Reads what a WebSocket publisher is sent and counts acknowledgements:
 /// nchan's receipt frames, or NATS PONGs. A close from the server is an error.
 async fn ws_replies(
-    mut rd: tokio::net::tcp::OwnedReadHalf,
+    mut rd: crate::wire::ReadHalf,
     mut buf: Vec<u8>,
     mut filled: usize,
     protocol: Protocol,

@@ -2,10 +2,68 @@
 //! message: the upgrade, masked client frames, server frame boundaries, and
 //! the generator's own CPU time.
 
+use std::io;
 use std::net::{Ipv4Addr, SocketAddr, SocketAddrV4};
+use std::pin::Pin;
+use std::task::{Context, Poll};
 
-use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt, ReadBuf};
 use tokio::net::TcpStream;
+
+/// A client connection: plain TCP, or TLS with `--tls-ca`.
+pub enum Stream {
+    Plain(TcpStream),
+    Tls(Box<tokio_rustls::client::TlsStream<TcpStream>>),
+}
+
+pub type ReadHalf = Box<dyn AsyncRead + Unpin + Send>;
+pub type WriteHalf = Box<dyn AsyncWrite + Unpin + Send>;
+
+impl Stream {
+    /// Independent read and write halves (plain TCP without a lock).
+    pub fn split(self) -> (ReadHalf, WriteHalf) {
+        match self {
+            Stream::Plain(s) => {
+                let (r, w) = s.into_split();
+                (Box::new(r), Box::new(w))
+            }
+            Stream::Tls(s) => {
+                let (r, w) = tokio::io::split(s);
+                (Box::new(r), Box::new(w))
+            }
+        }
+    }
+}
+
+impl AsyncRead for Stream {
+    fn poll_read(self: Pin<&mut Self>, cx: &mut Context<'_>, buf: &mut ReadBuf<'_>) -> Poll<io::Result<()>> {
+        match self.get_mut() {
+            Stream::Plain(s) => Pin::new(s).poll_read(cx, buf),
+            Stream::Tls(s) => Pin::new(s.as_mut()).poll_read(cx, buf),
+        }
+    }
+}
+
+impl AsyncWrite for Stream {
+    fn poll_write(self: Pin<&mut Self>, cx: &mut Context<'_>, buf: &[u8]) -> Poll<io::Result<usize>> {
+        match self.get_mut() {
+            Stream::Plain(s) => Pin::new(s).poll_write(cx, buf),
+            Stream::Tls(s) => Pin::new(s.as_mut()).poll_write(cx, buf),
+        }
+    }
+    fn poll_flush(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        match self.get_mut() {
+            Stream::Plain(s) => Pin::new(s).poll_flush(cx),
+            Stream::Tls(s) => Pin::new(s.as_mut()).poll_flush(cx),
+        }
+    }
+    fn poll_shutdown(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        match self.get_mut() {
+            Stream::Plain(s) => Pin::new(s).poll_shutdown(cx),
+            Stream::Tls(s) => Pin::new(s.as_mut()).poll_shutdown(cx),
+        }
+    }
+}
 
 /// The upgrade request every scenario sends.
 pub fn upgrade_request(path: &str) -> String {
@@ -23,7 +81,7 @@ pub fn source_addr(i: usize, sources: u8) -> Ipv4Addr {
 /// An upgraded connection and a read buffer holding `filled` bytes that
 /// arrived after the 101 (frames the caller must not lose).
 pub struct Upgraded {
-    pub stream: TcpStream,
+    pub stream: Stream,
     pub buf: Vec<u8>,
     pub filled: usize,
 }
@@ -37,8 +95,18 @@ pub async fn ws_connect(i: usize, target: SocketAddr, path: &str, sources: u8) -
     socket
         .bind(SocketAddr::V4(SocketAddrV4::new(source, 0)))
         .map_err(|e| fail(&format!("bind {source}: {e}")))?;
-    let mut stream = socket.connect(target).await.map_err(|e| fail(&e))?;
-    let _ = stream.set_nodelay(true);
+    let tcp = socket.connect(target).await.map_err(|e| fail(&e))?;
+    let _ = tcp.set_nodelay(true);
+    let mut stream = match crate::tls::client() {
+        None => Stream::Plain(tcp),
+        Some(config) => {
+            let tls = tokio_rustls::TlsConnector::from(config)
+                .connect(crate::tls::server_name(), tcp)
+                .await
+                .map_err(|e| fail(&format!("TLS: {e}")))?;
+            Stream::Tls(Box::new(tls))
+        }
+    };
     stream.write_all(upgrade_request(path).as_bytes()).await.map_err(|e| fail(&e))?;
     let mut buf = vec![0u8; 16 * 1024];
     let mut filled = 0;

@@ -123,6 +123,63 @@ fn hold_reports_memory_per_connection() {
     assert!(out.contains("bytes per connection"), "{out}");
 }
 
+/// A self-signed certificate for localhost in `dir`: the `[server.tls]`
+/// table naming it, and the file the bench trusts (`--tls-ca`).
+fn tls_files(dir: &tempfile::TempDir) -> (String, String) {
+    let k = rcgen::generate_simple_self_signed(vec!["localhost".into()]).unwrap();
+    let (cert, key) = (dir.path().join("cert.pem"), dir.path().join("key.pem"));
+    std::fs::write(&cert, k.cert.pem()).unwrap();
+    std::fs::write(&key, k.signing_key.serialize_pem()).unwrap();
+    let table = format!(
+        "[server.tls]\ncert = {:?}\nkey = {:?}\n",
+        cert.display().to_string(),
+        key.display().to_string()
+    );
+    (table, cert.display().to_string())
+}
+
+#[test]
+fn hold_and_fanout_over_tls() {
+    let dir = tempfile::tempdir().unwrap();
+    let (table, ca) = tls_files(&dir);
+    let (server, line) = start_gateway(&table, 1, &dir);
+    let pid = server.0.id().to_string();
+    let ws = field(&line, "websocket");
+    let out =
+        bench(&["--tls-ca", &ca, "hold", "--target", &ws, "--connections", "100", "--server-pid", &pid]);
+    assert!(out.contains("connections: 100 (+64 warm-up) opened and joined"), "{out}");
+    let out_dir = dir.path().join("out");
+    let out = bench(&[
+        "--tls-ca",
+        &ca,
+        "fanout",
+        "--target",
+        &ws,
+        "--publish-addr",
+        &field(&line, "rpc"),
+        "--subscribers",
+        "100",
+        "--rate",
+        "100",
+        "--duration-secs",
+        "1",
+        "--drain-ms",
+        "500",
+        "--p99-bound-ms",
+        "1000",
+        "--out",
+        out_dir.to_str().unwrap(),
+    ]);
+    let summary: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(out_dir.join("fanout.json")).unwrap()).unwrap();
+    let step = &summary["steps"][0];
+    assert!(step["publications"].as_u64().unwrap() >= 90, "{out}");
+    assert_eq!(step["deliveries_received"], step["deliveries_expected"], "{out}");
+    // The same clients without the CA cannot be served: the bench really speaks TLS.
+    let plain = Command::new(BENCH).args(["hold", "--target", &ws, "--connections", "1"]).output().unwrap();
+    assert!(!plain.status.success(), "plain WebSocket on a TLS port must fail");
+}
+
 #[test]
 fn json_micro_benchmark_runs() {
     let out = bench(&["json", "--iterations", "1000", "--rounds", "1"]);
