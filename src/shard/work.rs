@@ -93,15 +93,23 @@ pub(super) fn poll_marked(cx: &Context<'_>) -> Option<Option<Instant>> {
         if !w.dirty.is_empty() || std::mem::take(&mut w.kicked) {
             Some(w.woken_at.take())
         } else {
+            // Parking now: nothing is pending, so any earlier wake time is
+            // stale (it would count the whole idle time as a stall).
+            w.woken_at = None;
             w.waker = Some(cx.waker().clone());
             None
         }
     })
 }
 
-/// The driver was woken by its ring, not by a mark.
+/// The driver was woken by its ring, not by a mark. Its registration is
+/// dropped too: marks made while it is busy need no wake (the driver looks
+/// for them before it parks), and one would leave a wake time behind.
 pub(super) fn woken_by_ring() {
-    with(|w| w.woken_at = None);
+    with(|w| {
+        w.woken_at = None;
+        w.waker = None;
+    });
 }
 
 /// Starts a pass: the marks so far move into `batch` (empty on entry).
@@ -179,6 +187,29 @@ mod tests {
         begin_pass(&mut batch);
         end_pass();
         assert!(poll_once(waiting.as_mut()).is_ready());
+    }
+
+    #[test]
+    fn a_mark_while_busy_after_a_ring_wake_leaves_no_stale_wake_time() {
+        // The regression: the driver parks, its ring wakes it, a mark made
+        // during that busy turn noted a wake time, the pass took the mark,
+        // and the next mark, seconds of idleness later, reported the whole
+        // idle time as a stall ("work waited 2036 ms to run").
+        set_timed(true);
+        let cx = Context::from_waker(Waker::noop());
+        assert!(poll_marked(&cx).is_none(), "parks");
+        woken_by_ring();
+        schedule(owner(1));
+        let mut batch = Vec::new();
+        begin_pass(&mut batch);
+        end_pass();
+        assert!(poll_marked(&cx).is_none(), "parks again");
+        std::thread::sleep(std::time::Duration::from_millis(30));
+        let marked = Instant::now();
+        schedule(owner(2));
+        let since = poll_marked(&cx).expect("the mark wakes it").expect("timed");
+        assert!(since >= marked, "the wait counts from the mark, not from the busy turn before");
+        set_timed(false);
     }
 
     #[test]
