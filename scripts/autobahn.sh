@@ -26,7 +26,7 @@ config=config/echo.toml
 if [ -n "$tls" ]; then
     command -v openssl >/dev/null || { apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq openssl >/dev/null; }
     openssl req -x509 -newkey ec -pkeyopt ec_paramgen_curve:prime256v1 -nodes -days 2 -subj /CN=localhost \
-        -addext subjectAltName=DNS:localhost -keyout "$out/key.pem" -out "$out/cert.pem" 2>/dev/null
+        -addext subjectAltName=DNS:localhost -addext basicConstraints=critical,CA:FALSE -keyout "$out/key.pem" -out "$out/cert.pem" 2>/dev/null
     config=$out/echo-tls.toml
     { cat config/echo.toml; printf '\n[server.tls]\ncert = "%s"\nkey = "%s"\n' "$out/cert.pem" "$out/key.pem"; } >"$config"
 fi

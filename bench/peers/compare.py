@@ -121,6 +121,7 @@ def make_cert(workdir):
     subprocess.run(["openssl", "req", "-x509", "-newkey", "ec", "-pkeyopt", "ec_paramgen_curve:prime256v1",
                     "-nodes", "-days", "2", "-subj", "/CN=localhost",
                     "-addext", "subjectAltName=DNS:localhost,IP:127.0.0.1",
+                    "-addext", "basicConstraints=critical,CA:FALSE",  # rustls refuses a CA as the server
                     "-keyout", str(key), "-out", str(cert)], check=True, capture_output=True)
     return cert, key
 
