@@ -176,21 +176,25 @@ fn the_api_over_https() {
 #[test]
 fn an_unusable_certificate_stops_the_start_with_the_file_named() {
     let dir = tempfile::tempdir().unwrap();
-    let config = dir.path().join("ringcast.toml");
-    std::fs::write(
-        &config,
+    let err = start_error(
+        dir.path(),
         "[server.tls]\ncert = \"/nonexistent/cert.pem\"\nkey = \"/nonexistent/key.pem\"\n",
-    )
-    .unwrap();
+    );
+    assert!(err.contains("server.tls") && err.contains("/nonexistent/cert.pem"), "{err}");
+}
+
+/// Starts ringcast with `config`, which must stop the start; returns what it said.
+fn start_error(dir: &std::path::Path, config: &str) -> String {
+    let path = dir.join("ringcast.toml");
+    std::fs::write(&path, config).unwrap();
     let out = std::process::Command::new(env!("CARGO_BIN_EXE_ringcast"))
         .arg("--config")
-        .arg(&config)
+        .arg(&path)
         .args(["--listen", "127.0.0.1:0", "--api-listen", "127.0.0.1:0", "--rpc-listen", "127.0.0.1:0"])
         .output()
         .unwrap();
-    assert!(!out.status.success());
-    let err = String::from_utf8_lossy(&out.stderr);
-    assert!(err.contains("server.tls") && err.contains("/nonexistent/cert.pem"), "{err}");
+    assert!(!out.status.success(), "the start must fail");
+    String::from_utf8_lossy(&out.stderr).into_owned()
 }
 
 /// The status of a refused upgrade.
@@ -255,20 +259,10 @@ fn https_hooks_and_proxy_backends_are_verified_against_the_ca_file() {
 #[test]
 fn an_unreadable_ca_file_stops_the_start() {
     let dir = tempfile::tempdir().unwrap();
-    let config = dir.path().join("ringcast.toml");
-    std::fs::write(
-        &config,
+    let err = start_error(
+        dir.path(),
         "[[vhost]]\npath = \"/ws\"\ndialect = \"roadrunner\"\n[vhost.hooks]\nconnect = \"https://localhost:1/c\"\n\
          ca_file = \"/nonexistent/ca.pem\"\n",
-    )
-    .unwrap();
-    let out = std::process::Command::new(env!("CARGO_BIN_EXE_ringcast"))
-        .arg("--config")
-        .arg(&config)
-        .args(["--listen", "127.0.0.1:0", "--api-listen", "127.0.0.1:0", "--rpc-listen", "127.0.0.1:0"])
-        .output()
-        .unwrap();
-    assert!(!out.status.success());
-    let err = String::from_utf8_lossy(&out.stderr);
+    );
     assert!(err.contains("ca_file") && err.contains("/nonexistent/ca.pem"), "{err}");
 }

@@ -64,6 +64,17 @@ fn gateway(config: &str, dir: &tempfile::TempDir) -> (Killed, String) {
     (server, field(&line, "websocket"))
 }
 
+/// Runs a fanout with `args` writing into `out_dir`; returns its output
+/// and its first step's summary.
+fn fanout_step(args: &[&str], out_dir: &std::path::Path) -> (String, serde_json::Value) {
+    let mut all = args.to_vec();
+    all.extend(["--drain-ms", "500", "--p99-bound-ms", "1000", "--out", out_dir.to_str().unwrap()]);
+    let out = bench(&all);
+    let summary: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(out_dir.join("fanout.json")).unwrap()).unwrap();
+    (out, summary["steps"][0].clone())
+}
+
 fn bench(args: &[&str]) -> String {
     let out = Command::new(BENCH).args(args).output().unwrap();
     let text = String::from_utf8_lossy(&out.stdout).to_string();
@@ -149,30 +160,25 @@ fn hold_and_fanout_over_tls() {
         bench(&["--tls-ca", &ca, "hold", "--target", &ws, "--connections", "100", "--server-pid", &pid]);
     assert!(out.contains("connections: 100 (+64 warm-up) opened and joined"), "{out}");
     let out_dir = dir.path().join("out");
-    let out = bench(&[
-        "--tls-ca",
-        &ca,
-        "fanout",
-        "--target",
-        &ws,
-        "--publish-addr",
-        &field(&line, "rpc"),
-        "--subscribers",
-        "100",
-        "--rate",
-        "100",
-        "--duration-secs",
-        "1",
-        "--drain-ms",
-        "500",
-        "--p99-bound-ms",
-        "1000",
-        "--out",
-        out_dir.to_str().unwrap(),
-    ]);
-    let summary: serde_json::Value =
-        serde_json::from_str(&std::fs::read_to_string(out_dir.join("fanout.json")).unwrap()).unwrap();
-    let step = &summary["steps"][0];
+    let rpc = field(&line, "rpc");
+    let (out, step) = fanout_step(
+        &[
+            "--tls-ca",
+            &ca,
+            "fanout",
+            "--target",
+            &ws,
+            "--publish-addr",
+            &rpc,
+            "--subscribers",
+            "100",
+            "--rate",
+            "100",
+            "--duration-secs",
+            "1",
+        ],
+        &out_dir,
+    );
     assert!(step["publications"].as_u64().unwrap() >= 90, "{out}");
     assert_eq!(step["deliveries_received"], step["deliveries_expected"], "{out}");
     // The same clients without the CA cannot be served: the bench really speaks TLS.
@@ -233,30 +239,25 @@ fn fanout_counts_every_delivery() {
     assert!(peak > 1_000.0, "about 10,000 deliveries/s, seen at most {peak}: {out}");
 
     // The same through the HTTP API publisher (what peer servers also speak).
-    let out = bench(&[
-        "fanout",
-        "--target",
-        &field(&line, "websocket"),
-        "--publish-via",
-        "http",
-        "--publish-addr",
-        &field(&line, "api"),
-        "--subscribers",
-        "100",
-        "--rate",
-        "50",
-        "--duration-secs",
-        "1",
-        "--drain-ms",
-        "500",
-        "--p99-bound-ms",
-        "1000",
-        "--out",
-        out_dir.to_str().unwrap(),
-    ]);
-    let summary: serde_json::Value =
-        serde_json::from_str(&std::fs::read_to_string(out_dir.join("fanout.json")).unwrap()).unwrap();
-    let step = &summary["steps"][0];
+    let (ws, api) = (field(&line, "websocket"), field(&line, "api"));
+    let (out, step) = fanout_step(
+        &[
+            "fanout",
+            "--target",
+            &ws,
+            "--publish-via",
+            "http",
+            "--publish-addr",
+            &api,
+            "--subscribers",
+            "100",
+            "--rate",
+            "50",
+            "--duration-secs",
+            "1",
+        ],
+        &out_dir,
+    );
     assert!(step["publications"].as_u64().unwrap() >= 45, "{out}");
     assert_eq!(step["deliveries_received"], step["deliveries_expected"], "{out}");
     assert_eq!(step["passed"], true, "{out}");
