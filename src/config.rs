@@ -74,6 +74,16 @@ pub struct ServerConfig {
     pub tls: Option<TlsFiles>,
     /// TLS on the HTTP API listener (`https://`).
     pub api_tls: Option<TlsFiles>,
+    /// Proxies (CIDRs such as `10.0.0.0/8`, or addresses) whose
+    /// `X-Forwarded-For` (last entry) or `X-Real-IP` names the client; from
+    /// any other peer those headers are ignored.
+    #[serde(deserialize_with = "cidrs")]
+    pub trusted_proxies: Vec<crate::limits::Cidr>,
+}
+
+fn cidrs<'de, D: serde::Deserializer<'de>>(d: D) -> Result<Vec<crate::limits::Cidr>, D::Error> {
+    let texts = Vec::<String>::deserialize(d)?;
+    texts.iter().map(|t| t.parse().map_err(serde::de::Error::custom)).collect()
 }
 
 /// A PEM certificate chain (leaf first) and its private key; read at
@@ -106,6 +116,19 @@ pub struct Limits {
     /// Frame bytes one publish request may make the gateway encode
     /// (payload + topic + envelope, per topic).
     pub max_publish_bytes: usize,
+    /// Longest topic name in bytes (joins and publishes).
+    pub max_topic_length: usize,
+    /// Open connections per client address (IPv6: per /64); more get HTTP
+    /// 429. 0: no limit.
+    pub max_connections_per_ip: u32,
+    /// Upgrade requests per second per client address; more get HTTP 429.
+    /// 0: no limit.
+    pub handshakes_per_ip_per_s: u32,
+    /// Client messages per second per connection (a token bucket of
+    /// `messages_burst`); past it: Close 1008 "rate limit". 0: no limit.
+    pub messages_per_s: u32,
+    /// The bucket's size: messages a connection may send at once.
+    pub messages_burst: u32,
 }
 
 #[derive(Debug, Clone, Deserialize)]
@@ -262,6 +285,41 @@ pub struct VhostConfig {
     /// `webrocket`: rights of unauthenticated sessions, e.g. `["READ"]`.
     #[serde(default, deserialize_with = "perms")]
     pub anonymous: Perms,
+    /// JWT connection tokens (docs/security.md); none: no token is read.
+    #[serde(default)]
+    pub auth: Option<AuthConfig>,
+}
+
+/// `[vhost.auth]`: connection tokens, checked before the upgrade.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct AuthConfig {
+    /// HS256 tokens signed with this secret (at least 32 bytes).
+    pub jwt_hmac_secret: Option<String>,
+    /// RS256, ES256 (P-256) or EdDSA (Ed25519) tokens: the PEM public key.
+    pub jwt_public_key: Option<std::path::PathBuf>,
+    /// A missing or invalid token gets HTTP 401; false: tokenless clients
+    /// connect as anonymous (a token that is sent must still be valid).
+    pub required: bool,
+    /// Slack for `exp` and `nbf`, also for expiry while connected.
+    pub leeway_ms: u64,
+    /// When set, the token's `aud` must hold this.
+    pub aud: Option<String>,
+    /// When set, the token's `iss` must be this.
+    pub iss: Option<String>,
+}
+
+impl Default for AuthConfig {
+    fn default() -> Self {
+        AuthConfig {
+            jwt_hmac_secret: None,
+            jwt_public_key: None,
+            required: true,
+            leeway_ms: 0,
+            aud: None,
+            iss: None,
+        }
+    }
 }
 
 impl VhostConfig {
@@ -285,6 +343,7 @@ impl VhostConfig {
             max_in_flight_per_client: 1,
             hooks: HooksConfig::default(),
             anonymous: Perms::NONE,
+            auth: None,
         }
     }
 }
@@ -384,6 +443,7 @@ impl Default for Config {
                 max_in_flight_per_client: 1,
                 hooks: HooksConfig::default(),
                 anonymous: Perms::NONE,
+                auth: None,
             }],
         }
     }
@@ -411,6 +471,7 @@ impl Default for ServerConfig {
             api_max_connections: 1024,
             tls: None,
             api_tls: None,
+            trusted_proxies: Vec::new(),
         }
     }
 }
@@ -427,6 +488,11 @@ impl Default for Limits {
             max_hooks_in_flight: 1024,
             max_publish_topics: 10_000,
             max_publish_bytes: 64 * 1024 * 1024,
+            max_topic_length: 256,
+            max_connections_per_ip: 0,
+            handshakes_per_ip_per_s: 0,
+            messages_per_s: 0,
+            messages_burst: 0,
         }
     }
 }

@@ -2,6 +2,7 @@
 //! See docs/architecture.md for the map of this crate.
 
 pub mod api;
+pub mod auth;
 pub mod broker;
 pub mod bus;
 pub mod clients;
@@ -10,6 +11,7 @@ pub mod ctl;
 pub mod dialect;
 pub mod handle;
 pub mod hooks;
+pub mod limits;
 pub mod metrics;
 pub mod monitor;
 pub mod proto;
