@@ -127,7 +127,8 @@ pub struct Limits {
     /// Client messages per second per connection (a token bucket of
     /// `messages_burst`); past it: Close 1008 "rate limit". 0: no limit.
     pub messages_per_s: u32,
-    /// The bucket's size: messages a connection may send at once.
+    /// The bucket's size: messages a connection may send at once (0: one
+    /// second's worth, `messages_per_s`).
     pub messages_burst: u32,
 }
 
@@ -194,6 +195,8 @@ impl Default for WebRocketConfig {
 /// The shortest `cluster.secret` accepted (bytes): the key of the envelopes'
 /// HMAC (`broker::seal`).
 pub const MIN_CLUSTER_SECRET_LEN: usize = 32;
+/// Shortest `[vhost.auth] jwt_hmac_secret`: the hash's output size, as RFC 7518 §3.2 asks.
+pub const MIN_HMAC_SECRET_LEN: usize = 32;
 
 /// How nodes sharing a network broker trust each other (docs/cluster.md).
 #[derive(Debug, Clone, Deserialize)]
@@ -577,6 +580,7 @@ impl Config {
         crate::publish::Limits {
             max_topics: self.limits.max_publish_topics,
             max_bytes: self.limits.max_publish_bytes,
+            max_topic_length: self.limits.max_topic_length,
         }
     }
 
@@ -641,6 +645,12 @@ impl Config {
         }
         if l.max_publish_bytes < 1024 {
             return fail("limits.max_publish_bytes", "must be at least 1024 bytes");
+        }
+        if l.max_topic_length == 0 || l.max_topic_length > 65_536 {
+            return fail("limits.max_topic_length", "must be 1 to 65536");
+        }
+        if l.messages_burst > 0 && l.messages_per_s == 0 {
+            return fail("limits.messages_burst", "needs limits.messages_per_s above 0");
         }
         if l.max_hooks_in_flight == 0 {
             return fail("limits.max_hooks_in_flight", "must be at least 1");
@@ -741,6 +751,20 @@ impl Config {
             }
             if v.anonymous != Perms::NONE && v.dialect != Dialect::WebRocket {
                 return fail(&key("anonymous"), "anonymous rights apply to webrocket vhosts");
+            }
+            if let Some(a) = &v.auth {
+                if a.jwt_hmac_secret.is_some() == a.jwt_public_key.is_some() {
+                    return fail(
+                        &key("auth"),
+                        "set exactly one of jwt_hmac_secret (HS256) and jwt_public_key (RS256, ES256, EdDSA)",
+                    );
+                }
+                if a.jwt_hmac_secret.as_ref().is_some_and(|s| s.len() < MIN_HMAC_SECRET_LEN) {
+                    return fail(
+                        &key("auth.jwt_hmac_secret"),
+                        "use at least 32 bytes (e.g. `openssl rand -hex 32`)",
+                    );
+                }
             }
             if v.hooks.timeout_ms == 0 {
                 return fail(&key("hooks.timeout_ms"), "must be above 0");

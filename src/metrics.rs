@@ -39,6 +39,10 @@ pub struct ShardMetrics {
     pub close_hooks_dropped: AtomicU64,
     /// Upgrades refused, by `Refusal`.
     pub refused: [AtomicU64; Refusal::ALL.len()],
+    /// Abuse limits hit, by `Limit`.
+    pub limited: [AtomicU64; crate::limits::Limit::ALL.len()],
+    /// Connections closed (4001) because their token expired.
+    pub token_expired_closes: AtomicU64,
 }
 
 /// Why an upgrade did not become a connection (`reason` label).
@@ -66,10 +70,14 @@ pub enum Refusal {
     PeerGone,
     /// The TLS handshake failed (no ClientHello, no common protocol, a bad record).
     Tls,
+    /// `[vhost.auth]`: a missing or invalid token (401).
+    Token,
+    /// `limits.max_connections_per_ip` or `limits.handshakes_per_ip_per_s` (429).
+    RateLimited,
 }
 
 impl Refusal {
-    pub const ALL: [Refusal; 11] = [
+    pub const ALL: [Refusal; 13] = [
         Refusal::MaxConnections,
         Refusal::BadRequest,
         Refusal::NotFound,
@@ -81,6 +89,8 @@ impl Refusal {
         Refusal::ShuttingDown,
         Refusal::PeerGone,
         Refusal::Tls,
+        Refusal::Token,
+        Refusal::RateLimited,
     ];
 
     pub fn name(self) -> &'static str {
@@ -96,6 +106,8 @@ impl Refusal {
             Refusal::ShuttingDown => "shutting_down",
             Refusal::PeerGone => "peer_gone",
             Refusal::Tls => "tls",
+            Refusal::Token => "token",
+            Refusal::RateLimited => "rate_limited",
         }
     }
 }
@@ -103,6 +115,10 @@ impl Refusal {
 impl ShardMetrics {
     pub fn refuse(&self, why: Refusal) {
         inc(&self.refused[why as usize]);
+    }
+
+    pub fn limited(&self, limit: crate::limits::Limit) {
+        inc(&self.limited[limit as usize]);
     }
 }
 
@@ -327,6 +343,12 @@ const SHARD_SERIES: &[(&str, &str, &str, Field)] = &[
         "Close notifications never sent: backlog full, or still waiting at the shutdown deadline.",
         |m| &m.close_hooks_dropped,
     ),
+    (
+        "ringcast_token_expired_closes_total",
+        "counter",
+        "Connections closed with 4001 because their token expired ([vhost.auth]).",
+        |m| &m.token_expired_closes,
+    ),
 ];
 
 /// Renders every series, per shard where the value is per shard.
@@ -370,6 +392,18 @@ pub fn render(shards: &[Arc<ShardMetrics>], global: &GlobalMetrics) -> String {
         ("slow_consumer", &global.pushes_slow_consumer),
     ] {
         let _ = writeln!(out, "ringcast_push_requests_total{{outcome=\"{outcome}\"}} {}", v.load(Relaxed));
+    }
+    head(
+        &mut out,
+        "ringcast_limited_total",
+        "counter",
+        "Abuse limits hit on the public port (docs/security.md), by limit.",
+    );
+    for (i, m) in shards.iter().enumerate() {
+        for l in crate::limits::Limit::ALL {
+            let n = m.limited[l as usize].load(Relaxed);
+            let _ = writeln!(out, "ringcast_limited_total{{shard=\"{i}\",limit=\"{}\"}} {n}", l.label());
+        }
     }
     head(
         &mut out,

@@ -24,6 +24,7 @@ pub enum PublishError {
     InvalidTopic {
         message: usize,
         topic: String,
+        max_len: usize,
     },
     UnknownBroker(String),
     /// More (message, topic) pairs than `limits.max_publish_topics`.
@@ -61,6 +62,8 @@ impl PublishError {
 pub struct Limits {
     pub max_topics: usize,
     pub max_bytes: usize,
+    /// `limits.max_topic_length`.
+    pub max_topic_length: usize,
 }
 
 /// Envelope bytes of a delivery frame besides topic and payload (header,
@@ -72,8 +75,15 @@ impl std::fmt::Display for PublishError {
         match self {
             PublishError::NoMessages => f.write_str("request has no messages"),
             PublishError::NoTopics { message } => write!(f, "message {message} has no topics"),
-            PublishError::InvalidTopic { message, topic } => {
-                write!(f, "message {message}: invalid topic {topic:?} (1-255 bytes, no control characters)")
+            PublishError::InvalidTopic { message, topic, max_len } => {
+                // A long topic is shown by its start: the answer stays small.
+                let shown: String = topic.chars().take(64).collect();
+                let more = if shown.len() < topic.len() { "…" } else { "" };
+                write!(
+                    f,
+                    "message {message}: invalid topic {shown:?}{more} (1 to {max_len} bytes \
+                     (limits.max_topic_length), no control characters)"
+                )
             }
             PublishError::UnknownBroker(b) => write!(f, "unknown broker {b:?}"),
             PublishError::TooManyTopics { topics, limit } => write!(
@@ -112,8 +122,9 @@ pub fn validate(messages: &[Message], limits: &Limits) -> Result<(), PublishErro
         if m.topics.is_empty() {
             return Err(PublishError::NoTopics { message: i });
         }
-        if let Some(t) = m.topics.iter().find(|t| !topic_is_valid(t)) {
-            return Err(PublishError::InvalidTopic { message: i, topic: t.clone() });
+        if let Some(t) = m.topics.iter().find(|t| !topic_is_valid(t, limits.max_topic_length)) {
+            let max_len = limits.max_topic_length;
+            return Err(PublishError::InvalidTopic { message: i, topic: t.clone(), max_len });
         }
     }
     Ok(())
@@ -160,7 +171,7 @@ mod tests {
         Message { topics: topics.iter().map(|t| t.to_string()).collect(), payload: Bytes::from_static(b"x") }
     }
 
-    const LIMITS: Limits = Limits { max_topics: 100, max_bytes: 1 << 20 };
+    const LIMITS: Limits = Limits { max_topics: 100, max_bytes: 1 << 20, max_topic_length: 256 };
 
     #[test]
     fn validation_refuses_the_whole_request() {

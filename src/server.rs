@@ -39,6 +39,8 @@ pub enum StartError {
     Store(crate::webrocket::store::StoreError),
     /// A TLS certificate or key (`[server.tls]`, `[server.api_tls]`) is unusable.
     Tls { what: &'static str, source: crate::tls::TlsError },
+    /// A `[vhost.auth]` key is missing or unusable.
+    Auth { vhost: String, source: crate::auth::token::AuthSetupError },
 }
 
 impl std::fmt::Display for StartError {
@@ -54,11 +56,33 @@ impl std::fmt::Display for StartError {
             StartError::Broker(e) => write!(f, "{e}"),
             StartError::Store(e) => write!(f, "{e}"),
             StartError::Tls { what, source } => write!(f, "{what}: {source}"),
+            StartError::Auth { vhost, source } => write!(f, "[vhost.auth] of {vhost}: {source}"),
         }
     }
 }
 
 impl std::error::Error for StartError {}
+
+/// Each vhost's token check (`[vhost.auth]`), by vhost index; key files are read now.
+fn verifiers(config: &Config) -> Result<Arc<[Option<crate::auth::Verifier>]>, StartError> {
+    use crate::auth::GrantsClaim;
+    use crate::dialect::Dialect;
+    config
+        .vhosts
+        .iter()
+        .map(|v| {
+            let Some(a) = &v.auth else { return Ok(None) };
+            let claim = match v.dialect {
+                Dialect::RoadRunner => GrantsClaim::Topics,
+                Dialect::WebRocket => GrantsClaim::Channels,
+                Dialect::Proxy | Dialect::Echo => GrantsClaim::None,
+            };
+            crate::auth::Verifier::new(a, claim)
+                .map(Some)
+                .map_err(|source| StartError::Auth { vhost: v.path.clone(), source })
+        })
+        .collect()
+}
 
 fn bind_error(what: &'static str, addr: SocketAddr, source: std::io::Error) -> StartError {
     StartError::Listen { what, addr, source }
@@ -93,6 +117,11 @@ pub fn run(config: Config) -> Result<(), StartError> {
     };
     let ws_tls = load_certs("server.tls", &server.tls)?;
     let api_tls = load_certs("server.api_tls", &server.api_tls)?;
+    let auth = verifiers(&config)?;
+    let per_ip = crate::limits::PerIp::new(
+        config.limits.max_connections_per_ip,
+        config.limits.handshakes_per_ip_per_s,
+    );
     let backends = hooks::Backends::new(&config)
         .map_err(|source| StartError::Tls { what: "[vhost.hooks] ca_file", source })?;
 
@@ -163,6 +192,8 @@ pub fn run(config: Config) -> Result<(), StartError> {
             interest: interest_tx.clone(),
             stats: shard_stats[id].clone(),
             tls: ws_tls.clone(),
+            auth: auth.clone(),
+            per_ip: per_ip.clone(),
         };
         let cpu = (!cores.is_empty()).then(|| cores[id % cores.len()].id);
         let ready = ready_tx.clone();

@@ -30,9 +30,10 @@ const LAYERS: &[(&str, &[&str])] = &[
             "snapshot",
             "metrics",
             "stats",
+            "auth",
         ],
     ),
-    ("ground", &["ws", "rt", "handle", "proto", "tls"]),
+    ("ground", &["ws", "rt", "handle", "proto", "tls", "limits"]),
 ];
 
 /// Imports that still run upward (file, imported file).

@@ -66,7 +66,7 @@ fn leave_stops_delivery() {
 fn refused_joins_reply_hash_join() {
     let s = server();
     let mut ws = s.connect("/ws");
-    let long = "x".repeat(256);
+    let long = "x".repeat(257);
     let cases = [
         (r#"{"command":"join","topics":[]}"#.to_string(), r##"{"topic":"#join","payload":[]}"##.to_string()),
         (

@@ -30,7 +30,7 @@ fuzz_target!(|data: &[u8]| {
     let mut awaited: Vec<Effect> = Vec::new();
     for piece in data[3..].chunks(chunk) {
         let mut buf = piece.to_vec();
-        let mut cx = Context { max_message_size: 512, budget: BUDGET, json: &mut json };
+        let mut cx = Context::new(512, BUDGET, &mut json);
         session.on_bytes(&mut buf, &mut cx, &mut effects);
         for _ in 0..=data.len() {
             for effect in effects.drain(..) {
@@ -69,7 +69,7 @@ fuzz_target!(|data: &[u8]| {
             if !session.can_resume() {
                 break;
             }
-            let mut cx = Context { max_message_size: 512, budget: BUDGET, json: &mut json };
+            let mut cx = Context::new(512, BUDGET, &mut json);
             session.resume(&mut cx, &mut effects);
         }
         assert!(!session.can_resume() || session.is_held() || answer_late, "held input never resumed");

@@ -107,7 +107,7 @@ fuzz_target!(|data: &[u8]| {
             // What a RoadRunner session would make of it: never a panic.
             let mut session = ringcast::session::Session::new(ringcast::session::Kind::RoadRunner, 1, 0);
             let mut json = simd_json::Buffers::default();
-            let mut cx = ringcast::session::Context { max_message_size: 512, budget: 4096, json: &mut json };
+            let mut cx = ringcast::session::Context::new(512, 4096, &mut json);
             let mut bytes = plaintext;
             session.on_bytes(&mut bytes, &mut cx, &mut Vec::new());
         }

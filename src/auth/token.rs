@@ -9,14 +9,12 @@ use jsonwebtoken::{Algorithm, DecodingKey, Validation};
 use serde::Deserialize;
 
 use super::grants::Grants;
-use crate::config::AuthConfig;
+use crate::config::{AuthConfig, MIN_HMAC_SECRET_LEN};
 
 /// Longest token accepted, in bytes (it travels in the request head).
 pub const MAX_TOKEN_LEN: usize = 8 * 1024;
 /// Longest `sub`: it becomes a header value and a log field.
 pub const MAX_USER_LEN: usize = 256;
-/// Shortest HS256 secret: the hash's output size, as RFC 7518 §3.2 asks.
-pub const MIN_HMAC_SECRET_LEN: usize = 32;
 
 /// Why a token was refused; the text is the 401's body (after "invalid token: ").
 #[derive(Debug, Clone, PartialEq, Eq)]

@@ -9,9 +9,6 @@ use serde::Deserialize;
 
 use crate::ws::FrameBuilder;
 
-/// Longest topic name in bytes.
-pub const MAX_TOPIC_LEN: usize = 255;
-
 /// A parsed client command; strings borrow from the message buffer.
 #[derive(Debug, PartialEq, Eq)]
 pub enum Command<'a> {
@@ -25,6 +22,11 @@ pub enum Command<'a> {
     },
     /// Accepted and ignored (RoadRunner's client sends it).
     Headers,
+    /// Ours (`[vhost.auth]`): a new token for the connection before its
+    /// current one expires.
+    Refresh {
+        token: &'a str,
+    },
 }
 
 #[derive(Deserialize)]
@@ -35,6 +37,8 @@ struct RawCommand<'a> {
     broker: Option<&'a str>,
     #[serde(borrow, default)]
     topics: Option<Vec<&'a str>>,
+    #[serde(borrow, default)]
+    token: Option<&'a str>,
 }
 
 /// Why a client message was not a command; sent back in `#error`.
@@ -71,14 +75,28 @@ pub fn parse_command<'a>(
         Some("join") => Ok(Command::Join { broker, topics: raw.topics.unwrap_or_default() }),
         Some("leave") => Ok(Command::Leave { broker, topics: raw.topics.unwrap_or_default() }),
         Some("headers") => Ok(Command::Headers),
+        Some("refresh") => Ok(Command::Refresh { token: raw.token.unwrap_or_default() }),
         Some(other) => Err(BadCommand::Unknown(other.to_string())),
         None => Err(BadCommand::Missing),
     }
 }
 
-/// Topic names: non-empty, at most 255 bytes, no control characters.
-pub fn topic_is_valid(topic: &str) -> bool {
-    !topic.is_empty() && topic.len() <= MAX_TOPIC_LEN && !topic.chars().any(char::is_control)
+/// Topic names: non-empty, at most `max_len` bytes (`limits.max_topic_length`),
+/// no control characters.
+pub fn topic_is_valid(topic: &str, max_len: usize) -> bool {
+    !topic.is_empty() && topic.len() <= max_len && !topic.chars().any(char::is_control)
+}
+
+/// `{"topic":"@refresh"}`: the new token is the connection's now.
+pub fn refreshed_frame() -> Bytes {
+    let mut b = FrameBuilder::with_capacity(24);
+    b.payload().extend_from_slice(br#"{"topic":"@refresh"}"#);
+    b.finish_text()
+}
+
+/// `{"topic":"#refresh","payload":["<reason>"]}`: the old token stays.
+pub fn refresh_failed_frame(reason: &str) -> Bytes {
+    frame_of("#refresh", [reason], reason.len())
 }
 
 /// The reply kinds of §2.
@@ -159,6 +177,10 @@ mod tests {
         );
         assert_eq!(parse(r#"{"command":"headers","payload":{"x":1},"zzz":[]}"#).unwrap(), "Headers");
         assert_eq!(parse(r#"{"command":"join"}"#).unwrap(), "Join { broker: None, topics: [] }");
+        assert_eq!(
+            parse(r#"{"command":"refresh","token":"a.b.c"}"#).unwrap(),
+            r#"Refresh { token: "a.b.c" }"#
+        );
     }
 
     #[test]
@@ -172,11 +194,12 @@ mod tests {
 
     #[test]
     fn topic_rules() {
-        assert!(topic_is_valid("chat.room-1/é"));
-        assert!(!topic_is_valid(""));
-        assert!(!topic_is_valid(&"a".repeat(256)));
-        assert!(topic_is_valid(&"a".repeat(255)));
-        assert!(!topic_is_valid("a\nb"));
+        assert!(topic_is_valid("chat.room-1/é", 256));
+        assert!(!topic_is_valid("", 256));
+        assert!(!topic_is_valid(&"a".repeat(257), 256));
+        assert!(topic_is_valid(&"a".repeat(256), 256));
+        assert!(!topic_is_valid("abc", 2));
+        assert!(!topic_is_valid("a\nb", 256));
     }
 
     #[test]
@@ -186,6 +209,11 @@ mod tests {
             r#"{"topic":"@join","payload":["foo","foo2"]}"#
         );
         assert_eq!(payload_of(&reply_frame(Reply::JoinFailed, &[])), r##"{"topic":"#join","payload":[]}"##);
+        assert_eq!(payload_of(&refreshed_frame()), r#"{"topic":"@refresh"}"#);
+        assert_eq!(
+            payload_of(&refresh_failed_frame("token expired")),
+            r##"{"topic":"#refresh","payload":["token expired"]}"##
+        );
         assert_eq!(
             payload_of(&error_frame("binary frames are not supported")),
             r##"{"topic":"#error","payload":["binary frames are not supported"]}"##

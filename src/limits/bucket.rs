@@ -9,9 +9,10 @@ pub struct Rate {
 }
 
 impl Rate {
-    /// None when `per_s` is 0 (no limit); a burst below 1 is 1.
+    /// None when `per_s` is 0 (no limit); a burst of 0 is one second's worth.
     pub fn new(per_s: u32, burst: u32) -> Option<Rate> {
-        (per_s > 0).then(|| Rate { per_s: per_s as f32, burst: burst.max(1) as f32 })
+        let burst = if burst == 0 { per_s } else { burst };
+        (per_s > 0).then_some(Rate { per_s: per_s as f32, burst: burst as f32 })
     }
 }
 
@@ -55,7 +56,7 @@ mod tests {
         assert!((0..5).all(|_| b.take(rate, t0 + 10_000)), "refills to the burst, not past it");
         assert!(!b.take(rate, t0 + 10_000));
         assert_eq!(Rate::new(0, 5), None);
-        assert_eq!(Rate::new(3, 0).unwrap().burst, 1.0);
+        assert_eq!(Rate::new(3, 0).unwrap().burst, 3.0);
         assert_eq!(std::mem::size_of::<Bucket>(), 8);
     }
 }

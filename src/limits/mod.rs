@@ -6,7 +6,7 @@ mod address;
 mod bucket;
 mod per_ip;
 
-pub use address::{client_address, Cidr};
+pub use address::{canonical, client_address, Cidr};
 pub use bucket::{Bucket, Rate};
 pub use per_ip::{Admission, IpSlot, PerIp};
 

@@ -18,6 +18,7 @@ use std::rc::Rc;
 use bytes::Bytes;
 
 use crate::dialect::roadrunner::{self, Command, Reply};
+use crate::limits::{Bucket, Rate};
 use crate::ws::{close_frame, data_frame, Control, Data, Decoder, Event, Flow, OpCode};
 use send_queue::{Frame, OverBudget, SendQueue};
 
@@ -41,6 +42,17 @@ pub struct Context<'a> {
     pub budget: usize,
     /// Reused parse buffers for RoadRunner commands.
     pub json: &'a mut simd_json::Buffers,
+    /// `limits.messages_per_s` and `messages_burst`; None: no limit.
+    pub rate: Option<Rate>,
+    /// The shard's clock (ms), for the rate.
+    pub now_ms: u64,
+}
+
+impl<'a> Context<'a> {
+    /// No message rate limit (tests, fuzzing).
+    pub fn new(max_message_size: usize, budget: usize, json: &'a mut simd_json::Buffers) -> Context<'a> {
+        Context { max_message_size, budget, json, rate: None, now_ms: 0 }
+    }
 }
 
 /// Work for the gateway, in the order it arose.
@@ -53,6 +65,12 @@ pub enum Effect {
     Leave { broker: Option<String>, topics: Vec<String> },
     /// A proxy client's message for the backend; `forward_answered` follows.
     Forward { body: Bytes, text: bool },
+    /// A RoadRunner `refresh` (ours): check the token, then call
+    /// `refresh_answered`. Input waits meanwhile.
+    Refresh { token: String },
+    /// The client sent past `limits.messages_per_s`: a Close 1008 is
+    /// queued (a `Closing` follows).
+    RateLimited,
     /// A WebRocket client's text message (None: a binary one) for the
     /// WebRocket session; `answered` follows once the shard has handed it
     /// over. Input waits meanwhile.
@@ -108,6 +126,8 @@ pub struct Session {
     close_reason: Option<Box<str>>,
     last_rx_ms: u64,
     ping_outstanding: bool,
+    /// `limits.messages_per_s`: the connection's message budget.
+    bucket: Bucket,
 }
 
 impl Session {
@@ -253,6 +273,13 @@ impl Session {
         let result = decoder.feed(input, cx.max_message_size, &mut |event| {
             if matches!(event, Event::Text(_) | Event::Binary(_)) {
                 messages += 1;
+                if let Some(rate) = cx.rate {
+                    if !self.bucket.take(rate, cx.now_ms) {
+                        out.push(Effect::RateLimited);
+                        self.close(Some(1008), "rate limit", out);
+                        return Flow::Stop;
+                    }
+                }
             }
             let flow = self.on_event(event, cx, out);
             if flow == Flow::Continue && self.is_held() {
@@ -293,6 +320,16 @@ impl Session {
         self.answered();
         let reply = if left { Reply::Left } else { Reply::LeaveFailed };
         self.reply(roadrunner::reply_frame(reply, topics), budget, out);
+    }
+
+    /// The answer to `Effect::Refresh`: None took the token, else why not.
+    pub fn refresh_answered(&mut self, refused: Option<&str>, budget: usize, out: &mut Vec<Effect>) {
+        self.answered();
+        let frame = match refused {
+            None => roadrunner::refreshed_frame(),
+            Some(why) => roadrunner::refresh_failed_frame(why),
+        };
+        self.reply(frame, budget, out);
     }
 
     /// The backend's answer to `Effect::Forward`.
@@ -370,6 +407,10 @@ impl Session {
                 Ok(Command::Leave { broker, topics }) => {
                     self.in_flight += 1;
                     out.push(Effect::Leave { broker: broker.map(str::to_string), topics: owned(&topics) });
+                }
+                Ok(Command::Refresh { token }) => {
+                    self.in_flight += 1;
+                    out.push(Effect::Refresh { token: token.to_string() });
                 }
                 Err(bad) => self.reply(roadrunner::error_frame(&bad.to_string()), cx.budget, out),
             },
@@ -459,12 +500,12 @@ mod tests {
         }
 
         fn feed(&mut self, mut bytes: Vec<u8>) -> u64 {
-            let mut cx = Context { max_message_size: 1024, budget: BUDGET, json: &mut self.json };
+            let mut cx = Context::new(1024, BUDGET, &mut self.json);
             self.session.on_bytes(&mut bytes, &mut cx, &mut self.effects)
         }
 
         fn resume(&mut self) -> u64 {
-            let mut cx = Context { max_message_size: 1024, budget: BUDGET, json: &mut self.json };
+            let mut cx = Context::new(1024, BUDGET, &mut self.json);
             self.session.resume(&mut cx, &mut self.effects)
         }
 
@@ -491,6 +532,33 @@ mod tests {
 
     fn texts(frames: &[(u8, Vec<u8>)]) -> Vec<String> {
         frames.iter().map(|(_, p)| String::from_utf8_lossy(p).into_owned()).collect()
+    }
+
+    #[test]
+    fn past_the_message_rate_the_connection_is_closed_with_1008() {
+        let mut h = Harness::new(Kind::Echo, 1);
+        let rate = Rate::new(10, 2);
+        let feed = |h: &mut Harness, now_ms: u64, bytes: Vec<u8>| {
+            let mut bytes = bytes;
+            let mut cx = Context { rate, now_ms, ..Context::new(1024, BUDGET, &mut h.json) };
+            h.session.on_bytes(&mut bytes, &mut cx, &mut h.effects)
+        };
+        let mut two = text("a");
+        two.extend(text("b"));
+        feed(&mut h, 1_000, two);
+        assert!(h.effects().is_empty(), "the burst passes");
+        feed(&mut h, 1_100, text("c"));
+        assert!(h.effects().is_empty(), "a token came back after 100 ms");
+        let mut burst = text("d");
+        burst.extend(text("e"));
+        feed(&mut h, 1_100, burst);
+        assert_eq!(h.effects(), [Effect::RateLimited, Effect::Closing]);
+        let sent = h.sent();
+        assert_eq!(texts(&sent[..3]), ["a", "b", "c"], "nothing past the limit was handled");
+        assert_eq!(sent[3].0, 0x8);
+        assert_eq!(&sent[3].1[..2], &1008u16.to_be_bytes());
+        assert_eq!(&sent[3].1[2..], b"rate limit");
+        assert_eq!(sent.len(), 4);
     }
 
     #[test]

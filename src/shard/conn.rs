@@ -45,6 +45,32 @@ pub struct ConnState {
     pub(crate) probe: crate::stats::ProbeMark,
     /// `[server.tls]`: the connection's record layer (`tls_io.rs` drives it).
     pub(super) tls: Option<Box<TlsLink>>,
+    /// Who the client is, when a token or a limit needs it (most
+    /// connections: None, no allocation).
+    pub(crate) ident: Option<Box<ConnIdent>>,
+}
+
+/// A connection's client: its token's claims, its address, its place in
+/// the per-address count.
+#[derive(Debug, Default)]
+pub(crate) struct ConnIdent {
+    pub token: crate::auth::Identity,
+    /// The client's address (behind a trusted proxy: the one it named).
+    pub client: Option<std::net::IpAddr>,
+    /// Freed when the connection ends.
+    pub _slot: Option<crate::limits::IpSlot>,
+}
+
+impl ConnState {
+    /// The token's `sub`, for hooks (`X-Ringcast-User`).
+    pub fn user(&self) -> Option<&std::sync::Arc<str>> {
+        self.ident.as_ref()?.token.user.as_ref()
+    }
+
+    /// May the connection join `topic`? Only a token's claim restricts it.
+    pub fn may_join(&self, topic: &str) -> bool {
+        self.ident.as_ref().and_then(|i| i.token.grants.as_ref()).is_none_or(|g| g.allows(topic))
+    }
 }
 
 /// A TLS connection's record state and the ciphertext its socket did not

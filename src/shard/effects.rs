@@ -49,6 +49,12 @@ pub(super) fn hook_request(
     }
 }
 
+/// `X-Ringcast-User: <sub>` for a connection that came with a token.
+fn user_header(user: Option<&Arc<str>>) -> Option<(hyper::header::HeaderName, HeaderValue)> {
+    let value = HeaderValue::from_str(user?).ok()?;
+    Some((hyper::header::HeaderName::from_static("x-ringcast-user"), value))
+}
+
 /// `DELETE {backend}/<ClientId>` with the close reason (proxy), or
 /// `POST {hooks.close}` with `{"connection","reason"}` (others).
 fn close_hook(
@@ -82,9 +88,10 @@ fn close_hook(
 /// Unregisters a connection whose socket is closed (or never handed over)
 /// and tells the backend it is gone.
 pub(super) fn finish(shard: &Rc<Shard>, conn: &ConnRef, peer: Option<SocketAddr>) {
-    let (owner, vhost, client, reason) = {
+    let (owner, vhost, client, reason, user) = {
         let mut st = conn.borrow_mut();
-        (st.owner, st.vhost, st.session.client().cloned(), st.session.take_close_reason())
+        let user = st.user().cloned();
+        (st.owner, st.vhost, st.session.client().cloned(), st.session.take_close_reason(), user)
     };
     shard.unregister(owner.key, vhost);
     if let Some(id) = &client {
@@ -99,7 +106,8 @@ pub(super) fn finish(shard: &Rc<Shard>, conn: &ConnRef, peer: Option<SocketAddr>
         reason = reason.as_deref().unwrap_or("peer closed or socket failed"),
         "connection closed"
     );
-    if let Some(request) = close_hook(v, owner.id, client.as_deref(), reason.as_deref()) {
+    if let Some(mut request) = close_hook(v, owner.id, client.as_deref(), reason.as_deref()) {
+        request.headers.extend(user_header(user.as_ref()));
         // Not awaited (the outcome is counted in the hook metrics); a
         // full hook queue puts it in the shard's backlog, not a timer.
         shard.notify_closed(request);
@@ -136,6 +144,8 @@ fn step(shard: &Rc<Shard>, conn: &ConnRef, input: Option<&mut [u8]>) {
             max_message_size: limits.max_message_size,
             budget: limits.max_backpressure,
             json: &mut json,
+            rate: shard.message_rate,
+            now_ms: shard.now_ms(),
         };
         let was_empty = st.session.queue.is_empty();
         let n = match input {
@@ -171,6 +181,12 @@ fn apply(shard: &Rc<Shard>, conn: &ConnRef, effect: Effect) {
             answer(shard, &mut st, |s, out| s.leave_answered(ok, &names, budget, out));
         }
         Effect::Forward { body, text } => forward(shard, conn, body, text),
+        Effect::Refresh { token } => {
+            let mut st = conn.borrow_mut();
+            let refused = refresh(shard, &mut st, &token).err();
+            let budget = shard.config.limits.max_backpressure;
+            answer(shard, &mut st, |s, out| s.refresh_answered(refused.as_deref(), budget, out));
+        }
         Effect::WebRocket(text) => {
             super::webrocket::on_message(shard, conn, text.as_deref());
             answer(shard, &mut conn.borrow_mut(), |s, _| s.answered());
@@ -186,6 +202,7 @@ fn settle(shard: &Shard, st: &mut ConnState, effect: Effect) {
         Effect::Closing => shard.closing(st, CLOSE_LINGER),
         Effect::SlowConsumer => shard.slow_consumer_closed(st),
         Effect::ProtocolError => metrics::inc(&shard.metrics.protocol_errors),
+        Effect::RateLimited => shard.metrics.limited(crate::limits::Limit::MessagesPerS),
         request => debug_assert!(false, "an answer asked for more: {request:?}"),
     }
 }
@@ -201,6 +218,22 @@ fn answer(shard: &Shard, st: &mut ConnState, f: impl FnOnce(&mut Session, &mut V
     st.wake();
 }
 
+/// A RoadRunner `refresh`: a valid token for the same user replaces the
+/// connection's claims (expiry, topics); else the reason, and the old
+/// token stays.
+fn refresh(shard: &Shard, st: &mut ConnState, token: &str) -> Result<(), String> {
+    let Some(verifier) = shard.verifier(st.vhost) else {
+        return Err("this endpoint takes no tokens ([vhost.auth] is not set)".into());
+    };
+    let fresh = verifier.verify(token, crate::auth::unix_ms()).map_err(|e| e.to_string())?;
+    let ident = st.ident.get_or_insert_with(Default::default);
+    if ident.token.user.is_some() && ident.token.user != fresh.user {
+        return Err(crate::auth::TokenError::OtherUser.to_string());
+    }
+    ident.token = fresh;
+    Ok(())
+}
+
 fn names(topics: &[String]) -> Vec<&str> {
     topics.iter().map(String::as_str).collect()
 }
@@ -212,11 +245,19 @@ fn join(shard: &Rc<Shard>, conn: &ConnRef, broker: Option<String>, topics: Vec<S
     let mut st = conn.borrow_mut();
     let v = &shard.vhost_config(st.vhost);
     let names = names(&topics);
+    if names.iter().any(|t| t.len() > shard.config.limits.max_topic_length) {
+        shard.metrics.limited(crate::limits::Limit::TopicLength);
+    }
+    // The token's `topics` claim: a join naming any other topic is refused whole.
+    if !names.iter().all(|t| st.may_join(t)) {
+        let budget = shard.config.limits.max_backpressure;
+        return answer(shard, &mut st, |s, out| s.join_answered(false, &names, budget, out));
+    }
     if let Some(url) = &v.hooks.join {
         if shard.subscriptions.borrow().acceptable(broker.as_deref(), &names) {
-            let owner = st.owner;
+            let (owner, user) = (st.owner, st.user().cloned());
             drop(st);
-            return join_with_hook(shard, owner, v, url, broker, topics);
+            return join_with_hook(shard, owner, user, v, url, broker, topics);
         }
     }
     let joined =
@@ -255,6 +296,7 @@ fn answer_join(
 fn join_with_hook(
     shard: &Rc<Shard>,
     owner: Owner,
+    user: Option<Arc<str>>,
     v: &VhostConfig,
     url: &str,
     broker: Option<String>,
@@ -264,6 +306,7 @@ fn join_with_hook(
     let body = serde_json::json!({ "connection": owner.id.to_string(), "topics": topics });
     request.body = Bytes::from(body.to_string());
     request.headers.push((CONTENT_TYPE, HeaderValue::from_static("application/json")));
+    request.headers.extend(user_header(user.as_ref()));
     let shard = shard.clone();
     rt::spawn(async move {
         let outcome = shard.call_hook(request).await;
@@ -309,7 +352,7 @@ async fn joined_when_confirmed(
 /// 2xx answer goes back to the client.
 fn forward(shard: &Rc<Shard>, conn: &ConnRef, body: Bytes, is_text: bool) {
     let mut st = conn.borrow_mut();
-    let (owner, vhost) = (st.owner, st.vhost);
+    let (owner, vhost, user) = (st.owner, st.vhost, st.user().cloned());
     let v = &shard.vhost_config(vhost);
     let (Some(client), Some(backend)) = (st.session.client().cloned(), &v.backend) else {
         // Not a proxy connection after all: nothing will answer.
@@ -321,6 +364,7 @@ fn forward(shard: &Rc<Shard>, conn: &ConnRef, body: Bytes, is_text: bool) {
         hook_request(v, HookKind::Message, hyper::Method::POST, url, shard.config.limits.max_message_size);
     let content_type = if is_text { "text/plain; charset=utf-8" } else { "application/octet-stream" };
     request.headers.push((CONTENT_TYPE, HeaderValue::from_static(content_type)));
+    request.headers.extend(user_header(user.as_ref()));
     request.body = body;
     let shard = shard.clone();
     rt::spawn(async move {

@@ -14,7 +14,7 @@ use std::time::Duration;
 use futures_lite::AsyncWriteExt;
 use hyper::header::{HeaderName, HeaderValue};
 
-use super::conn::ConnState;
+use super::conn::{ConnIdent, ConnState};
 use super::effects;
 use super::state::Shard;
 use super::wire::{Wire, WireError};
@@ -89,7 +89,7 @@ async fn open(shard: Rc<Shard>, stream: TcpStream) -> bool {
             }
         },
     };
-    let Some(Accepted { vhost, wr, upgrade, client, rest: mut leftover }) =
+    let Some(Accepted { vhost, wr, upgrade, client, rest: mut leftover, ident }) =
         upgrade(&shard, &mut wire, peer).await
     else {
         return false;
@@ -109,10 +109,18 @@ async fn open(shard: Rc<Shard>, stream: TcpStream) -> bool {
         }
     };
     let pause_at = if v.dialect == Dialect::Proxy { v.max_in_flight_per_client } else { 1 };
+    let wr = wr.map(|v| {
+        let mut session = Box::new(crate::webrocket::session::Session::new(v));
+        if let Some(ident) = &ident {
+            session.take_token(&ident.token);
+        }
+        session
+    });
     let state = Rc::new(RefCell::new(ConnState {
         session: Session::new(kind, pause_at, shard.now_ms()),
-        wr: wr.map(|v| Box::new(crate::webrocket::session::Session::new(v))),
+        wr,
         vhost,
+        ident,
         ..Default::default()
     }));
     let owner = shard.register(&state, vhost);
@@ -181,6 +189,9 @@ struct Accepted {
     client: Option<String>,
     /// Bytes that followed the request.
     rest: Vec<u8>,
+    /// The token's claims and the client's address, when the vhost or a
+    /// limit needs them.
+    ident: Option<Box<ConnIdent>>,
 }
 
 enum HandshakeEnd {
@@ -229,7 +240,7 @@ async fn upgrade(shard: &Shard, wire: &mut Wire, peer: Option<SocketAddr>) -> Op
     .await;
     // The connect hook's wait is part of the handshake: it ends at the
     // same deadline, whatever the hook's own timeout.
-    let outcome = match read {
+    let outcome = match read.and_then(|mut accepted| admit(shard, &mut accepted, peer).map(|()| accepted)) {
         Ok(accepted) => futures_lite::future::or(authorize(shard, &accepted, peer), async {
             rt::sleep(deadline.saturating_duration_since(std::time::Instant::now())).await;
             Err(HandshakeEnd::Refused(
@@ -297,8 +308,52 @@ async fn read_upgrade(shard: &Shard, wire: &mut Wire) -> Result<Accepted, Handsh
             }
             _ => None,
         };
-        return Ok(Accepted { vhost, wr, upgrade, client, rest: buf.split_off(used) });
+        return Ok(Accepted { vhost, wr, upgrade, client, rest: buf.split_off(used), ident: None });
     }
+}
+
+/// The abuse limits and the token, once the request is read and before
+/// the connect hook: 429 for an address over its limits (nothing costly
+/// done for it yet), 401 for a token the vhost refuses.
+fn admit(shard: &Shard, a: &mut Accepted, peer: Option<SocketAddr>) -> Result<(), HandshakeEnd> {
+    use crate::auth::{Identity, TokenError};
+    use crate::limits::{Admission, Limit};
+    let trusted = &shard.config.server.trusted_proxies;
+    let client = peer.map(|p| {
+        let forwarded =
+            a.upgrade.forward.iter().find(|(k, _)| *k == "x-forwarded-for").map(|(_, v)| v.as_str());
+        crate::limits::client_address(p.ip(), forwarded, a.upgrade.real_ip.as_deref(), trusted)
+    });
+    let slot = match (&shard.per_ip, client) {
+        (Some(per_ip), Some(ip)) => match per_ip.admit(ip) {
+            Ok(slot) => Some(slot),
+            Err(why) => {
+                shard.metrics.limited(match why {
+                    Admission::Connections(_) => Limit::ConnectionsPerIp,
+                    Admission::Handshakes(_) => Limit::HandshakesPerIp,
+                });
+                let mut e = HttpError::new(429, why.to_string());
+                e.header = Some(("Retry-After", "1"));
+                return Err(HandshakeEnd::Refused(e.response(), Refusal::RateLimited));
+            }
+        },
+        _ => None,
+    };
+    let unauthorized = |e: TokenError| {
+        let mut h = HttpError::new(401, format!("invalid token: {e}"));
+        h.header = Some(("WWW-Authenticate", "Bearer"));
+        HandshakeEnd::Refused(h.response(), Refusal::Token)
+    };
+    let token = match (shard.verifier(a.vhost), a.upgrade.token.as_deref()) {
+        (None, _) => Identity::default(),
+        (Some(v), None) if !v.required => Identity::default(),
+        (Some(_), None) => return Err(unauthorized(TokenError::Missing)),
+        (Some(v), Some(t)) => v.verify(t, crate::auth::unix_ms()).map_err(unauthorized)?,
+    };
+    if slot.is_some() || token != Identity::default() || !trusted.is_empty() {
+        a.ident = Some(Box::new(ConnIdent { token, client, _slot: slot }));
+    }
+    Ok(())
 }
 
 /// The vhost for `path`: an exact path, else the longest proxy prefix.
@@ -344,10 +399,20 @@ async fn authorize(shard: &Shard, a: &Accepted, peer: Option<SocketAddr>) -> Res
     };
     let mut forward = a.upgrade.forward.clone();
     if let Some(peer) = peer {
+        // A client's own X-Forwarded-For is dropped unless it came through a
+        // trusted proxy: the backend must not take a forged address.
+        let peer_ip = crate::limits::canonical(peer.ip());
+        let trusted = shard.config.server.trusted_proxies.iter().any(|c| c.contains(peer_ip));
         match forward.iter_mut().find(|(k, _)| *k == "x-forwarded-for") {
-            Some((_, v)) => *v = format!("{v}, {}", peer.ip()),
-            None => forward.push(("x-forwarded-for", peer.ip().to_string())),
+            Some((_, v)) if trusted => *v = format!("{v}, {peer_ip}"),
+            Some((_, v)) => *v = peer_ip.to_string(),
+            None => forward.push(("x-forwarded-for", peer_ip.to_string())),
         }
+        let client = a.ident.as_ref().and_then(|i| i.client).unwrap_or(peer_ip);
+        forward.push(("x-real-ip", client.to_string()));
+    }
+    if let Some(user) = a.ident.as_ref().and_then(|i| i.token.user.as_deref()) {
+        forward.push(("x-ringcast-user", user.to_string()));
     }
     forward.push(("x-ringcast-path", a.upgrade.path.clone()));
     let mut request = effects::hook_request(v, HookKind::Connect, hyper::Method::GET, url, 64 * 1024);

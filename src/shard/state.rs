@@ -60,6 +60,10 @@ pub struct ShardSetup {
     pub stats: Arc<ShardStats>,
     /// `[server.tls]`: the certificate new handshakes get.
     pub tls: Option<Arc<crate::tls::CertStore>>,
+    /// `[vhost.auth]` by vhost index (vhosts added at run time have none).
+    pub auth: Arc<[Option<crate::auth::Verifier>]>,
+    /// Per-address limits, shared by every shard; None: none set.
+    pub per_ip: Option<Arc<crate::limits::PerIp>>,
 }
 
 pub struct Shard {
@@ -104,6 +108,11 @@ pub struct Shard {
     pub(super) tls: Option<Arc<crate::tls::CertStore>>,
     /// Scratch for TLS: what a read decrypted, what a flush encrypts.
     pub(super) tls_scratch: RefCell<TlsScratch>,
+    /// `[vhost.auth]` by vhost index.
+    pub(super) auth: Arc<[Option<crate::auth::Verifier>]>,
+    pub(super) per_ip: Option<Arc<crate::limits::PerIp>>,
+    /// `limits.messages_per_s`.
+    pub(super) message_rate: Option<crate::limits::Rate>,
 }
 
 /// The shard's TLS buffers, shared by its connections: between records a
@@ -127,6 +136,7 @@ impl Shard {
             setup.interest.clone(),
             config.broker.clone(),
             config.limits.max_topics_per_connection,
+            config.limits.max_topic_length,
         );
         let hook_calls = HookCalls::new(
             setup.hooks,
@@ -134,6 +144,8 @@ impl Shard {
             config.limits.max_hooks_in_flight,
             CLOSE_BACKLOG_MAX,
         );
+        let message_rate =
+            crate::limits::Rate::new(config.limits.messages_per_s, config.limits.messages_burst);
         let shard = Rc::new_cyclic(|me| Shard {
             me: me.clone(),
             id: setup.id,
@@ -163,6 +175,9 @@ impl Shard {
             driver_stopping: Cell::new(false),
             tls: setup.tls,
             tls_scratch: RefCell::default(),
+            auth: setup.auth,
+            per_ip: setup.per_ip,
+            message_rate,
         });
         (shard, setup.inbox, setup.listener)
     }
@@ -187,6 +202,11 @@ impl Shard {
     /// vhost added at run time shares.
     pub fn vhost_config(&self, index: usize) -> &crate::config::VhostConfig {
         self.config.vhosts.get(index).unwrap_or(&self.runtime_vhost)
+    }
+
+    /// A vhost's token check, if it has `[vhost.auth]`.
+    pub(super) fn verifier(&self, index: usize) -> Option<&crate::auth::Verifier> {
+        self.auth.get(index).and_then(Option::as_ref)
     }
 
     pub(super) fn myself(&self) -> Rc<Shard> {

@@ -23,6 +23,7 @@ pub struct Subscriptions {
     /// This node's broker: a join or leave naming another is refused.
     broker: String,
     max_topics_per_connection: usize,
+    max_topic_length: usize,
 }
 
 /// A confirmation from the network broker that this node's subscription
@@ -36,6 +37,7 @@ impl Subscriptions {
         interest: Option<InterestSender>,
         broker: String,
         max_topics_per_connection: usize,
+        max_topic_length: usize,
     ) -> Subscriptions {
         Subscriptions {
             index: TopicIndex::default(),
@@ -44,6 +46,7 @@ impl Subscriptions {
             interest,
             broker,
             max_topics_per_connection,
+            max_topic_length,
         }
     }
 
@@ -60,7 +63,7 @@ impl Subscriptions {
         use crate::dialect::roadrunner::topic_is_valid;
         broker.is_none_or(|b| b == self.broker)
             && !topics.is_empty()
-            && topics.iter().all(|t| topic_is_valid(t))
+            && topics.iter().all(|t| topic_is_valid(t, self.max_topic_length))
     }
 
     /// Applies a join of connection `key`, whose joined topics are `held`;
@@ -181,7 +184,7 @@ mod tests {
         let webrocket = WebRocket::new(directory, runtime.handle().clone());
         let metrics = Arc::new(ShardMetrics::default());
         let (tx, interest) = tokio::sync::mpsc::unbounded_channel();
-        let subs = Subscriptions::new(metrics.clone(), webrocket, Some(tx), "redis".into(), max_topics);
+        let subs = Subscriptions::new(metrics.clone(), webrocket, Some(tx), "redis".into(), max_topics, 256);
         Fixture { subs, metrics, interest, _runtime: runtime }
     }
 

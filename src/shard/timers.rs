@@ -76,6 +76,7 @@ pub(super) async fn keepalive_loop(shard: Rc<Shard>) {
         rt::sleep(tick).await;
         shard.stalls.doing("the keepalive scan");
         let now = shard.now_ms();
+        let unix_now = crate::auth::unix_ms();
         let budget = shard.config.limits.max_backpressure;
         let conns = shard.conns.borrow();
         let per_slice = conns.capacity().div_ceil(KEEPALIVE_SLICES);
@@ -84,6 +85,14 @@ pub(super) async fn keepalive_loop(shard: Rc<Shard>) {
         for conn in keys.filter_map(|key| conns.get(key)) {
             let mut st = conn.borrow_mut();
             st.session.queue.release_if_idle();
+            let expired =
+                st.ident.as_ref().and_then(|i| i.token.expires_at_ms).is_some_and(|at| unix_now >= at);
+            if expired && st.session.begin_close(Some(4001), "token expired") {
+                metrics::inc(&shard.metrics.token_expired_closes);
+                st.wake();
+                shard.closing(&mut st, CLOSE_LINGER);
+                continue;
+            }
             let ping_after = crate::session::ping_after_for(ping_interval, st.owner.id);
             match st.session.tick(now, ping_after, close_after, &ping, budget) {
                 Tick::Quiet => {}

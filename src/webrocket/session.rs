@@ -82,12 +82,26 @@ pub struct Session {
     pub perms: Perms,
     /// Start of the current rate-limit window and attempts within it.
     auth_attempts: Option<(Instant, u8)>,
+    /// A connection token's `channels` claim: the only channels this
+    /// session may subscribe to, whoever it logs in as.
+    channels: Option<Arc<crate::auth::Grants>>,
 }
 
 impl Session {
     pub fn new(vhost: Arc<Vhost>) -> Session {
         let perms = vhost.anonymous;
-        Session { vhost, user: None, perms, auth_attempts: None }
+        Session { vhost, user: None, perms, auth_attempts: None, channels: None }
+    }
+
+    /// A connection token's claims: logged in as its `sub` if the vhost has
+    /// that user (no reply is sent: the client chose the token), and held
+    /// to its `channels`.
+    pub fn take_token(&mut self, token: &crate::auth::Identity) {
+        self.channels = token.grants.clone();
+        if let Some(user) = token.user.as_deref().and_then(|name| self.vhost.user(name)) {
+            self.perms = user.perms;
+            self.user = Some(user.name.clone());
+        }
     }
 
     /// Handles one text message; errors and replies go out through `env`.
@@ -148,6 +162,12 @@ impl Session {
             }
             Command::Subscribe { channel } => {
                 self.require(Perms::READ, "subscribe")?;
+                if self.channels.as_ref().is_some_and(|g| !g.allows(&channel)) {
+                    return Err(WrError::new(
+                        ErrorId::AccessDenied,
+                        format!("your token does not grant channel {channel:?}"),
+                    ));
+                }
                 let topic = self.vhost.topic(&channel);
                 if !env.is_subscribed(&topic) {
                     if env.subscription_count() >= env.max_subscriptions() {

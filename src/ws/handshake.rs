@@ -15,6 +15,10 @@ pub struct Upgrade {
     /// Headers a backend hook may need: Cookie, Authorization, Origin,
     /// X-Forwarded-For (lower-case names).
     pub forward: Vec<(&'static str, String)>,
+    /// A connection token: `?token=` (first) or `Authorization: Bearer`.
+    pub token: Option<String>,
+    /// `X-Real-IP`, which only a trusted proxy may set (`limits::client_address`).
+    pub real_ip: Option<String>,
     accept: String,
 }
 
@@ -118,14 +122,24 @@ pub fn parse(buf: &[u8]) -> Result<Option<(Upgrade, usize)>, HttpError> {
         .map(str::trim)
         .filter(|k| valid_key(k))
         .ok_or_else(|| HttpError::new(400, "missing or invalid Sec-WebSocket-Key"))?;
-    let path = req.path.unwrap_or("/");
-    let path = path.split('?').next().unwrap_or(path).to_string();
+    let target = req.path.unwrap_or("/");
+    let (path, query) = target.split_once('?').unwrap_or((target, ""));
+    let bearer = header("Authorization").and_then(|v| {
+        let (scheme, token) = v.trim().split_once(' ')?;
+        scheme.eq_ignore_ascii_case("bearer").then(|| token.trim().to_string())
+    });
+    let token = form_urlencoded::parse(query.as_bytes())
+        .find(|(k, _)| k == "token")
+        .map(|(_, v)| v.into_owned())
+        .or(bearer);
     let forward = FORWARDED.iter().filter_map(|name| header(name).map(|v| (*name, v.to_string()))).collect();
     Ok(Some((
         Upgrade {
-            path,
+            path: path.to_string(),
             origin: header("Origin").map(str::to_string),
             forward,
+            token,
+            real_ip: header("X-Real-IP").map(str::to_string),
             accept: derive_accept_key(key.as_bytes()),
         },
         len,
@@ -154,6 +168,23 @@ mod tests {
         assert_eq!(up.forward, [("origin", "https://app.example.com".to_string())]);
         let resp = String::from_utf8(up.response()).unwrap();
         assert!(resp.contains("Sec-WebSocket-Accept: s3pPLMBiTxaQ9kYGzzhZRbK+xOo=\r\n"));
+    }
+
+    #[test]
+    fn token_from_the_query_first_then_the_bearer_header() {
+        let (up, _) = parse(GOOD.as_bytes()).unwrap().unwrap();
+        assert_eq!(up.token, None);
+        let q = GOOD.replace("/ws?x=1", "/ws?x=1&token=a.b%2Bc");
+        assert_eq!(parse(q.as_bytes()).unwrap().unwrap().0.token.as_deref(), Some("a.b+c"));
+        assert_eq!(parse(q.as_bytes()).unwrap().unwrap().0.path, "/ws");
+        let h = GOOD.replace("\r\n\r\n", "\r\nAuthorization: bearer  h.e.x \r\nX-Real-IP: 1.2.3.4\r\n\r\n");
+        let (up, _) = parse(h.as_bytes()).unwrap().unwrap();
+        assert_eq!(up.token.as_deref(), Some("h.e.x"));
+        assert_eq!(up.real_ip.as_deref(), Some("1.2.3.4"));
+        let both = q.replace("\r\n\r\n", "\r\nAuthorization: Bearer other\r\n\r\n");
+        assert_eq!(parse(both.as_bytes()).unwrap().unwrap().0.token.as_deref(), Some("a.b+c"));
+        let basic = GOOD.replace("\r\n\r\n", "\r\nAuthorization: Basic dXNlcjpwdw==\r\n\r\n");
+        assert_eq!(parse(basic.as_bytes()).unwrap().unwrap().0.token, None);
     }
 
     #[test]
