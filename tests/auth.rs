@@ -11,8 +11,6 @@ use common::tls::{wss_connect, TestCa};
 use common::*;
 use jsonwebtoken::{encode, Algorithm, EncodingKey, Header};
 use serde_json::{json, Value};
-use tungstenite::protocol::frame::coding::CloseCode;
-use tungstenite::Message;
 
 const SECRET: &str = "test-secret-of-at-least-32-bytes!!";
 
@@ -33,26 +31,7 @@ fn roadrunner_auth(auth: &str, extra: &str) -> String {
 
 /// The status and body of a refused upgrade.
 fn refused(s: &Server, path: &str, headers: &[(&'static str, &str)]) -> (u16, String) {
-    match try_connect(s.ws, path, headers) {
-        Ok(_) => panic!("{path}: upgraded, a refusal expected"),
-        Err(tungstenite::Error::Http(r)) => {
-            let body = r.body().as_ref().map(|b| String::from_utf8_lossy(b).into_owned()).unwrap_or_default();
-            (r.status().as_u16(), body)
-        }
-        Err(e) => panic!("{path}: expected an HTTP refusal, got {e}"),
-    }
-}
-
-/// Waits for the Close frame; returns its code and reason.
-fn close_of<S: std::io::Read + std::io::Write>(ws: &mut tungstenite::WebSocket<S>) -> (u16, String) {
-    loop {
-        match ws.read() {
-            Ok(Message::Close(Some(f))) => return (u16::from(f.code), f.reason.to_string()),
-            Ok(Message::Close(None)) => return (0, String::new()),
-            Ok(_) => continue,
-            Err(e) => panic!("expected a Close frame, got {e}"),
-        }
-    }
+    refusal_of(try_connect(s.ws, path, headers))
 }
 
 #[test]
@@ -366,5 +345,4 @@ fn an_unusable_key_stops_the_start_naming_it() {
         stderr.contains("[vhost.auth] of /ws: jwt_public_key: cannot read /nonexistent/key.pem"),
         "{stderr}"
     );
-    let _ = CloseCode::Normal;
 }

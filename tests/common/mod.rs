@@ -208,11 +208,63 @@ pub fn try_connect(
     path: &str,
     headers: &[(&'static str, &str)],
 ) -> Result<Ws, tungstenite::Error> {
+    connect_over(TcpStream::connect(addr)?, addr, path, headers)
+}
+
+/// A TCP connection to `addr` from the loopback address `source`
+/// (127.0.0.x): another client address for the per-address limits.
+pub fn tcp_from(source: std::net::Ipv4Addr, addr: SocketAddr) -> std::io::Result<TcpStream> {
+    let socket = socket2::Socket::new(socket2::Domain::IPV4, socket2::Type::STREAM, None)?;
+    socket.bind(&SocketAddr::from((source, 0)).into())?;
+    socket.connect(&addr.into())?;
+    Ok(socket.into())
+}
+
+/// `try_connect` from the loopback address `source`.
+pub fn try_connect_from(
+    source: std::net::Ipv4Addr,
+    addr: SocketAddr,
+    path: &str,
+    headers: &[(&'static str, &str)],
+) -> Result<Ws, tungstenite::Error> {
+    connect_over(tcp_from(source, addr)?, addr, path, headers)
+}
+
+/// The status and body of a refused upgrade; panics if it was accepted.
+pub fn refusal_of(attempt: Result<Ws, tungstenite::Error>) -> (u16, String) {
+    match attempt {
+        Ok(_) => panic!("upgraded, a refusal expected"),
+        Err(tungstenite::Error::Http(r)) => {
+            let body = r.body().as_ref().map(|b| String::from_utf8_lossy(b).into_owned()).unwrap_or_default();
+            (r.status().as_u16(), body)
+        }
+        Err(e) => panic!("expected an HTTP refusal, got {e}"),
+    }
+}
+
+/// Waits for the Close frame; returns its code and reason (0 and "" for a
+/// Close without a code).
+pub fn close_of<S: Read + Write>(ws: &mut WebSocket<S>) -> (u16, String) {
+    loop {
+        match ws.read() {
+            Ok(Message::Close(Some(f))) => return (u16::from(f.code), f.reason.to_string()),
+            Ok(Message::Close(None)) => return (0, String::new()),
+            Ok(_) => continue,
+            Err(e) => panic!("expected a Close frame, got {e}"),
+        }
+    }
+}
+
+fn connect_over(
+    stream: TcpStream,
+    addr: SocketAddr,
+    path: &str,
+    headers: &[(&'static str, &str)],
+) -> Result<Ws, tungstenite::Error> {
     let mut req = format!("ws://{addr}{path}").into_client_request()?;
     for (k, v) in headers {
         req.headers_mut().insert(*k, v.parse().unwrap());
     }
-    let stream = TcpStream::connect(addr)?;
     stream.set_read_timeout(Some(Duration::from_secs(5)))?;
     match tungstenite::client(req, MaybeTlsStream::Plain(stream)) {
         Ok((ws, _)) => Ok(ws),
