@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # Every test: unit and integration tests (real binary, real sockets), a build
 # of the fuzz targets, then the Autobahn conformance cases. Installs what it needs (nginx + nchan,
-# nats-server, redis-server, chromium and prometheus from apt; kosoku and websockets from PyPI).
+# nats-server, redis-server, chromium, prometheus and php-cli from apt; kosoku, websockets and pyjwt from PyPI).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 # The benchmark's peer adapters are tested against real Nchan and NATS.
@@ -24,8 +24,16 @@ if ! command -v prometheus >/dev/null; then
   echo "installing prometheus (apt) for tests/grafana.rs" >&2
   apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends prometheus >/dev/null
 fi
+# docs/security.md's token minting snippets run as written (tests/auth.rs).
+if ! command -v php >/dev/null; then
+  echo "installing php-cli (apt) for tests/auth.rs" >&2
+  apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq php-cli >/dev/null
+fi
 if ! python3 -c 'import websockets' 2>/dev/null; then
   python3 -m pip install --quiet --disable-pip-version-check websockets
+fi
+if ! python3 -c 'import jwt' 2>/dev/null; then
+  python3 -m pip install --quiet --disable-pip-version-check pyjwt
 fi
 cargo test --workspace
 # The fuzz targets live outside the workspace; build them so they cannot rot.

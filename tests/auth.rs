@@ -346,3 +346,44 @@ fn an_unusable_key_stops_the_start_naming_it() {
         "{stderr}"
     );
 }
+
+/// The fenced block of `lang` in docs/security.md's token section.
+fn doc_snippet(lang: &str) -> String {
+    let doc = std::fs::read_to_string(concat!(env!("CARGO_MANIFEST_DIR"), "/docs/security.md")).unwrap();
+    let start =
+        doc.find(&format!("```{lang}\n")).unwrap_or_else(|| panic!("no {lang} block")) + lang.len() + 4;
+    doc[start..][..doc[start..].find("```").unwrap()].to_string()
+}
+
+/// Runs `program` on a script file; its trimmed stdout.
+fn run_script(program: &str, script: &str, ext: &str) -> String {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join(format!("mint.{ext}"));
+    std::fs::write(&path, script).unwrap();
+    let out =
+        std::process::Command::new(program).arg(&path).output().unwrap_or_else(|e| panic!("{program}: {e}"));
+    assert!(out.status.success(), "{program}: {}", String::from_utf8_lossy(&out.stderr));
+    String::from_utf8(out.stdout).unwrap().trim().to_string()
+}
+
+/// docs/security.md's PHP and Python minting snippets, run as written:
+/// their tokens connect, and their `topics` claim is enforced.
+#[test]
+fn the_documented_minting_snippets_make_tokens_the_gateway_takes() {
+    let s = Server::start(&roadrunner_auth("", ""), 1);
+    let php = format!(
+        "<?php\n{}\necho ringcast_token('{SECRET}', 'alice', ['news.*'], 600);\n",
+        doc_snippet("php")
+    );
+    let python = format!("user = 'alice'\nSECRET = '{SECRET}'\n{}\nprint(token)\n", doc_snippet("python"));
+    for (program, token) in
+        [("php", run_script("php", &php, "php")), ("python3", run_script("python3", &python, "py"))]
+    {
+        let mut ws = s.connect(&format!("/ws?token={token}"));
+        join(&mut ws, &["news.eu"]);
+        send_text(&mut ws, r#"{"command":"join","topics":["sport"]}"#);
+        assert_eq!(recv_text(&mut ws), r##"{"topic":"#join","payload":["sport"]}"##, "{program}");
+        assert_eq!(s.publish_json(r#"{"topics":["news.eu"],"payload":"minted"}"#).0, 200);
+        assert_eq!(recv_text(&mut ws), r#"{"topic":"news.eu","payload":"minted"}"#, "{program}");
+    }
+}
