@@ -17,6 +17,8 @@ use hyper_util::rt::{TokioExecutor, TokioTimer};
 use tokio::sync::mpsc;
 use tracing::debug;
 
+use crate::panics::{self, Where};
+
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum HookKind {
     Connect,
@@ -345,7 +347,8 @@ pub async fn run(mut receiver: HookReceiver, metrics: Arc<HookMetrics>, backends
         let metrics = metrics.clone();
         calls += 1;
         let request_id = format!("{prefix:08x}-{calls}");
-        tokio::spawn(async move {
+        panics::spawn_tokio(Where::Integration, async move {
+            panics::inject(Where::Integration);
             let started = Instant::now();
             // Waiting for room counts against the first attempt's deadline.
             let deadline = tokio::time::Instant::from_std(job.request.queued_at + job.request.timeout);

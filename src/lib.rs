@@ -14,6 +14,7 @@ pub mod hooks;
 pub mod limits;
 pub mod metrics;
 pub mod monitor;
+pub mod panics;
 pub mod proto;
 pub mod publish;
 pub mod rpc;

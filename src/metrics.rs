@@ -419,6 +419,15 @@ pub fn render(shards: &[Arc<ShardMetrics>], global: &GlobalMetrics) -> String {
             global.denied[r.index()].load(Relaxed)
         );
     }
+    head(
+        &mut out,
+        "ringcast_panics_total",
+        "counter",
+        "Panics caught and contained (docs/security.md), by where: the gateway served on.",
+    );
+    for w in crate::panics::Where::ALL {
+        let _ = writeln!(out, "ringcast_panics_total{{where=\"{}\"}} {}", w.label(), crate::panics::count(w));
+    }
     out
 }
 

@@ -53,11 +53,11 @@ thread_local! {
     static MAIN_QUEUE: std::cell::Cell<Option<glommio::TaskQueueHandle>> = const { std::cell::Cell::new(None) };
 }
 
-/// Runs `fut` on the current shard, detached, in its main task queue.
-/// glommio may poll it before this returns: hold no `RefCell` borrow that
-/// `fut` takes across this call.
+/// Runs `fut` on the current shard, detached, in its main task queue; a
+/// panic in it ends that task only (`panics`). glommio may poll it before
+/// this returns: hold no `RefCell` borrow that `fut` takes across this call.
 pub fn spawn<F: Future<Output = ()> + 'static>(fut: F) {
-    spawn_in_main_queue(fut).detach();
+    spawn_in_main_queue(crate::panics::contained(crate::panics::Where::ShardTask, fut)).detach();
 }
 
 fn spawn_in_main_queue<T: 'static>(fut: impl Future<Output = T> + 'static) -> glommio::Task<T> {

@@ -33,7 +33,7 @@ const LAYERS: &[(&str, &[&str])] = &[
             "auth",
         ],
     ),
-    ("ground", &["ws", "rt", "handle", "proto", "tls", "limits"]),
+    ("ground", &["ws", "rt", "handle", "proto", "tls", "limits", "panics"]),
 ];
 
 /// Imports that still run upward (file, imported file).

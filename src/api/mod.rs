@@ -51,7 +51,7 @@ pub async fn serve(listener: TcpListener, ctx: Arc<ApiContext>, tls: Option<Arc<
         };
         let ctx = ctx.clone();
         let tls = tls.as_ref().map(|certs| tokio_rustls::TlsAcceptor::from(certs.current()));
-        tokio::spawn(async move {
+        crate::panics::spawn_tokio(crate::panics::Where::Integration, async move {
             match tls {
                 None => serve_connection(stream, ctx, peer).await,
                 Some(acceptor) => {

@@ -58,7 +58,7 @@ pub fn worker_route(mut req: Request<Incoming>, vhost: &str, ctx: &Arc<ApiContex
     let upgrade = hyper::upgrade::on(&mut req);
     let ctx = ctx.clone();
     let token: Arc<str> = presented.as_str().into();
-    tokio::spawn(async move {
+    crate::panics::spawn_tokio(crate::panics::Where::Integration, async move {
         let io = match upgrade.await {
             Ok(io) => TokioIo::new(io),
             Err(e) => {

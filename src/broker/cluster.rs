@@ -34,6 +34,7 @@ use crate::bus::{ShardMsg, ShardRouter};
 use crate::clients::ClientRegistry;
 use crate::handle::PushOutcome;
 use crate::metrics::{self, Histogram};
+use crate::panics::{contained, spawn_tokio, Where};
 use crate::proto::query::Ask;
 use crate::publish::{Batch, Delivery, PublishError};
 use crate::webrocket::WebRocket;
@@ -252,17 +253,17 @@ impl Cluster {
             members: Mutex::new(HashMap::new()),
             wr,
         });
-        tokio::spawn(c.clone().run_interest(interest));
-        tokio::spawn(c.clone().run_incoming(incoming));
-        tokio::spawn(c.clone().sweep());
+        spawn_tokio(Where::Broker, c.clone().run_interest(interest));
+        spawn_tokio(Where::Broker, c.clone().run_incoming(incoming));
+        spawn_tokio(Where::Broker, c.clone().sweep());
         // This node's inbox (answers, triggers, session replies) and the
         // control subject every node hears (replication, heartbeats, queries).
         let t = c.clone();
-        tokio::spawn(async move {
+        spawn_tokio(Where::Broker, async move {
             let _ = t.transport.subscribe(t.transport.reply_subject(&t.node)).await;
             let _ = t.transport.subscribe(t.transport.control_subject()).await;
         });
-        tokio::spawn(c.clone().heartbeat());
+        spawn_tokio(Where::Broker, c.clone().heartbeat());
         c
     }
 
@@ -356,7 +357,7 @@ impl Cluster {
                 }
                 Interest::Publish { batch } => {
                     let c = self.clone();
-                    tokio::spawn(async move {
+                    spawn_tokio(Where::Broker, async move {
                         if let Err(e) = c.publish_frames(batch).await {
                             debug!(error = %e, "a client broadcast did not reach the broker");
                         }
@@ -382,7 +383,7 @@ impl Cluster {
         t.subscribing = true;
         drop(st);
         let c = self.clone();
-        tokio::spawn(async move {
+        spawn_tokio(Where::Broker, async move {
             let subject = c.transport.topic_subject(&topic);
             let result = c.transport.subscribe(subject).await;
             let mut st = c.state();
@@ -430,36 +431,43 @@ impl Cluster {
 
     async fn run_incoming(self: Arc<Self>, mut rx: tokio::sync::mpsc::Receiver<Incoming>) {
         while let Some(m) = rx.recv().await {
-            let Some((Received { origin, body, .. }, reply)) = self.admit(m) else { continue };
-            match body {
-                Body::Publication(p) => self.on_publication(&origin, p).await,
-                Body::PushRequest(r) => {
-                    let c = self.clone();
-                    tokio::spawn(async move { c.on_push_request(r, reply).await });
+            // Each message in its own containment: a bug that one message
+            // from the broker reaches costs that message, not the cluster.
+            let _ = contained(Where::Broker, self.clone().on_incoming(m)).await;
+        }
+    }
+
+    async fn on_incoming(self: Arc<Self>, m: Incoming) {
+        crate::panics::inject(Where::Broker);
+        let Some((Received { origin, body, .. }, reply)) = self.admit(m) else { return };
+        match body {
+            Body::Publication(p) => self.on_publication(&origin, p).await,
+            Body::PushRequest(r) => {
+                let c = self.clone();
+                spawn_tokio(Where::Broker, async move { c.on_push_request(r, reply).await });
+            }
+            Body::PushReply(r) => {
+                let waiting = self.requests.lock().unwrap_or_else(|e| e.into_inner()).remove(&r.id);
+                if let Some(w) = waiting {
+                    let _ = w.send(outcome_of(r.outcome));
                 }
-                Body::PushReply(r) => {
-                    let waiting = self.requests.lock().unwrap_or_else(|e| e.into_inner()).remove(&r.id);
-                    if let Some(w) = waiting {
-                        let _ = w.send(outcome_of(r.outcome));
-                    }
+            }
+            Body::Replicate(r) => self.on_replicate(&origin, &r.writes_json).await,
+            Body::Heartbeat(h) => self.on_heartbeat(origin, h.worker_vhosts),
+            Body::Query(q) => {
+                let c = self.clone();
+                spawn_tokio(Where::Broker, async move { c.on_query(q).await });
+            }
+            Body::QueryReply(r) => {
+                let waiting = self.queries.lock().unwrap_or_else(|e| e.into_inner()).get(&r.id).cloned();
+                if let Some(w) = waiting {
+                    let _ = w.send(r);
                 }
-                Body::Replicate(r) => self.on_replicate(&origin, &r.writes_json).await,
-                Body::Heartbeat(h) => self.on_heartbeat(origin, h.worker_vhosts),
-                Body::Query(q) => {
-                    let c = self.clone();
-                    tokio::spawn(async move { c.on_query(q).await });
-                }
-                Body::QueryReply(r) => {
-                    let waiting = self.queries.lock().unwrap_or_else(|e| e.into_inner()).get(&r.id).cloned();
-                    if let Some(w) = waiting {
-                        let _ = w.send(r);
-                    }
-                }
-                Body::Trigger(t) => {
-                    if self.wr.workers.assign(&t.vhost, t.message).is_err() {
-                        metrics::inc(&self.metrics.triggers_lost);
-                        warn!(vhost = %t.vhost, "a trigger forwarded here found no worker; dropped");
-                    }
+            }
+            Body::Trigger(t) => {
+                if self.wr.workers.assign(&t.vhost, t.message).is_err() {
+                    metrics::inc(&self.metrics.triggers_lost);
+                    warn!(vhost = %t.vhost, "a trigger forwarded here found no worker; dropped");
                 }
             }
         }
@@ -797,7 +805,7 @@ impl Peers for Cluster {
         drop(st);
         if change {
             let t = self.transport.clone();
-            tokio::spawn(async move {
+            spawn_tokio(Where::Broker, async move {
                 let _ = if here { t.subscribe(subject).await } else { t.unsubscribe(subject).await };
             });
         }

@@ -57,7 +57,7 @@ pub async fn serve(listener: TcpListener, ctx: Arc<RpcContext>) {
                     continue;
                 };
                 let ctx = ctx.clone();
-                tokio::spawn(async move {
+                crate::panics::spawn_tokio(crate::panics::Where::Integration, async move {
                     if let Err(e) = connection(stream, &ctx).await {
                         debug!(%peer, error = %e, "rpc connection closed");
                     }

@@ -192,7 +192,7 @@ fn take_completions(shard: &Rc<Shard>, readers: &mut std::collections::VecDeque<
 /// Runs `f` for one connection; a bug that panics there ends that
 /// connection, not the shard and its other connections.
 fn guarded(shard: &Rc<Shard>, conn: &ConnRef, f: impl FnOnce(&Rc<Shard>, &ConnRef)) {
-    if std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| f(shard, conn))).is_err() {
+    if crate::panics::contain(crate::panics::Where::Connection, || f(shard, conn)).is_none() {
         tracing::error!(shard = shard.id, "a connection's handling panicked; closing that connection");
         if shard.conn(conn.borrow().owner).is_some() {
             finish(shard, conn);

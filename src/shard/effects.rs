@@ -169,6 +169,7 @@ fn apply(shard: &Rc<Shard>, conn: &ConnRef, effect: Effect) {
     match effect {
         Effect::Join { broker, topics } => join(shard, conn, broker, topics),
         Effect::Leave { broker, topics } => {
+            crate::panics::inject(crate::panics::Where::Connection);
             let mut st = conn.borrow_mut();
             let names = names(&topics);
             let ok = shard.subscriptions.borrow_mut().leave(
@@ -309,6 +310,7 @@ fn join_with_hook(
     request.headers.extend(user_header(user.as_ref()));
     let shard = shard.clone();
     rt::spawn(async move {
+        crate::panics::inject(crate::panics::Where::ShardTask);
         let outcome = shard.call_hook(request).await;
         let Some(conn) = shard.conn(owner) else {
             return;

@@ -79,6 +79,7 @@ const INBOX_LATENCY: Duration = Duration::from_millis(1);
 
 /// Takes the shard's messages until shutdown; hands the inbox back.
 async fn inbox_loop(shard: Rc<Shard>, inbox: Inbox) -> Inbox {
+    use crate::panics::{contain, Where::Inbox};
     // An inbox that stays full must not keep the connections from writing
     // (their queues would fill and they would be closed as slow consumers)
     // while the publisher is the one to slow down. So a turn of inbox work
@@ -117,25 +118,32 @@ async fn inbox_loop(shard: Rc<Shard>, inbox: Inbox) -> Inbox {
                         (turn, turn_bytes) = (Instant::now(), 0);
                     }
                     turn_bytes += d.frame.len() + crate::session::send_queue::SLOT_COST;
-                    shard.deliver(d);
+                    contain(Inbox, || shard.deliver(d));
                 }
             }
+            // A panic drops the reply sender: the asker sees an error.
             Some(ShardMsg::Push { to, body, reply }) => {
-                let _ = reply.send(shard.push_to(to, body));
+                let pushed = contain(Inbox, || {
+                    crate::panics::inject(Inbox);
+                    shard.push_to(to, body)
+                });
+                let _ = pushed.map(|p| reply.send(p));
             }
-            Some(ShardMsg::Replaced(owner)) => shard.close_replaced(owner),
+            Some(ShardMsg::Replaced(owner)) => _ = contain(Inbox, || shard.close_replaced(owner)),
             Some(ShardMsg::Send { to, vhost, frame, reply }) => {
-                let _ = reply.send(shard.send_to_session(to, &vhost, frame));
+                let _ = contain(Inbox, || shard.send_to_session(to, &vhost, frame)).map(|s| reply.send(s));
             }
             Some(ShardMsg::Presence { topic, reply }) => {
-                let _ = reply.send(shard.local_presence(&topic));
+                let _ = contain(Inbox, || shard.local_presence(&topic)).map(|p| reply.send(p));
             }
             Some(ShardMsg::ChannelCounts { vhost, reply }) => {
-                let _ = reply.send(shard.local_channel_counts(&vhost));
+                let _ = contain(Inbox, || shard.local_channel_counts(&vhost)).map(|c| reply.send(c));
             }
-            Some(ShardMsg::UserChanged { vhost, user }) => shard.user_changed(&vhost, &user),
-            Some(ShardMsg::ChannelDeleted { topic }) => shard.channel_deleted(&topic),
-            Some(ShardMsg::VhostDeleted { vhost }) => shard.vhost_deleted(&vhost),
+            Some(ShardMsg::UserChanged { vhost, user }) => {
+                _ = contain(Inbox, || shard.user_changed(&vhost, &user))
+            }
+            Some(ShardMsg::ChannelDeleted { topic }) => _ = contain(Inbox, || shard.channel_deleted(&topic)),
+            Some(ShardMsg::VhostDeleted { vhost }) => _ = contain(Inbox, || shard.vhost_deleted(&vhost)),
             Some(ShardMsg::Shutdown) | None => break,
         }
     }
