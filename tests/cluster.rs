@@ -977,3 +977,30 @@ fn redis_over_tls_with_a_private_ca() {
     );
     assert!(untrusted.log().to_lowercase().contains("certificate"), "{}", untrusted.log());
 }
+
+/// A panic while a node handles a message from the broker (injected on
+/// node B, test builds only) costs that message: B counts it, stays healthy
+/// and keeps delivering its own publications.
+#[test]
+fn redis_a_panic_on_a_broker_message_costs_that_message_only() {
+    let broker = BrokerServer::start(Kind::Redis);
+    let a = node(&broker, "");
+    let config = format!("{}\n[[vhost]]\npath = \"/ws\"\ndialect = \"roadrunner\"\n", broker.config());
+    let b = Server::start_env(&config, 1, &[("RINGCAST_INJECT_PANIC", "broker")]);
+    connected(&[&a, &b]);
+    let mut ws = b.connect("/ws");
+    join(&mut ws, &["t"]);
+    let panics = |s: &Server| s.metric("ringcast_panics_total{where=\"broker\"}");
+    assert!(eventually(Duration::from_secs(10), || {
+        assert_eq!(publish(&a, "t", "from a").0, 200);
+        panics(&b) > 0
+    }));
+    assert_eq!(panics(&a), 0);
+    assert_eq!(http_get(&b.url("/health")).0, 200);
+    assert_eq!(publish(&b, "t", "from b").0, 200);
+    assert_eq!(
+        recv_text(&mut ws),
+        delivery("t", "from b"),
+        "what came through the broker was lost, nothing else"
+    );
+}
