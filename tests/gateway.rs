@@ -28,30 +28,6 @@ fn publication_reaches_subscribers_on_every_shard() {
     }
 }
 
-/// Handshakes and joins on a raw socket, then never reads again.
-fn stalled_subscriber(s: &Server, topic: &str) -> TcpStream {
-    let mut c = TcpStream::connect(s.ws).unwrap();
-    // Keep the client's receive buffer small so the server feels it.
-    let sock = socket2::SockRef::from(&c);
-    sock.set_recv_buffer_size(4096).unwrap();
-    c.write_all(upgrade_request("/ws").as_bytes()).unwrap();
-    let mut head = [0u8; 129];
-    c.read_exact(&mut head).unwrap();
-    assert!(head.starts_with(b"HTTP/1.1 101"));
-    let cmd = format!(r#"{{"command":"join","topics":["{topic}"]}}"#);
-    c.write_all(&masked_text(cmd.as_bytes())).unwrap();
-    c
-}
-
-fn masked_text(payload: &[u8]) -> Vec<u8> {
-    assert!(payload.len() < 126);
-    let mask = [1u8, 2, 3, 4];
-    let mut f = vec![0x81, 0x80 | payload.len() as u8];
-    f.extend_from_slice(&mask);
-    f.extend(payload.iter().enumerate().map(|(i, b)| b ^ mask[i % 4]));
-    f
-}
-
 #[test]
 fn slow_consumer_is_closed_at_its_budget_while_others_keep_receiving() {
     let s = Server::start(&roadrunner_config("[limits]\nmax_backpressure = 65536"), 2);

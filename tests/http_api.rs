@@ -97,33 +97,6 @@ fn publish_amplification_is_refused_with_the_limit_named() {
     assert_eq!(recv_text(&mut ws), r#"{"topic":"t0","payload":"ok"}"#);
 }
 
-/// Sends `head` then one byte of `tail` every 100 ms until the server closes
-/// the connection; returns how long after the first byte it closed and what
-/// it answered. Panics if the server is still there after 10 s.
-pub fn slowloris(addr: std::net::SocketAddr, head: &[u8], tail: &[u8]) -> (std::time::Duration, String) {
-    use std::io::{Read, Write};
-    use std::time::{Duration, Instant};
-    let mut c = std::net::TcpStream::connect(addr).unwrap();
-    c.set_read_timeout(Some(Duration::from_millis(100))).unwrap();
-    let started = Instant::now();
-    c.write_all(head).unwrap();
-    let mut answer = Vec::new();
-    let mut drip = tail.iter().cycle();
-    while started.elapsed() < Duration::from_secs(10) {
-        let mut buf = [0u8; 1024];
-        match c.read(&mut buf) {
-            Ok(0) => return (started.elapsed(), String::from_utf8_lossy(&answer).into()),
-            Ok(n) => answer.extend_from_slice(&buf[..n]),
-            Err(e) if matches!(e.kind(), std::io::ErrorKind::WouldBlock | std::io::ErrorKind::TimedOut) => {}
-            Err(_) => return (started.elapsed(), String::from_utf8_lossy(&answer).into()),
-        }
-        if c.write_all(&[*drip.next().unwrap()]).is_err() {
-            return (started.elapsed(), String::from_utf8_lossy(&answer).into());
-        }
-    }
-    panic!("still connected after 10 s; answer so far: {}", String::from_utf8_lossy(&answer));
-}
-
 #[test]
 fn slow_request_heads_and_bodies_are_cut_off_at_the_request_timeout() {
     use std::time::Duration;

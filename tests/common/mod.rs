@@ -424,3 +424,54 @@ pub fn eventually(within: Duration, mut f: impl FnMut() -> bool) -> bool {
 pub fn roadrunner_config(extra: &str) -> String {
     format!("{extra}\n[[vhost]]\npath = \"/ws\"\ndialect = \"roadrunner\"\n")
 }
+
+/// Sends `head` then one byte of `tail` every 100 ms until the server closes
+/// the connection; returns how long after the first byte it closed and what
+/// it answered. Panics if the server is still there after 10 s.
+pub fn slowloris(addr: std::net::SocketAddr, head: &[u8], tail: &[u8]) -> (std::time::Duration, String) {
+    use std::io::{Read, Write};
+    use std::time::{Duration, Instant};
+    let mut c = std::net::TcpStream::connect(addr).unwrap();
+    c.set_read_timeout(Some(Duration::from_millis(100))).unwrap();
+    let started = Instant::now();
+    c.write_all(head).unwrap();
+    let mut answer = Vec::new();
+    let mut drip = tail.iter().cycle();
+    while started.elapsed() < Duration::from_secs(10) {
+        let mut buf = [0u8; 1024];
+        match c.read(&mut buf) {
+            Ok(0) => return (started.elapsed(), String::from_utf8_lossy(&answer).into()),
+            Ok(n) => answer.extend_from_slice(&buf[..n]),
+            Err(e) if matches!(e.kind(), std::io::ErrorKind::WouldBlock | std::io::ErrorKind::TimedOut) => {}
+            Err(_) => return (started.elapsed(), String::from_utf8_lossy(&answer).into()),
+        }
+        if c.write_all(&[*drip.next().unwrap()]).is_err() {
+            return (started.elapsed(), String::from_utf8_lossy(&answer).into());
+        }
+    }
+    panic!("still connected after 10 s; answer so far: {}", String::from_utf8_lossy(&answer));
+}
+
+/// Handshakes and joins on a raw socket, then never reads again.
+pub fn stalled_subscriber(s: &Server, topic: &str) -> TcpStream {
+    let mut c = TcpStream::connect(s.ws).unwrap();
+    // Keep the client's receive buffer small so the server feels it.
+    let sock = socket2::SockRef::from(&c);
+    sock.set_recv_buffer_size(4096).unwrap();
+    c.write_all(upgrade_request("/ws").as_bytes()).unwrap();
+    let mut head = [0u8; 129];
+    c.read_exact(&mut head).unwrap();
+    assert!(head.starts_with(b"HTTP/1.1 101"));
+    let cmd = format!(r#"{{"command":"join","topics":["{topic}"]}}"#);
+    c.write_all(&masked_text(cmd.as_bytes())).unwrap();
+    c
+}
+
+pub fn masked_text(payload: &[u8]) -> Vec<u8> {
+    assert!(payload.len() < 126);
+    let mask = [1u8, 2, 3, 4];
+    let mut f = vec![0x81, 0x80 | payload.len() as u8];
+    f.extend_from_slice(&mask);
+    f.extend(payload.iter().enumerate().map(|(i, b)| b ^ mask[i % 4]));
+    f
+}
