@@ -53,61 +53,87 @@ fn memory_kib(pid: u32) -> Result<(u64, u64), String> {
 }
 
 /// A held connection: plain TCP, or TLS with `--tls-ca`.
-trait Conn: Read + Write {}
-impl<T: Read + Write> Conn for T {}
+pub trait Conn: Read + Write + Send {
+    /// The TCP socket under it (to set timeouts or non-blocking mode).
+    fn tcp(&self) -> &TcpStream;
+}
+
+impl Conn for TcpStream {
+    fn tcp(&self) -> &TcpStream {
+        self
+    }
+}
+
+impl Conn for rustls::StreamOwned<rustls::ClientConnection, TcpStream> {
+    fn tcp(&self) -> &TcpStream {
+        self.get_ref()
+    }
+}
 
 fn open(args: &Args, i: usize) -> Result<Box<dyn Conn>, String> {
     let source = crate::wire::source_addr(i, args.sources);
+    let topic = format!("hold-{}", i % args.topics.max(1));
+    let tls = crate::tls::client();
+    connect_joined(args.target, source, tls, args.protocol, args.path.as_deref(), &topic)
+        .map_err(|e| format!("connection {i}: {e}"))
+}
+
+/// A blocking connection from `source` to `target` (TLS with `tls`),
+/// upgraded and subscribed to `topic`: returns once the protocol says the
+/// subscription is active.
+pub fn connect_joined(
+    target: SocketAddr,
+    source: std::net::Ipv4Addr,
+    tls: Option<std::sync::Arc<rustls::ClientConfig>>,
+    p: crate::protocol::Protocol,
+    path: Option<&str>,
+    topic: &str,
+) -> Result<Box<dyn Conn>, String> {
     let sock = socket2::Socket::new(socket2::Domain::IPV4, socket2::Type::STREAM, None)
         .map_err(|e| e.to_string())?;
     sock.bind(&SocketAddr::V4(SocketAddrV4::new(source, 0)).into())
         .map_err(|e| format!("bind {source}: {e}"))?;
-    sock.connect(&args.target.into()).map_err(|e| format!("connection {i}: {e}"))?;
+    sock.connect(&target.into()).map_err(|e| e.to_string())?;
     let tcp: TcpStream = sock.into();
     tcp.set_read_timeout(Some(Duration::from_secs(10))).map_err(|e| e.to_string())?;
-    let mut s: Box<dyn Conn> = match crate::tls::client() {
+    let mut s: Box<dyn Conn> = match tls {
         None => Box::new(tcp),
         Some(config) => {
             let conn = rustls::ClientConnection::new(config, crate::tls::server_name())
-                .map_err(|e| format!("connection {i}: TLS: {e}"))?;
+                .map_err(|e| format!("TLS: {e}"))?;
             Box::new(rustls::StreamOwned::new(conn, tcp))
         }
     };
-    let topic = format!("hold-{}", i % args.topics.max(1));
-    let p = args.protocol;
-    let req = crate::wire::upgrade_request(
-        &p.subscribe_path(args.path.as_deref().unwrap_or(p.default_path()), &topic),
-    );
+    let req = crate::wire::upgrade_request(&p.subscribe_path(path.unwrap_or(p.default_path()), topic));
     s.write_all(req.as_bytes()).map_err(|e| e.to_string())?;
     let mut head = Vec::with_capacity(256);
     let mut byte = [0u8; 1];
     while !head.ends_with(b"\r\n\r\n") {
-        s.read_exact(&mut byte).map_err(|e| format!("connection {i} handshake: {e}"))?;
+        s.read_exact(&mut byte).map_err(|e| format!("handshake: {e}"))?;
         head.push(byte[0]);
     }
     if !head.starts_with(b"HTTP/1.1 101") {
-        return Err(format!("connection {i}: {}", String::from_utf8_lossy(&head)));
+        return Err(String::from_utf8_lossy(&head).into_owned());
     }
     let mut frames = Vec::new();
-    p.subscribe_frames(&topic, &mut frames);
+    p.subscribe_frames(topic, &mut frames);
     s.write_all(&frames).map_err(|e| e.to_string())?;
     // Read until the protocol says the subscription is active.
     let mut sub = p.subscription();
     let (mut buf, mut filled) = (vec![0u8; 4096], 0);
     while !sub.joined() {
         if filled == buf.len() {
-            return Err(format!("connection {i}: oversized reply while joining"));
+            return Err("oversized reply while joining".into());
         }
-        let n = s.read(&mut buf[filled..]).map_err(|e| format!("connection {i} join: {e}"))?;
+        let n = s.read(&mut buf[filled..]).map_err(|e| format!("join: {e}"))?;
         if n == 0 {
-            return Err(format!("connection {i}: closed while joining"));
+            return Err("closed while joining".into());
         }
         filled += n;
         let mut pos = 0;
         while let Some((start, len)) = crate::wire::parse_frame(&buf[pos..filled]) {
             if crate::wire::frame_opcode(&buf[pos..]) < 0x8 {
-                sub.on_frame(&buf[pos + start..pos + start + len], |_| {})
-                    .map_err(|e| format!("connection {i}: {e}"))?;
+                sub.on_frame(&buf[pos + start..pos + start + len], |_| {})?;
             }
             pos += start + len;
         }

@@ -12,6 +12,7 @@ mod report;
 mod roundtrip;
 mod sendpath;
 mod server_stats;
+mod soak;
 mod stub_backend;
 mod tls;
 mod wire;
@@ -45,6 +46,8 @@ enum Scenario {
     StubBackend(stub_backend::Args),
     /// Kernel cost of one delivery by send path: sendmsg per socket vs io_uring batches.
     Sendpath(sendpath::Args),
+    /// Minutes of churn, publications, slow and TLS clients; fails if the servers' RSS grows or descriptors leak.
+    Soak(soak::Args),
 }
 
 fn main() {
@@ -63,6 +66,7 @@ fn main() {
         Scenario::Roundtrip(a) => roundtrip::run(a),
         Scenario::StubBackend(a) => stub_backend::run(a),
         Scenario::Sendpath(a) => sendpath::run(a),
+        Scenario::Soak(a) => soak::run(a),
     };
     if let Err(e) = result {
         eprintln!("ringcast-bench: {e}");

@@ -97,6 +97,56 @@ pub fn throughput_over_time(
     root.present().map_err(|e| err(&e))
 }
 
+/// Resident memory (MiB) of each server against seconds since the
+/// workload started, with a mark where the warm-up ends.
+pub fn rss_over_time(
+    path: &Path,
+    title: &str,
+    series: &[(String, Vec<(f64, f64)>)],
+    warmup: f64,
+) -> Result<(), String> {
+    let all = || series.iter().flat_map(|(_, p)| p.iter());
+    let t_max = all().map(|p| p.0).fold(1.0, f64::max);
+    let y_max = all().map(|p| p.1).fold(1.0, f64::max) * 1.2;
+    let root = SVGBackend::new(path, (900, 420)).into_drawing_area();
+    let err = |e: &dyn std::fmt::Display| format!("{}: {e}", path.display());
+    root.fill(&WHITE).map_err(|e| err(&e))?;
+    let mut chart = ChartBuilder::on(&root)
+        .caption(title, ("sans-serif", 20))
+        .margin(16)
+        .x_label_area_size(40)
+        .y_label_area_size(70)
+        .build_cartesian_2d(0.0..t_max, 0.0..y_max)
+        .map_err(|e| err(&e))?;
+    chart
+        .configure_mesh()
+        .x_desc("seconds since the workload started")
+        .y_desc("RSS (MiB)")
+        .draw()
+        .map_err(|e| err(&e))?;
+    chart
+        .draw_series(LineSeries::new([(warmup, 0.0), (warmup, y_max)], BLACK.mix(0.3)))
+        .map_err(|e| err(&e))?
+        .label("end of warm-up")
+        .legend(|(x, y)| PathElement::new(vec![(x, y), (x + 20, y)], BLACK.mix(0.3)));
+    for (i, (name, points)) in series.iter().enumerate() {
+        let color = Palette99::pick(i).to_rgba();
+        chart
+            .draw_series(LineSeries::new(points.iter().copied(), color.stroke_width(2)))
+            .map_err(|e| err(&e))?
+            .label(name.as_str())
+            .legend(move |(x, y)| PathElement::new(vec![(x, y), (x + 20, y)], color.stroke_width(2)));
+    }
+    chart
+        .configure_series_labels()
+        .position(SeriesLabelPosition::LowerRight)
+        .background_style(WHITE.mix(0.8))
+        .border_style(BLACK)
+        .draw()
+        .map_err(|e| err(&e))?;
+    root.present().map_err(|e| err(&e))
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -119,5 +169,8 @@ mod tests {
         let path = dir.path().join("t.svg");
         throughput_over_time(&path, "test", &[(0.0, 10.0), (0.1, 2000.0)], &[0.0]).unwrap();
         assert!(std::fs::read_to_string(&path).unwrap().contains("deliveries/s"));
+        let path = dir.path().join("r.svg");
+        rss_over_time(&path, "test", &[("a".into(), vec![(0.0, 10.0), (5.0, 12.0)])], 2.0).unwrap();
+        assert!(std::fs::read_to_string(&path).unwrap().contains("RSS (MiB)"));
     }
 }

@@ -364,3 +364,56 @@ fn sendpath_measures_each_path_on_real_sockets() {
     let uring = out.lines().find(|l| l.starts_with("| Uring")).unwrap();
     assert!(uring.ends_with("| 1.0 |"), "one io_uring_enter per pass of 200: {uring}");
 }
+
+/// The soak (docs/benchmarks.md) against a plain and a TLS gateway at once,
+/// for two minutes (`RINGCAST_SOAK_MINUTES` to change): it fails if either
+/// server's RSS grows after the warm-up, a descriptor is left over after the
+/// churn, a steady subscriber is dropped, a publication to them is lost, or
+/// no slow client was cut off.
+#[test]
+fn soak_plain_and_tls_gateways() {
+    let minutes = std::env::var("RINGCAST_SOAK_MINUTES").unwrap_or_else(|_| "2".into());
+    let (plain_dir, tls_dir) = (tempfile::tempdir().unwrap(), tempfile::tempdir().unwrap());
+    let (table, ca) = tls_files(&tls_dir);
+    // A small socket buffer, so a client that never reads meets its budget.
+    let small = "[server]\nsend_buffer = 16384\n";
+    let (plain, plain_line) = start_gateway(small, 1, &plain_dir);
+    let (tls, tls_line) = start_gateway(&format!("{small}{table}"), 1, &tls_dir);
+    let (json, svg) = (plain_dir.path().join("soak.json"), plain_dir.path().join("soak.svg"));
+    let out = bench(&[
+        "--tls-ca",
+        &ca,
+        "soak",
+        "--target",
+        &field(&plain_line, "websocket"),
+        "--api",
+        &field(&plain_line, "api"),
+        "--tls-target",
+        &field(&tls_line, "websocket"),
+        "--tls-api",
+        &field(&tls_line, "api"),
+        "--server-pid",
+        &plain.0.id().to_string(),
+        "--server-pid",
+        &tls.0.id().to_string(),
+        "--minutes",
+        &minutes,
+        "--connections",
+        "1000",
+        "--churn-per-s",
+        "20",
+        "--publish-per-s",
+        "100",
+        "--slow-clients",
+        "5",
+        "--json",
+        json.to_str().unwrap(),
+        "--svg",
+        svg.to_str().unwrap(),
+    ]);
+    println!("{out}");
+    let report: serde_json::Value = serde_json::from_str(&std::fs::read_to_string(&json).unwrap()).unwrap();
+    assert_eq!(report["passed"], true, "{out}");
+    assert!(report["churned"].as_u64().unwrap() > 0 && report["published"].as_u64().unwrap() > 0, "{out}");
+    assert!(std::fs::read_to_string(&svg).unwrap().contains("RSS (MiB)"));
+}

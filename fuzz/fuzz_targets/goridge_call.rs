@@ -8,7 +8,7 @@ fuzz_target!(|data: &[u8]| {
     let mut rest = data;
     while let Ok(Some((f, used))) = frame::decode(rest, 1 << 16) {
         assert!(used > 0 && used <= rest.len());
-        let limits = ringcast::publish::Limits { max_topics: 1000, max_bytes: 1 << 20 };
+        let limits = ringcast::publish::Limits { max_topics: 1000, max_bytes: 1 << 20, max_topic_length: 256 };
         let call = service::interpret(&f, "memory", &limits);
         let mut out = Vec::new();
         call.error_reply(&mut out, "x");
