@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
-# Every test: unit and integration tests (real binary, real sockets), a build
-# of the fuzz targets, then the Autobahn conformance cases. Installs what it needs (nginx + nchan,
+# Every test: unit and integration tests (real binary, real sockets, a 2-minute
+# soak), every fuzz target for 30 s, then the Autobahn conformance cases. Installs what it needs (nginx + nchan,
 # nats-server, redis-server, chromium, prometheus and php-cli from apt; kosoku, websockets and pyjwt from PyPI).
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -36,8 +36,8 @@ if ! python3 -c 'import jwt' 2>/dev/null; then
   python3 -m pip install --quiet --disable-pip-version-check pyjwt
 fi
 cargo test --workspace
-# The fuzz targets live outside the workspace; build them so they cannot rot.
-cargo build --quiet --manifest-path fuzz/Cargo.toml --bins
+# Every fuzz target for 30 s from its seeds (fuzz/README.md); a crash fails the run.
+bash scripts/fuzz.sh 30
 cargo build --quiet --release --bin ringcast
 RINGCAST_BIN=target/release/ringcast bash scripts/autobahn.sh
 RINGCAST_BIN=target/release/ringcast AUTOBAHN_TLS=1 bash scripts/autobahn.sh
