@@ -34,6 +34,30 @@ fn refused(s: &Server, path: &str, headers: &[(&'static str, &str)]) -> (u16, St
     refusal_of(try_connect(s.ws, path, headers))
 }
 
+/// Tokens every vhost with `[vhost.auth]` refuses, each with a word of
+/// the reason its 401 must give.
+fn bad_tokens() -> Vec<(Option<String>, &'static str)> {
+    vec![
+        (None, "no token"),
+        (Some(hs256(json!({"exp": now_s() - 5}))), "token expired"),
+        (Some(hs256(json!({"nbf": now_s() + 600}))), "not valid yet"),
+        (
+            Some(
+                encode(
+                    &Header::new(Algorithm::HS256),
+                    &json!({"sub": "mallory"}),
+                    &EncodingKey::from_secret(b"some-other-secret-of-32-bytes-or-more").unwrap(),
+                )
+                .unwrap(),
+            ),
+            "bad token signature",
+        ),
+        // {"alg":"none"} with the claims {"sub":"mallory"} and no signature.
+        (Some("eyJhbGciOiJub25lIiwidHlwIjoiSldUIn0.eyJzdWIiOiJtYWxsb3J5In0.".into()), "algorithm"),
+        (Some("not-a-jwt".into()), "malformed token"),
+    ]
+}
+
 #[test]
 fn roadrunner_tokens_valid_expired_early_forged_and_missing() {
     let s = Server::start(&roadrunner_auth("", ""), 1);
@@ -53,25 +77,7 @@ fn roadrunner_tokens_valid_expired_early_forged_and_missing() {
     let mut by_header = s.connect_with("/ws", &[("Authorization", &bearer)]);
     join(&mut by_header, &["chat"]);
 
-    let cases = [
-        (None, "no token"),
-        (Some(hs256(json!({"exp": now_s() - 5}))), "token expired"),
-        (Some(hs256(json!({"nbf": now_s() + 600}))), "not valid yet"),
-        (
-            Some(
-                encode(
-                    &Header::new(Algorithm::HS256),
-                    &json!({"sub": "mallory"}),
-                    &EncodingKey::from_secret(b"some-other-secret-of-32-bytes-or-more").unwrap(),
-                )
-                .unwrap(),
-            ),
-            "bad token signature",
-        ),
-        // {"alg":"none"} with the claims {"sub":"mallory"} and no signature.
-        (Some("eyJhbGciOiJub25lIiwidHlwIjoiSldUIn0.eyJzdWIiOiJtYWxsb3J5In0.".into()), "algorithm"),
-        (Some("not-a-jwt".into()), "malformed token"),
-    ];
+    let cases = bad_tokens();
     for (token, why) in &cases {
         let path = token.as_ref().map_or("/ws".to_string(), |t| format!("/ws?token={t}"));
         let (status, body) = refused(&s, &path, &[]);
@@ -385,5 +391,44 @@ fn the_documented_minting_snippets_make_tokens_the_gateway_takes() {
         assert_eq!(recv_text(&mut ws), r##"{"topic":"#join","payload":["sport"]}"##, "{program}");
         assert_eq!(s.publish_json(r#"{"topics":["news.eu"],"payload":"minted"}"#).0, 200);
         assert_eq!(recv_text(&mut ws), r#"{"topic":"news.eu","payload":"minted"}"#, "{program}");
+    }
+}
+
+/// Every refused kind of token, and a good one, on a roadrunner and a
+/// webrocket vhost, over ws and over wss.
+#[test]
+fn every_kind_of_token_on_both_dialects_over_ws_and_wss() {
+    let auth = format!("[vhost.auth]\njwt_hmac_secret = \"{SECRET}\"\n");
+    let vhosts = format!(
+        "[[vhost]]\npath = \"/ws\"\ndialect = \"roadrunner\"\n{auth}[[vhost]]\npath = \"/world\"\ndialect = \"webrocket\"\nanonymous = [\"READ\"]\n{auth}"
+    );
+    let ca = TestCa::new();
+    let dir = tempfile::tempdir().unwrap();
+    let files = ca.leaf().write(dir.path());
+    let plain = Server::start(&vhosts, 1);
+    let tls = Server::start(&format!("[server.tls]\n{files}\n{vhosts}"), 1);
+    let client = ca.client_config();
+    let good = hs256(json!({"sub": "alice", "exp": now_s() + 600}));
+    for path in ["/ws", "/world"] {
+        for (token, why) in bad_tokens() {
+            let target = token.as_ref().map_or(path.to_string(), |t| format!("{path}?token={t}"));
+            let (status, body) = refused(&plain, &target, &[]);
+            assert!(status == 401 && body.contains(why), "ws {path}, {why}: {status} {body}");
+            match wss_connect(tls.ws, &target, &client) {
+                Err(tungstenite::Error::Http(r)) => {
+                    let body = String::from_utf8_lossy(r.body().as_deref().unwrap_or_default()).into_owned();
+                    assert!(
+                        r.status() == 401 && body.contains(why),
+                        "wss {path}, {why}: {} {body}",
+                        r.status()
+                    );
+                }
+                other => panic!("wss {path}, {why}: a 401 expected, got {:?}", other.map(|_| ())),
+            }
+        }
+        let with_token = format!("{path}?token={good}");
+        plain.connect(&with_token);
+        wss_connect(tls.ws, &with_token, &client)
+            .unwrap_or_else(|e| panic!("wss {path} with a good token: {e}"));
     }
 }
