@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # Runs every fuzz target for SECONDS each (default 60), starting from its
-# committed seeds (fuzz/seeds/<target>) and what earlier runs here found
+# committed inputs (fuzz/inputs/<target>) and what earlier runs here found
 # (fuzz/corpus/<target>, not committed). Exits non-zero if any target
 # crashes; the input is then in fuzz/artifacts/<target>/ and the target's
 # log in fuzz/logs/<target>.log. Installs cargo-fuzz if missing;
@@ -15,7 +15,7 @@ failed=()
 for target in $(cargo fuzz list); do
     mkdir -p "fuzz/corpus/$target"
     dirs=("fuzz/corpus/$target")
-    [ -d "fuzz/seeds/$target" ] && dirs+=("fuzz/seeds/$target")
+    [ -d "fuzz/inputs/$target" ] && dirs+=("fuzz/inputs/$target")
     log="fuzz/logs/$target.log"
     if cargo fuzz run -O "$target" "${dirs[@]}" -- -max_total_time="$seconds" -rss_limit_mb=2048 >"$log" 2>&1; then
         echo "fuzz $target: $(grep -E '^Done [0-9]+ runs' "$log" | tail -n 1)"

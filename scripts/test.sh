@@ -36,7 +36,7 @@ if ! python3 -c 'import jwt' 2>/dev/null; then
   python3 -m pip install --quiet --disable-pip-version-check pyjwt
 fi
 cargo test --workspace
-# Every fuzz target for 30 s from its seeds (fuzz/README.md); a crash fails the run.
+# Every fuzz target for 30 s from its committed inputs (fuzz/README.md); a crash fails the run.
 bash scripts/fuzz.sh 30
 cargo build --quiet --release --bin ringcast
 RINGCAST_BIN=target/release/ringcast bash scripts/autobahn.sh
