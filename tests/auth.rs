@@ -180,6 +180,13 @@ fn hooks_see_the_token_user_and_the_connect_hook_sees_the_client_address() {
     assert_eq!(connect.header("x-real-ip"), Some("127.0.0.1"));
     let joined = &backend.requests("POST", "/join")[0];
     assert_eq!(joined.header("x-ringcast-user"), Some("alice@example.com"));
+
+    // Behind a trusted proxy the client is the address it named.
+    let proxied = Server::start(&format!("[server]\ntrusted_proxies = [\"127.0.0.1\"]\n{config}"), 1);
+    let _ws = proxied.connect_with(&path, &[("X-Forwarded-For", "203.0.113.7")]);
+    let connect = &backend.requests("GET", "/connect")[1];
+    assert_eq!(connect.header("x-forwarded-for"), Some("203.0.113.7, 127.0.0.1"));
+    assert_eq!(connect.header("x-real-ip"), Some("203.0.113.7"));
 }
 
 #[test]

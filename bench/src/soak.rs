@@ -9,7 +9,7 @@
 use std::io::{ErrorKind, Read, Write};
 use std::net::{SocketAddr, TcpStream};
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering::Relaxed};
-use std::sync::{Arc, Mutex};
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use crate::hold::{connect_joined, Conn};
@@ -343,7 +343,7 @@ pub fn run(args: Args) -> Result<(), String> {
 
     // Sampling.
     let started = Instant::now();
-    let samples: Arc<Mutex<Vec<Sample>>> = Arc::default();
+    let mut samples: Vec<Sample> = Vec::new();
     while started.elapsed() < total {
         std::thread::sleep(Duration::from_secs(1));
         let now: Vec<(u64, u64)> = args.server_pids.iter().map(|&p| sample(p)).collect::<Result<_, _>>()?;
@@ -352,7 +352,7 @@ pub fn run(args: Args) -> Result<(), String> {
             let rss: Vec<String> = now.iter().map(|(r, f)| format!("{} MiB/{f} fds", r / 1024)).collect();
             println!("soak: {t:>5.0}s  {}  churned {}", rss.join("  "), counts.churned.load(Relaxed));
         }
-        samples.lock().unwrap().push((t, now));
+        samples.push((t, now));
     }
     stop.store(true, Relaxed);
     for t in threads {
@@ -377,7 +377,6 @@ pub fn run(args: Args) -> Result<(), String> {
     drop(held);
     let apis: Vec<SocketAddr> = [Some(args.api), args.tls_api].into_iter().flatten().collect();
     let slow_closed: u64 = apis.iter().map(|a| metric(*a, "ringcast_slow_consumer_closes_total")).sum();
-    let samples = samples.lock().unwrap().clone();
     let delivered = (counts.frames.load(Relaxed), counts.expected.load(Relaxed));
     let mut verdict =
         judge(&args, &samples, warmup, (&fds_before, &fds_after), dropped.load(Relaxed), delivered);

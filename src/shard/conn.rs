@@ -50,13 +50,11 @@ pub struct ConnState {
     pub(crate) ident: Option<Box<ConnIdent>>,
 }
 
-/// A connection's client: its token's claims, its address, its place in
-/// the per-address count.
+/// A connection's client: its token's claims and its place in the
+/// per-address count.
 #[derive(Debug, Default)]
 pub(crate) struct ConnIdent {
     pub token: crate::auth::Identity,
-    /// The client's address (behind a trusted proxy: the one it named).
-    pub client: Option<std::net::IpAddr>,
     /// Freed when the connection ends.
     pub _slot: Option<crate::limits::IpSlot>,
 }

@@ -89,7 +89,7 @@ async fn open(shard: Rc<Shard>, stream: TcpStream) -> bool {
             }
         },
     };
-    let Some(Accepted { vhost, wr, upgrade, client, rest: mut leftover, ident }) =
+    let Some(Accepted { vhost, wr, upgrade, client, rest: mut leftover, ident, .. }) =
         upgrade(&shard, &mut wire, peer).await
     else {
         return false;
@@ -189,9 +189,12 @@ struct Accepted {
     client: Option<String>,
     /// Bytes that followed the request.
     rest: Vec<u8>,
-    /// The token's claims and the client's address, when the vhost or a
-    /// limit needs them.
+    /// The token's claims and the per-address slot, when the vhost or a
+    /// limit needs them (kept by the connection).
     ident: Option<Box<ConnIdent>>,
+    /// The client's address (behind a trusted proxy: the one it named),
+    /// for the connect hook's `X-Real-IP`.
+    address: Option<std::net::IpAddr>,
 }
 
 enum HandshakeEnd {
@@ -308,7 +311,15 @@ async fn read_upgrade(shard: &Shard, wire: &mut Wire) -> Result<Accepted, Handsh
             }
             _ => None,
         };
-        return Ok(Accepted { vhost, wr, upgrade, client, rest: buf.split_off(used), ident: None });
+        return Ok(Accepted {
+            vhost,
+            wr,
+            upgrade,
+            client,
+            rest: buf.split_off(used),
+            ident: None,
+            address: None,
+        });
     }
 }
 
@@ -319,12 +330,12 @@ fn admit(shard: &Shard, a: &mut Accepted, peer: Option<SocketAddr>) -> Result<()
     use crate::auth::{Identity, TokenError};
     use crate::limits::{Admission, Limit};
     let trusted = &shard.config.server.trusted_proxies;
-    let client = peer.map(|p| {
+    a.address = peer.map(|p| {
         let forwarded =
             a.upgrade.forward.iter().find(|(k, _)| *k == "x-forwarded-for").map(|(_, v)| v.as_str());
         crate::limits::client_address(p.ip(), forwarded, a.upgrade.real_ip.as_deref(), trusted)
     });
-    let slot = match (&shard.per_ip, client) {
+    let slot = match (&shard.per_ip, a.address) {
         (Some(per_ip), Some(ip)) => match per_ip.admit(ip) {
             Ok(slot) => Some(slot),
             Err(why) => {
@@ -350,8 +361,8 @@ fn admit(shard: &Shard, a: &mut Accepted, peer: Option<SocketAddr>) -> Result<()
         (Some(_), None) => return Err(unauthorized(TokenError::Missing)),
         (Some(v), Some(t)) => v.verify(t, crate::auth::unix_ms()).map_err(unauthorized)?,
     };
-    if slot.is_some() || token != Identity::default() || !trusted.is_empty() {
-        a.ident = Some(Box::new(ConnIdent { token, client, _slot: slot }));
+    if slot.is_some() || token != Identity::default() {
+        a.ident = Some(Box::new(ConnIdent { token, _slot: slot }));
     }
     Ok(())
 }
@@ -408,8 +419,7 @@ async fn authorize(shard: &Shard, a: &Accepted, peer: Option<SocketAddr>) -> Res
             Some((_, v)) => *v = peer_ip.to_string(),
             None => forward.push(("x-forwarded-for", peer_ip.to_string())),
         }
-        let client = a.ident.as_ref().and_then(|i| i.client).unwrap_or(peer_ip);
-        forward.push(("x-real-ip", client.to_string()));
+        forward.push(("x-real-ip", a.address.unwrap_or(peer_ip).to_string()));
     }
     if let Some(user) = a.ident.as_ref().and_then(|i| i.token.user.as_deref()) {
         forward.push(("x-ringcast-user", user.to_string()));
