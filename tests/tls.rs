@@ -156,6 +156,45 @@ fn sighup_reloads_the_certificate_for_new_handshakes_and_open_connections_keep_r
 }
 
 #[test]
+fn tls12_and_tls13_clients_are_served_and_a_key_update_ends_only_its_connection() {
+    let ca = TestCa::new();
+    let dir = tempfile::tempdir().unwrap();
+    let s = tls_server(&ca, dir.path(), "");
+    let mut tls12 = wss_connect(s.ws, "/ws", &ca.client_config_of(&[&rustls::version::TLS12])).unwrap();
+    let mut tls13 = wss_connect(s.ws, "/ws", &ca.client_config_of(&[&rustls::version::TLS13])).unwrap();
+    let mut updating = wss_connect(s.ws, "/ws", &ca.client_config_of(&[&rustls::version::TLS13])).unwrap();
+    for ws in [&mut tls12, &mut tls13, &mut updating] {
+        join(ws, &["t"]);
+    }
+    assert_eq!(tls12.get_ref().conn.protocol_version(), Some(rustls::ProtocolVersion::TLSv1_2));
+    assert_eq!(s.publish_json(r#"{"topics":["t"],"payload":"one"}"#).0, 200);
+    for ws in [&mut tls12, &mut tls13, &mut updating] {
+        assert_eq!(recv_text(ws), r#"{"topic":"t","payload":"one"}"#);
+    }
+
+    // A TLS 1.3 key update: the server does not keep the key schedule to
+    // follow it, so it closes that connection cleanly (close_notify).
+    updating.get_mut().conn.refresh_traffic_keys().unwrap();
+    send_text(&mut updating, r#"{"command":"join","topics":["u"]}"#);
+    let ended = loop {
+        match updating.read() {
+            Ok(_) => continue,
+            Err(e) => break e,
+        }
+    };
+    assert!(
+        !matches!(ended, tungstenite::Error::Io(ref e) if e.kind() == std::io::ErrorKind::WouldBlock),
+        "closed, not timed out: {ended}"
+    );
+    assert!(eventually(Duration::from_secs(5), || s.log().contains("key update")), "{}", s.log());
+
+    assert_eq!(s.publish_json(r#"{"topics":["t"],"payload":"two"}"#).0, 200);
+    for ws in [&mut tls12, &mut tls13] {
+        assert_eq!(recv_text(ws), r#"{"topic":"t","payload":"two"}"#);
+    }
+}
+
+#[test]
 fn the_api_over_https() {
     let ca = TestCa::new();
     let dir = tempfile::tempdir().unwrap();

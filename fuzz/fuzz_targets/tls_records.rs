@@ -2,10 +2,13 @@
 //! the plaintext a RoadRunner session would get, in arbitrary chunks:
 //! never a panic or a hang, an incomplete record is the only thing held,
 //! and after a real handshake what the client sent as application data
-//! comes out exactly, however the ciphertext was split. Three modes (first
+//! comes out exactly, however the ciphertext was split. Four modes (first
 //! byte): raw bytes from the first one (the ClientHello parser), raw
 //! records after a completed handshake (records under the session's keys),
-//! and fuzz bytes sent by a real client as application data.
+//! fuzz bytes sent by a real client as application data, and records of
+//! any inner content type sealed under the client's keys (what a hostile
+//! client could make TLS 1.3's record layer decrypt: alerts, handshake
+//! messages, padding, unknown types).
 #![no_main]
 
 use std::io::Write;
@@ -85,7 +88,7 @@ fuzz_target!(|data: &[u8]| {
     }
     let chunk = 1 + data[1] as usize * 64;
     let body = &data[2..];
-    match data[0] % 3 {
+    match data[0] % 4 {
         0 => {
             let mut server = TlsSession::new(keys().server.clone()).unwrap();
             let _ = feed(&mut server, &mut body.to_vec(), chunk);
@@ -93,6 +96,21 @@ fuzz_target!(|data: &[u8]| {
         1 => {
             let (mut server, _client) = established();
             let _ = feed(&mut server, &mut body.to_vec(), chunk);
+        }
+        3 => {
+            let (mut server, _client) = established();
+            let Some(mut peer) = server.client_records() else { return };
+            // (kind, length, bytes) triples, each sealed as one or more records.
+            let mut wire = Vec::new();
+            let mut rest = body;
+            while let [kind, len, tail @ ..] = rest {
+                let (content, next) = tail.split_at((*len as usize * 67).min(tail.len()));
+                peer.seal_as(*kind % 25, content, &mut wire).expect("the peer's keys have room");
+                rest = next;
+            }
+            if let Some(plaintext) = feed(&mut server, &mut wire, chunk) {
+                assert!(plaintext.len() <= body.len(), "no more plaintext than was sealed");
+            }
         }
         _ => {
             let (mut server, mut client) = established();

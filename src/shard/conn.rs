@@ -75,7 +75,7 @@ impl ConnState {
 /// take yet (empty and unallocated while the socket keeps up).
 #[derive(Debug)]
 pub(super) struct TlsLink {
-    pub session: Box<crate::tls::TlsSession>,
+    pub session: crate::tls::TlsSession,
     pub unsent: Vec<u8>,
     /// Our close_notify is queued.
     pub closed: bool,

@@ -365,7 +365,20 @@ fn flush_tls(shard: &Shard, st: &mut ConnState, fd: BorrowedFd<'_>, out: &mut Wr
         if st.session.queue.is_empty() {
             return Ok(());
         }
-        let sealed = tls_io::seal(st, &mut scratch).map_err(io::Error::other)?;
+        let sealed = match tls_io::seal(st, &mut scratch) {
+            Ok(sealed) => sealed,
+            Err(e) => {
+                if e.is_rekey() {
+                    // The record kept for it: close_notify, so the client sees a clean end.
+                    tracing::info!(error = %e, "TLS connection closed");
+                    if tls_io::close_notify(st) {
+                        let link = st.tls.as_ref().expect("a TLS connection");
+                        let _ = send_all_or_would_block(fd, &link.unsent);
+                    }
+                }
+                return Err(io::Error::other(e));
+            }
+        };
         let frames = st.session.queue.advance(sealed);
         shard.frames_gone(st, frames);
         out.bytes += scratch.ciphertext.len() as u64;
@@ -485,17 +498,29 @@ fn read_tls(shard: &Rc<Shard>, conn: &ConnRef, ciphertext: &mut [u8], closing: b
             }
             progress.peer_closed
         }
+        Err(e) if e.is_rekey() => {
+            // Not the client's fault: the records keep no key schedule
+            // (tls/records.rs), so a rekey ends the connection. Rare.
+            tracing::info!(error = %e, "TLS connection closed");
+            send_unsent(conn);
+            true
+        }
         Err(e) => {
             tracing::debug!(error = %e, "TLS connection failed");
-            let st = conn.borrow();
-            if let (Some(fd), Some(link)) = (&st.fd, &st.tls) {
-                let _ = rt::send(fd.as_fd(), &link.unsent);
-            }
+            send_unsent(conn);
             true
         }
     };
     *shard.tls_scratch.borrow_mut() = scratch;
     over
+}
+
+/// Sends the TLS connection's last records (an alert, close_notify) once, best effort.
+fn send_unsent(conn: &ConnRef) {
+    let st = conn.borrow();
+    if let (Some(fd), Some(link)) = (&st.fd, &st.tls) {
+        let _ = rt::send(fd.as_fd(), &link.unsent);
+    }
 }
 
 /// Closes the socket (its polls removed first), unregisters the connection

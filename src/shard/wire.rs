@@ -20,7 +20,7 @@ pub(super) struct Wire {
 }
 
 struct Tls {
-    session: Box<TlsSession>,
+    session: TlsSession,
     /// Decrypted, not read yet.
     plaintext: Vec<u8>,
     /// The first bytes were an HTTP request, not a ClientHello: the
@@ -44,7 +44,7 @@ impl Wire {
     }
 
     pub fn tls(stream: TcpStream, session: TlsSession) -> Wire {
-        let tls = Tls { session: Box::new(session), plaintext: Vec::new(), plain_http: false };
+        let tls = Tls { session, plaintext: Vec::new(), plain_http: false };
         Wire { stream, tls: Some(tls) }
     }
 
@@ -113,7 +113,7 @@ impl Wire {
     }
 
     /// The socket, its TLS state and what was decrypted but not read.
-    pub fn into_parts(self) -> (TcpStream, Option<Box<TlsSession>>, Vec<u8>) {
+    pub fn into_parts(self) -> (TcpStream, Option<TlsSession>, Vec<u8>) {
         match self.tls {
             None => (self.stream, None, Vec::new()),
             Some(tls) => (self.stream, Some(tls.session), tls.plaintext),

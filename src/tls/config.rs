@@ -36,6 +36,9 @@ pub fn server_config(cert_pem: &[u8], key_pem: &[u8]) -> Result<Arc<ServerConfig
         .with_single_cert(certs, key)
         .map_err(TlsError::Config)?;
     config.alpn_protocols = vec![b"http/1.1".to_vec()];
+    // After a TLS 1.3 handshake a connection keeps its keys, not rustls's
+    // state (session.rs): rustls hands them over only when this is on.
+    config.enable_secret_extraction = true;
     Ok(Arc::new(config))
 }
 

@@ -17,6 +17,17 @@ pub enum TlsError {
     Encode(String),
     /// The peer's input did not settle within the bound on record steps.
     Runaway,
+    /// An established TLS 1.3 connection's record failed, or its keys ran out.
+    Record(super::records::RecordError),
+}
+
+impl TlsError {
+    /// The connection asked for, or needed, new keys: an end the client did
+    /// not cause (a KeyUpdate, or our records' confidentiality limit).
+    pub fn is_rekey(&self) -> bool {
+        use super::records::RecordError;
+        matches!(self, TlsError::Record(RecordError::KeyUpdate | RecordError::KeysExhausted))
+    }
 }
 
 impl std::fmt::Display for TlsError {
@@ -29,6 +40,7 @@ impl std::fmt::Display for TlsError {
             TlsError::NotReady => f.write_str("TLS: application data outside an established session"),
             TlsError::Encode(e) => write!(f, "TLS: cannot encode a record: {e}"),
             TlsError::Runaway => f.write_str("TLS: input did not settle"),
+            TlsError::Record(e) => write!(f, "TLS: {e}"),
         }
     }
 }

@@ -1,13 +1,15 @@
 //! TLS without I/O: what backends are trusted by (`client`); for the
 //! listeners, loading a certificate (`config`),
 //! the certificate in use with its reload (`store`), and one connection's
-//! record layer over rustls's unbuffered API (`session`). The shard's
+//! record layer: rustls's unbuffered API for the handshake (`session`),
+//! then, for TLS 1.3, the keys alone (`records`). The shard's
 //! engine feeds it the ciphertext it reads and sends what it produces;
 //! nothing here owns a socket, a task or a thread.
 
 pub mod client;
 pub mod config;
 mod error;
+pub mod records;
 pub mod session;
 mod store;
 

@@ -1,9 +1,12 @@
-//! One connection's TLS record layer over rustls's unbuffered API:
-//! ciphertext in → plaintext out (and the records the handshake must
-//! send), plaintext in → ciphertext out. Between records it holds no
-//! buffer: only the tail of a record still arriving is kept, and that
-//! allocation is freed once the record is complete, so an idle TLS
-//! connection costs the rustls state alone.
+//! One connection's TLS record layer: ciphertext in → plaintext out (and
+//! the records the handshake must send), plaintext in → ciphertext out.
+//! rustls's unbuffered API runs the handshake; once a TLS 1.3 handshake
+//! is done the connection keeps only its keys and sequence numbers
+//! (`records.rs`) and rustls's state is freed. TLS 1.2, and a TLS 1.3
+//! cipher `Records` does not implement, stay with rustls throughout.
+//! Between records nothing is buffered: only the tail of a record still
+//! arriving is kept, and that allocation is freed once the record is
+//! complete.
 
 use std::sync::Arc;
 
@@ -11,9 +14,10 @@ use rustls::server::UnbufferedServerConnection;
 use rustls::unbuffered::{
     ConnectionState, EncodeError, EncryptError, InsufficientSizeError, UnbufferedStatus,
 };
-use rustls::ServerConfig;
+use rustls::{CipherSuite, ProtocolVersion, ServerConfig, SupportedCipherSuite};
 
 use super::error::TlsError;
+use super::records::{Records, MAX_FRAGMENT};
 
 /// Record-processing steps one `read` may take before it gives up on the
 /// input (each step consumes a record or produces output, so honest input
@@ -21,21 +25,33 @@ use super::error::TlsError;
 const MAX_STEPS: usize = 10_000;
 /// First guess at the room one encoded record needs beyond its payload.
 const RECORD_OVERHEAD: usize = 64;
-/// Plaintext per record (TLS's maximum): a write of more makes several.
-const MAX_FRAGMENT: usize = 16 * 1024;
 
 pub struct TlsSession {
-    conn: UnbufferedServerConnection,
+    state: State,
     /// The start of a record not complete yet; empty and unallocated between records.
     incoming: Vec<u8>,
-    established: bool,
     peer_closed: bool,
+}
+
+enum State {
+    /// The handshake; after it, TLS 1.2 (and ciphers `Records` lacks).
+    Rustls { conn: Box<UnbufferedServerConnection>, established: bool },
+    /// An established TLS 1.3 connection: its keys alone.
+    Records(Records),
+    /// Handing over to `Records` failed; the connection is over.
+    Broken,
 }
 
 impl std::fmt::Debug for TlsSession {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        let state = match &self.state {
+            State::Rustls { established: false, .. } => "handshake",
+            State::Rustls { established: true, .. } => "rustls",
+            State::Records(_) => "records",
+            State::Broken => "broken",
+        };
         f.debug_struct("TlsSession")
-            .field("established", &self.established)
+            .field("state", &state)
             .field("peer_closed", &self.peer_closed)
             .field("held", &self.incoming.len())
             .finish()
@@ -53,13 +69,31 @@ pub struct Progress {
 
 impl TlsSession {
     pub fn new(config: Arc<ServerConfig>) -> Result<TlsSession, TlsError> {
-        let conn = UnbufferedServerConnection::new(config).map_err(TlsError::Config)?;
-        Ok(TlsSession { conn, incoming: Vec::new(), established: false, peer_closed: false })
+        let conn = Box::new(UnbufferedServerConnection::new(config).map_err(TlsError::Config)?);
+        Ok(TlsSession {
+            state: State::Rustls { conn, established: false },
+            incoming: Vec::new(),
+            peer_closed: false,
+        })
     }
 
     /// The handshake has completed: application data flows both ways.
     pub fn is_established(&self) -> bool {
-        self.established
+        matches!(self.state, State::Rustls { established: true, .. } | State::Records(_))
+    }
+
+    /// Only keys and sequence numbers are kept (TLS 1.3 after the handshake).
+    pub fn is_compact(&self) -> bool {
+        matches!(self.state, State::Records(_))
+    }
+
+    /// The client's side of the records (its keys): for tests and fuzzing,
+    /// which play the client. None until a TLS 1.3 handshake is done.
+    pub fn client_records(&self) -> Option<Records> {
+        match &self.state {
+            State::Records(records) => Some(records.peer()),
+            _ => None,
+        }
     }
 
     pub fn peer_closed(&self) -> bool {
@@ -75,14 +109,14 @@ impl TlsSession {
     /// data is appended to `plaintext`, records the peer must get
     /// (handshake, alerts) to `outgoing`. `ciphertext` is scratch space
     /// (decrypted in place). An error ends the connection (after sending
-    /// what `outgoing` holds: rustls may have queued an alert).
+    /// what `outgoing` holds: an alert may be queued).
     pub fn read(
         &mut self,
         ciphertext: &mut [u8],
         plaintext: &mut Vec<u8>,
         outgoing: &mut Vec<u8>,
     ) -> Result<Progress, TlsError> {
-        let was_established = self.established;
+        let was_established = self.is_established();
         if self.incoming.is_empty() {
             // The usual case: whole records in the read buffer, decrypted there.
             let used = self.process(ciphertext, plaintext, outgoing)?;
@@ -95,11 +129,18 @@ impl TlsSession {
             self.incoming = if held.is_empty() { Vec::new() } else { held };
             used?;
         }
-        Ok(Progress { established: self.established && !was_established, peer_closed: self.peer_closed })
+        if self.peer_closed {
+            // Nothing after a close_notify is read.
+            self.incoming = Vec::new();
+        }
+        Ok(Progress { established: self.is_established() && !was_established, peer_closed: self.peer_closed })
     }
 
     /// Encrypts `data` into application records appended to `outgoing`.
     pub fn write(&mut self, data: &[u8], outgoing: &mut Vec<u8>) -> Result<(), TlsError> {
+        if let State::Records(records) = &mut self.state {
+            return records.seal(data, outgoing).map_err(TlsError::Record);
+        }
         self.with_write_traffic(outgoing, |traffic, outgoing| {
             let records = data.len() / MAX_FRAGMENT + 1;
             append(outgoing, data.len() + records * RECORD_OVERHEAD, |out| {
@@ -110,6 +151,9 @@ impl TlsSession {
 
     /// Appends a close_notify alert to `outgoing`.
     pub fn close(&mut self, outgoing: &mut Vec<u8>) -> Result<(), TlsError> {
+        if let State::Records(records) = &mut self.state {
+            return records.alert(0, outgoing).map_err(TlsError::Record);
+        }
         self.with_write_traffic(outgoing, |traffic, outgoing| {
             append(outgoing, RECORD_OVERHEAD, |out| traffic.queue_close_notify(out).map_err(encrypt_error))
         })
@@ -125,14 +169,14 @@ impl TlsSession {
             &mut Vec<u8>,
         ) -> Result<(), TlsError>,
     ) -> Result<(), TlsError> {
-        if !self.established {
+        let State::Rustls { conn, established: true } = &mut self.state else {
             return Err(TlsError::NotReady);
-        }
+        };
         // The held tail, not an empty buffer: rustls may track a partial
         // record's position in it. `read` left no complete record there.
         let mut f = Some(f);
         for _ in 0..MAX_STEPS {
-            let UnbufferedStatus { discard, state } = self.conn.process_tls_records(&mut self.incoming);
+            let UnbufferedStatus { discard, state } = conn.process_tls_records(&mut self.incoming);
             if discard > 0 {
                 // Records `read` did not take (it stopped at the peer's
                 // close): the peer is done, so is writing to it.
@@ -162,8 +206,66 @@ impl TlsSession {
         outgoing: &mut Vec<u8>,
     ) -> Result<usize, TlsError> {
         let mut used = 0;
+        if let State::Rustls { .. } = self.state {
+            used = self.process_rustls(buf, plaintext, outgoing)?;
+            self.shed_rustls()?;
+        }
+        if let State::Records(records) = &mut self.state {
+            if self.peer_closed {
+                return Ok(buf.len());
+            }
+            match records.open(&mut buf[used..], plaintext) {
+                Ok(opened) => {
+                    used += opened.used;
+                    self.peer_closed = opened.peer_closed;
+                }
+                Err(e) => {
+                    if let Some(code) = e.alert() {
+                        // Best effort: the connection ends either way.
+                        let _ = records.alert(code, outgoing);
+                    }
+                    return Err(TlsError::Record(e));
+                }
+            }
+        }
+        Ok(used)
+    }
+
+    /// Once a TLS 1.3 handshake is over, keeps the keys and frees rustls's
+    /// connection (its state machine, key schedule and expanded keys).
+    fn shed_rustls(&mut self) -> Result<(), TlsError> {
+        let State::Rustls { conn, established: true } = &self.state else { return Ok(()) };
+        let limit = match conn.negotiated_cipher_suite() {
+            Some(SupportedCipherSuite::Tls13(suite)) if compact_cipher(suite.common.suite) => {
+                suite.common.confidentiality_limit
+            }
+            _ => return Ok(()),
+        };
+        if conn.is_handshaking() || conn.protocol_version() != Some(ProtocolVersion::TLSv1_3) {
+            return Ok(());
+        }
+        let State::Rustls { conn, .. } = std::mem::replace(&mut self.state, State::Broken) else {
+            unreachable!("matched above")
+        };
+        let (secrets, _key_schedule) = conn.dangerous_into_kernel_connection().map_err(TlsError::Protocol)?;
+        let records = Records::new(secrets, limit)
+            .ok_or_else(|| TlsError::Encode("rustls gave keys of an unexpected kind".into()))?;
+        self.state = State::Records(records);
+        Ok(())
+    }
+
+    /// Runs rustls over the records in `buf` (the handshake, or a TLS 1.2
+    /// connection); returns how many bytes were used.
+    fn process_rustls(
+        &mut self,
+        buf: &mut [u8],
+        plaintext: &mut Vec<u8>,
+        outgoing: &mut Vec<u8>,
+    ) -> Result<usize, TlsError> {
+        let State::Rustls { conn, established } = &mut self.state else { return Ok(0) };
+        let mut used = 0;
         for _ in 0..MAX_STEPS {
-            let UnbufferedStatus { mut discard, state } = self.conn.process_tls_records(&mut buf[used..]);
+            let UnbufferedStatus { mut discard, state } = conn.process_tls_records(&mut buf[used..]);
             let more = match state.map_err(TlsError::Protocol)? {
                 ConnectionState::ReadTraffic(mut traffic) => {
                     while let Some(record) = traffic.next_record() {
@@ -191,7 +293,7 @@ impl TlsSession {
                 }
                 ConnectionState::BlockedHandshake => false,
                 ConnectionState::WriteTraffic(_) => {
-                    self.established = true;
+                    *established = true;
                     false
                 }
                 ConnectionState::PeerClosed | ConnectionState::Closed => {
@@ -207,6 +309,16 @@ impl TlsSession {
         }
         Err(TlsError::Runaway)
     }
+}
+
+/// The TLS 1.3 ciphers `Records` implements (all that rustls's ring provider offers).
+fn compact_cipher(suite: CipherSuite) -> bool {
+    matches!(
+        suite,
+        CipherSuite::TLS13_AES_128_GCM_SHA256
+            | CipherSuite::TLS13_AES_256_GCM_SHA384
+            | CipherSuite::TLS13_CHACHA20_POLY1305_SHA256
+    )
 }
 
 /// Room a record needed that the buffer did not have.
@@ -275,6 +387,13 @@ mod tests {
     }
 
     fn pair(version: &'static rustls::SupportedProtocolVersion) -> Pair {
+        pair_with(version, rustls::crypto::ring::default_provider())
+    }
+
+    fn pair_with(
+        version: &'static rustls::SupportedProtocolVersion,
+        provider: rustls::crypto::CryptoProvider,
+    ) -> Pair {
         let rcgen::CertifiedKey { cert, signing_key } =
             rcgen::generate_simple_self_signed(vec!["localhost".into()]).unwrap();
         let config =
@@ -282,8 +401,7 @@ mod tests {
                 .expect("server config");
         let mut roots = rustls::RootCertStore::empty();
         roots.add(cert.der().clone()).unwrap();
-        let provider = Arc::new(rustls::crypto::ring::default_provider());
-        let client_config = rustls::ClientConfig::builder_with_provider(provider)
+        let client_config = rustls::ClientConfig::builder_with_provider(Arc::new(provider))
             .with_protocol_versions(&[version])
             .unwrap()
             .with_root_certificates(roots)
@@ -332,6 +450,8 @@ mod tests {
             assert!(matches!(p.server.write(b"early", &mut Vec::new()), Err(TlsError::NotReady)));
             p.shuttle(usize::MAX).unwrap();
             assert!(p.server.is_established() && !p.client.is_handshaking(), "{version:?}");
+            // TLS 1.3 keeps the keys alone; TLS 1.2 stays with rustls.
+            assert_eq!(p.server.is_compact(), version.version == rustls::ProtocolVersion::TLSv1_3);
             assert_eq!(p.client.alpn_protocol(), None, "the client offered no ALPN");
 
             p.client.writer().write_all(b"GET / HTTP/1.1\r\n\r\n").unwrap();
@@ -398,5 +518,70 @@ mod tests {
         p.client.send_close_notify();
         p.shuttle(usize::MAX).unwrap();
         assert!(p.server.peer_closed());
+    }
+
+    #[test]
+    fn every_tls13_cipher_keeps_only_its_keys_and_carries_data_both_ways() {
+        use rustls::crypto::ring::cipher_suite as suites;
+        for suite in [
+            suites::TLS13_AES_128_GCM_SHA256,
+            suites::TLS13_AES_256_GCM_SHA384,
+            suites::TLS13_CHACHA20_POLY1305_SHA256,
+        ] {
+            let provider = rustls::crypto::CryptoProvider {
+                cipher_suites: vec![suite],
+                ..rustls::crypto::ring::default_provider()
+            };
+            let mut p = pair_with(&rustls::version::TLS13, provider);
+            // The request rides with the client's Finished, as browsers send it.
+            p.client.writer().write_all(b"GET / HTTP/1.1\r\n\r\n").unwrap();
+            p.shuttle(usize::MAX).unwrap();
+            assert!(p.server.is_compact(), "{suite:?}");
+            assert_eq!(p.got, b"GET / HTTP/1.1\r\n\r\n", "{suite:?}");
+            let mut out = Vec::new();
+            p.server.write(&[9u8; 40_000], &mut out).unwrap();
+            p.deliver(&out);
+            assert_eq!(p.client_got, [9u8; 40_000], "{suite:?}");
+            p.client.writer().write_all(b"more").unwrap();
+            p.shuttle(3).unwrap();
+            assert_eq!(p.got.len(), 18 + 4, "{suite:?}");
+        }
+    }
+
+    #[test]
+    fn a_key_update_from_the_client_ends_the_connection_with_close_notify() {
+        let mut p = pair(&rustls::version::TLS13);
+        p.shuttle(usize::MAX).unwrap();
+        p.client.refresh_traffic_keys().unwrap();
+        p.client.writer().write_all(b"after the update").unwrap();
+        let mut wire = Vec::new();
+        while p.client.wants_write() {
+            p.client.write_tls(&mut wire).unwrap();
+        }
+        let mut out = Vec::new();
+        let e = p.server.read(&mut wire, &mut p.got, &mut out).unwrap_err();
+        assert!(e.to_string().contains("key update"), "{e}");
+        assert!(p.got.is_empty());
+        p.deliver(&out);
+        let mut buf = [0u8; 1];
+        assert_eq!(p.client.reader().read(&mut buf).unwrap(), 0, "the client sees a clean end");
+    }
+
+    #[test]
+    fn a_tampered_record_gets_a_bad_record_mac_alert() {
+        let mut p = pair(&rustls::version::TLS13);
+        p.shuttle(usize::MAX).unwrap();
+        p.client.writer().write_all(b"hello").unwrap();
+        let mut wire = Vec::new();
+        while p.client.wants_write() {
+            p.client.write_tls(&mut wire).unwrap();
+        }
+        wire[7] ^= 0x80;
+        let mut out = Vec::new();
+        assert!(matches!(p.server.read(&mut wire, &mut p.got, &mut out), Err(TlsError::Record(_))));
+        let mut rest = &out[..];
+        p.client.read_tls(&mut rest).unwrap();
+        let e = p.client.process_new_packets().unwrap_err();
+        assert!(e.to_string().contains("BadRecordMac"), "{e}");
     }
 }

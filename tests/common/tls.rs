@@ -68,11 +68,19 @@ impl TestCa {
     }
 
     pub fn client_config(&self) -> Arc<ClientConfig> {
+        self.client_config_of(rustls::DEFAULT_VERSIONS)
+    }
+
+    /// A client that trusts this CA and speaks only `versions`.
+    pub fn client_config_of(
+        &self,
+        versions: &[&'static rustls::SupportedProtocolVersion],
+    ) -> Arc<ClientConfig> {
         let mut roots = rustls::RootCertStore::empty();
         roots.add(self.der.clone()).unwrap();
         let provider = Arc::new(rustls::crypto::ring::default_provider());
         let config = ClientConfig::builder_with_provider(provider)
-            .with_safe_default_protocol_versions()
+            .with_protocol_versions(versions)
             .unwrap()
             .with_root_certificates(roots)
             .with_no_client_auth();
