@@ -10,6 +10,7 @@ pub mod config;
 pub mod ctl;
 pub mod dialect;
 pub mod handle;
+pub mod history;
 pub mod hooks;
 pub mod limits;
 pub mod metrics;

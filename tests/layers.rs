@@ -31,6 +31,7 @@ const LAYERS: &[(&str, &[&str])] = &[
             "metrics",
             "stats",
             "auth",
+            "history",
         ],
     ),
     ("ground", &["ws", "rt", "handle", "proto", "tls", "limits", "panics"]),
